@@ -1,0 +1,36 @@
+"""exo-discovery core: the hook contract, the data models and the node that runs discovery plugins.
+
+Plugin authors need only what is exported here (and :mod:`exo_discovery_core.testing`).
+"""
+
+from .config import ConfigError, NodeConfig, option
+from .hookspecs import hookimpl
+from .identity import PeerId
+from .models import (
+    Address,
+    CheckResult,
+    ConnectionEvent,
+    ConnectionState,
+    DiscoveryContext,
+    NodeInfo,
+    PeerCandidate,
+)
+from .polling import SourceError, Trigger, poll
+
+__all__ = [
+    "Address",
+    "CheckResult",
+    "ConfigError",
+    "ConnectionEvent",
+    "ConnectionState",
+    "DiscoveryContext",
+    "NodeConfig",
+    "NodeInfo",
+    "PeerCandidate",
+    "PeerId",
+    "SourceError",
+    "Trigger",
+    "hookimpl",
+    "option",
+    "poll",
+]

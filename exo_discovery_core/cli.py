@@ -1,0 +1,307 @@
+"""The ``exo-discovery`` command: run, plugins, peers, doctor, id.
+
+Plugins add their own flags: the enabled plugins' config models are read before the command line
+is parsed (after a first look for --config, --plugins and --disable-plugin, so a plugin disabled
+there is never imported), and each field declared with a ``flag`` becomes an option of ``run`` and
+``doctor``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+from pydantic import BaseModel
+
+from . import status
+from .config import ConfigError, ConfigSource, NodeConfig, option_meta
+from .events import NodeEvent
+from .identity import Identity
+from .node import Node
+from .plugins import PluginHost, installed_entry_points
+
+EXIT_CONFIG = 2
+
+
+class Prescan:
+    """What must be known before the command line can be built."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.config: Path | None = None
+        self.enable: list[str] | None = None
+        self.disable: list[str] = []
+        args = list(argv)
+        for i, arg in enumerate(args):
+            name, _, value = arg.partition("=")
+            if not value and i + 1 < len(args):
+                value = args[i + 1]
+            if name == "--config":
+                self.config = Path(value)
+            elif name == "--plugins":
+                self.enable = [v.strip() for v in value.split(",") if v.strip()]
+            elif name == "--disable-plugin":
+                self.disable.append(value)
+
+
+class Setup:
+    """The config source and loaded plugins, or the error that prevented them."""
+
+    def __init__(self, pre: Prescan) -> None:
+        self.pre = pre
+        self.error: ConfigError | None = None
+        self.host = PluginHost()
+        self.source: ConfigSource | None = None
+        try:
+            self.source = ConfigSource.load(pre.config, enable=pre.enable, disable=pre.disable)
+            self.host.load_installed(self.source.plugin_selection(sorted(installed_entry_points())))
+        except ConfigError as exc:
+            self.error = exc
+
+    def models(self) -> list[tuple[str, type[BaseModel]]]:
+        models: list[tuple[str, type[BaseModel]]] = [("node", NodeConfig)]
+        for name in self.host.loaded():
+            try:
+                models.append((name, self.host.config_model(name)))
+            except Exception as exc:  # noqa: BLE001 - a broken plugin loses its flags, not the CLI
+                self.host.infos[name].error = f"config_model failed: {exc}"
+        return models
+
+    def with_flags(self, flags: dict[str, Any]) -> ConfigSource:
+        if self.error is not None or self.source is None:
+            raise self.error or ConfigError("configuration not loaded")
+        self.source.flags = {k: v for k, v in flags.items() if v is not None}
+        return self.source
+
+
+def _flag_options(setup: Setup) -> list[click.Option]:
+    options = []
+    for owner, model in setup.models():
+        for name, info in model.model_fields.items():
+            flag, env, _secret = option_meta(info)
+            if not flag:
+                continue
+            help_text = f"{info.description or ''} [{owner}.{name}{'; env ' + env if env else ''}]"
+            if info.annotation is bool:
+                negative = "--no-" + flag.removeprefix("--")
+                options.append(click.Option([f"{flag}/{negative}", flag.lstrip("-").replace("-", "_")],
+                                            default=None, help=help_text))
+            else:
+                options.append(click.Option([flag, flag.lstrip("-").replace("-", "_")],
+                                            default=None, help=help_text, metavar="VALUE"))
+    return options
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--config", type=click.Path(path_type=Path), default=None,
+                        help="Config file (default: $EXO_DISCOVERY_CONFIG, ./exo-discovery.toml)")(func)
+    func = click.option("--plugins", default=None,
+                        help="Only these plugins, comma-separated (overrides $EXO_DISCOVERY_PLUGINS)")(func)
+    func = click.option("--disable-plugin", multiple=True,
+                        help="Do not load (or import) this plugin; repeatable")(func)
+    return func
+
+
+def _flags_by_name(setup: Setup, params: dict[str, Any]) -> dict[str, Any]:
+    flags = {}
+    for option in _flag_options(setup):
+        assert option.name is not None
+        flags[option.opts[0].split("/")[0]] = params.get(option.name)
+    return flags
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def build(setup: Setup) -> click.Group:
+    flag_options = _flag_options(setup)
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug)")
+    def cli(verbose: int) -> None:
+        """Find the other nodes of your cluster: mDNS on the LAN, Headscale across networks,
+        bootstrap addresses where neither works."""
+        level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+        logging.basicConfig(level=level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    @cli.command()
+    @_common
+    @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout")
+    def run(as_json: bool, **params: Any) -> None:
+        """Start the node and show its peers as they come and go."""
+        try:
+            source = setup.with_flags(_flags_by_name(setup, params))
+            config = source.node_config()
+            node = Node(config, source=source)
+            node.host = setup.host
+            anyio.run(_run, node, as_json)
+        except ConfigError as exc:
+            _fail(exc)
+
+    for option in flag_options:
+        run.params.append(option)
+
+    @cli.command()
+    @_common
+    @click.option("--json", "as_json", is_flag=True, help="JSON output")
+    def plugins(as_json: bool, **_: Any) -> None:
+        """List installed plugins: distribution, version, enabled, load errors."""
+        if setup.error:
+            _fail(setup.error)
+        infos = setup.host.infos_sorted()
+        if as_json:
+            click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
+            return
+        if not infos:
+            click.echo("no plugins installed (pip install exo-discovery-mdns, -bootstrap, -headscale)")
+        for info in infos:
+            state = "enabled" if info.enabled else f"disabled ({info.status})"
+            if info.error:
+                state = f"ERROR: {info.error}"
+            click.echo(f"{info.name:<12} {info.distribution} {info.version:<10} {state}")
+
+    @cli.command()
+    @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+                  help="State dir of the running node")
+    @click.option("--json", "as_json", is_flag=True, help="JSON output")
+    def peers(state_dir: Path | None, as_json: bool) -> None:
+        """Show the peer table of the node running with this state dir."""
+        state_dir = state_dir or _state_dir_default(setup)
+        try:
+            data = anyio.run(status.query, state_dir)
+        except ConnectionError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        click.echo(f"node {data['peer_id']} port {data['port']} namespace {data['namespace']}")
+        click.echo(_peer_rows(data["peers"]))
+
+    @cli.command()
+    @_common
+    def doctor(**params: Any) -> None:
+        """Check the configuration and whether each enabled plugin can work here."""
+        try:
+            source = setup.with_flags(_flags_by_name(setup, params))
+            from .doctor import run_doctor
+
+            ok = anyio.run(run_doctor, setup.host, source)
+        except ConfigError as exc:
+            click.echo(f"✗ configuration: {exc}")
+            sys.exit(1)
+        sys.exit(0 if ok else 1)
+
+    for option in flag_options:
+        doctor.params.append(option)
+
+    @cli.command(name="id")
+    @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+                  help="Where the node keeps its key")
+    def id_(state_dir: Path | None) -> None:
+        """Print this node's peer id (creating its key on first use)."""
+        click.echo(Identity.load_or_create(state_dir or _state_dir_default(setup)).peer_id)
+
+    return cli
+
+
+def _state_dir_default(setup: Setup) -> Path:
+    try:
+        return setup.with_flags({}).node_config().state_dir
+    except ConfigError as exc:
+        _fail(exc)
+        raise
+
+
+async def _run(node: Node, as_json: bool) -> None:
+    view = _JsonView() if as_json else _TextView(node)
+    async with node, node.events() as events:
+        view.show(NodeEvent(event="started", peer_id=str(node.peer_id), port=node.port,
+                            namespace=node.config.namespace))
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+                tg.start_soon(stop_on_signal)
+                async for event in events:
+                    view.show(event)
+
+
+class _JsonView:
+    def show(self, event: NodeEvent) -> None:
+        sys.stdout.write(event.to_json() + "\n")
+        sys.stdout.flush()
+
+
+class _TextView:
+    """A line per event; on a terminal, the peer table redrawn under a header."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.tty = sys.stdout.isatty()
+        self.recent: list[str] = []
+
+    def show(self, event: NodeEvent) -> None:
+        line = _describe(event)
+        if not self.tty:
+            click.echo(line)
+            return
+        self.recent = ([*self.recent, line])[-8:]
+        click.clear()
+        click.echo(f"exo-discovery  node {self.node.peer_id}  port {self.node.port}  "
+                   f"namespace {self.node.config.namespace}   (Ctrl-C to stop)\n")
+        for name, health in sorted(self.node.health.items()):
+            mark = click.style("ok", fg="green") if health.ok else click.style(health.message, fg="red")
+            click.echo(f"  plugin {name:<12} {mark}")
+        click.echo("")
+        click.echo(_peer_rows(self.node.peers()))
+        click.echo("\nrecent:")
+        for item in self.recent:
+            click.echo(f"  {item}")
+
+
+def _describe(event: NodeEvent) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+    who = event.peer_id or ",".join(event.addresses)
+    details = {
+        "started": f"node {event.peer_id} listening on port {event.port}, namespace {event.namespace}",
+        "peer_discovered": f"found {who} at {', '.join(event.addresses)} via {', '.join(event.sources)}",
+        "peer_lost": f"lost {who}",
+        "connected": f"connected {event.peer_id} at {event.address} ({', '.join(event.sources)})",
+        "disconnected": f"disconnected {event.peer_id}: {event.reason}",
+        "plugin_error": f"plugin {event.plugin} failing: {event.error}",
+        "plugin_recovered": f"plugin {event.plugin} recovered",
+        "stopped": "stopped",
+    }
+    return f"{stamp} {details[event.event]}"
+
+
+def _peer_rows(peers: list[dict[str, Any]]) -> str:
+    if not peers:
+        return "  no peers yet"
+    lines = [f"  {'PEER':<54} {'STATE':<10} {'ADDRESS':<28} SOURCES"]
+    for row in peers:
+        address = row["address"] or (row["addresses"][0] if row["addresses"] else "-")
+        lines.append(f"  {row['peer_id'] or '(unknown yet)':<54} {row['state']:<10} "
+                     f"{address:<28} {','.join(row['sources'])}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    setup = Setup(Prescan(args))
+    build(setup).main(args=args, prog_name="exo-discovery")

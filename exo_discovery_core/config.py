@@ -1,0 +1,307 @@
+"""Configuration: one TOML file, then environment variables, then CLI flags, in rising precedence.
+
+The node's own table is ``[node]``; each plugin's is ``[plugins.<name>]``, validated by the model the
+plugin declares. Fields made with :func:`option` carry their flag, env var and help text, so the CLI,
+the env and ``doctor`` all come from one declaration. Every error names where the bad value came
+from: the file and key, the env var, or the flag.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+
+DEFAULT_PORT = 52417
+DEFAULT_CONFIG_NAME = "exo-discovery.toml"
+CONFIG_ENV = "EXO_DISCOVERY_CONFIG"
+PLUGINS_ENV = "EXO_DISCOVERY_PLUGINS"
+DISABLE_ENV = "EXO_DISCOVERY_DISABLE_PLUGINS"
+_RESERVED_PLUGIN_KEYS = ("enabled", "disabled")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file, key, env var or flag at fault."""
+
+
+def option(
+    default: Any = ...,
+    *,
+    help: str,
+    flag: str | None = None,
+    env: str | None = None,
+    secret: bool = False,
+    **field_kwargs: Any,
+) -> Any:
+    """A config field that may also be set by ``env`` and ``flag``.
+
+    ``secret=True`` also accepts ``<key>_file`` in the file and ``<ENV>_FILE`` in the environment
+    (the value is the file's content); declare such fields as ``SecretStr`` so they never print.
+    """
+    extra = {"exo_flag": flag, "exo_env": env, "exo_secret": secret}
+    return Field(default, description=help, json_schema_extra=extra, **field_kwargs)
+
+
+def option_meta(info: FieldInfo) -> tuple[str | None, str | None, bool]:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    flag, env, secret = extra.get("exo_flag"), extra.get("exo_env"), extra.get("exo_secret")
+    return (
+        flag if isinstance(flag, str) else None,
+        env if isinstance(env, str) else None,
+        bool(secret),
+    )
+
+
+class NodeConfig(BaseModel):
+    """The ``[node]`` table: who the node is and how it listens and keeps connections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = option(
+        "exo",
+        help="Cluster name; nodes of other namespaces are never joined",
+        flag="--namespace",
+        env="EXO_DISCOVERY_NAMESPACE",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    )
+    listen_host: str = option(
+        "", help="Address to listen on; empty for every interface, IPv4 and IPv6",
+        flag="--listen-host", env="EXO_DISCOVERY_LISTEN_HOST",
+    )
+    port: int = option(
+        DEFAULT_PORT, help="TCP port to listen on (0 for any free port)",
+        flag="--port", env="EXO_DISCOVERY_PORT", ge=0, le=65535,
+    )
+    state_dir: Path = option(
+        Path(platformdirs.user_state_dir("exo-discovery")),
+        help="Where the node keeps its key and status socket",
+        flag="--state-dir", env="EXO_DISCOVERY_STATE_DIR",
+    )
+    connect: bool = option(
+        True, help="Dial and keep connections to peers (false: a host program reports them)",
+    )
+    heartbeat_interval: float = option(
+        0.5, help="Seconds between heartbeats on a connection", gt=0, le=60,
+    )
+    dead_after: float = option(
+        2.5, help="Seconds of silence after which a peer is declared disconnected", gt=0, le=600,
+    )
+    handshake_timeout: float = option(
+        5.0, help="Seconds a peer has to complete the handshake", gt=0, le=120,
+    )
+    peer_ttl: float = option(
+        300.0, help="Seconds a failing plugin's last peers are kept while it restarts", ge=0,
+    )
+    redial_max: float = option(
+        5.0, help="Cap of the backoff between dials of an unreachable candidate", gt=0,
+    )
+    plugin_restart_max: float = option(
+        60.0, help="Cap of the backoff between restarts of a failing plugin", gt=0,
+    )
+
+
+@dataclass
+class Layer:
+    """Raw values of one source (file, env, flags) with the name of each value's origin."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def set(self, key: str, value: Any, origin: str) -> None:
+        self.values[key] = value
+        self.origins[key] = origin
+
+
+@dataclass
+class ConfigSource:
+    """The file, the environment and the flags, not yet validated."""
+
+    file: Path | None = None
+    file_data: dict[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    flags: dict[str, Any] = field(default_factory=dict)
+    enable_flag: list[str] | None = None
+    disable_flag: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        flags: Mapping[str, Any] | None = None,
+        enable: list[str] | None = None,
+        disable: list[str] | None = None,
+    ) -> ConfigSource:
+        """Find and parse the file (``path``, ``$EXO_DISCOVERY_CONFIG``, ``./exo-discovery.toml``)."""
+        environ = dict(os.environ if env is None else env)
+        if path is None and environ.get(CONFIG_ENV):
+            path = Path(environ[CONFIG_ENV])
+        elif path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+            path = Path(DEFAULT_CONFIG_NAME)
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(f"{path}: config file not found") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        source = cls(path, data, environ, dict(flags or {}), enable, list(disable or []))
+        source._check_top_level()
+        return source
+
+    @property
+    def file_label(self) -> str:
+        return str(self.file) if self.file else "config"
+
+    def _check_top_level(self) -> None:
+        for key, value in self.file_data.items():
+            if key not in ("node", "plugins"):
+                raise ConfigError(
+                    f"{self.file_label}: unknown top-level key {key!r} (expected [node] or [plugins])"
+                )
+            if not isinstance(value, dict):
+                raise ConfigError(f"{self.file_label}: {key!r} must be a table ([{key}])")
+        plugins = self.file_data.get("plugins", {})
+        for key in _RESERVED_PLUGIN_KEYS:
+            if key in plugins and not _is_str_list(plugins[key]):
+                raise ConfigError(f"{self.file_label}: [plugins] {key} must be a list of names")
+
+    # -- plugin selection -------------------------------------------------------------------
+
+    def plugin_selection(self, installed: list[str]) -> dict[str, str]:
+        """Which installed plugins run: name -> 'enabled' or why it is disabled.
+
+        Unknown names are errors that list what is installed. Precedence: file < env < flags.
+        """
+        plugins = self.file_data.get("plugins", {})
+        only: tuple[list[str], str] | None = None
+        off: list[tuple[str, str]] = []
+        if "enabled" in plugins:
+            only = (plugins["enabled"], f"{self.file_label} [plugins] enabled")
+        off += [(n, f"{self.file_label} [plugins] disabled") for n in plugins.get("disabled", [])]
+        for name, table in plugins.items():
+            if isinstance(table, dict) and table.get("enabled") is False:
+                off.append((name, f"{self.file_label} [plugins.{name}] enabled = false"))
+            elif isinstance(table, dict) and "enabled" in table and table["enabled"] is not True:
+                raise ConfigError(f"{self.file_label}: [plugins.{name}] enabled must be true or false")
+        if PLUGINS_ENV in self.env:
+            only = (_split(self.env[PLUGINS_ENV]), f"env {PLUGINS_ENV}")
+        off += [(n, f"env {DISABLE_ENV}") for n in _split(self.env.get(DISABLE_ENV, ""))]
+        if self.enable_flag is not None:
+            only = (self.enable_flag, "flag --plugins")
+        off += [(n, "flag --disable-plugin") for n in self.disable_flag]
+
+        named = [(n, only[1]) for n in only[0]] if only else []
+        for name, origin in named + off:
+            if name not in installed:
+                listing = ", ".join(sorted(installed)) or "none"
+                raise ConfigError(f"{origin}: plugin {name!r} is not installed (installed: {listing})")
+        selection = {name: "enabled" for name in installed}
+        if only:
+            for name in installed:
+                if name not in only[0]:
+                    selection[name] = f"not in {only[1]}"
+        for name, origin in off:
+            selection[name] = f"disabled by {origin}"
+        return selection
+
+    # -- validation ------------------------------------------------------------------------
+
+    def node_config(self) -> NodeConfig:
+        return self.validate(NodeConfig, self.file_data.get("node", {}), "[node]", owner="node")
+
+    def plugin_config(self, name: str, model: type[BaseModel]) -> BaseModel:
+        return self.plugin_config_from(name, model, self.file_data.get("plugins", {}).get(name, {}))
+
+    def plugin_config_from(
+        self, name: str, model: type[BaseModel], table: Mapping[str, Any]
+    ) -> BaseModel:
+        """Validate ``table`` (a plugin's table) with env and flags laid over it."""
+        table = dict(table)
+        for key in _RESERVED_PLUGIN_KEYS:
+            table.pop(key, None)
+        return self.validate(model, table, f"[plugins.{name}]", owner=f"plugin {name!r}")
+
+    def validate(
+        self, model: type[BaseModel], table: Mapping[str, Any], table_name: str, *, owner: str
+    ) -> Any:
+        layer = Layer()
+        fields = model.model_fields
+        for key, value in table.items():
+            origin = f"{self.file_label} {table_name} {key}"
+            base = key.removesuffix("_file")
+            if key != base and base in fields and option_meta(fields[base])[2]:
+                layer.set(base, _read_secret(str(value), origin), origin)
+            elif key in fields:
+                layer.set(key, value, origin)
+            else:
+                known = ", ".join(fields) or "none"
+                raise ConfigError(f"{origin}: unknown key (known keys in {table_name}: {known})")
+        for name, info in fields.items():
+            flag, env, secret = option_meta(info)
+            if env and env in self.env:
+                layer.set(name, _from_text(self.env[env], info), f"env {env}")
+            if secret and env and self.env.get(f"{env}_FILE"):
+                origin = f"env {env}_FILE"
+                layer.set(name, _read_secret(self.env[f"{env}_FILE"], origin), origin)
+            if flag and self.flags.get(flag) is not None:
+                value = self.flags[flag]
+                text = isinstance(value, str)
+                layer.set(name, _from_text(value, info) if text else value, f"flag {flag}")
+        try:
+            return model.model_validate(layer.values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, layer, table_name, owner)) from None
+
+
+def _describe(exc: ValidationError, layer: Layer, table_name: str, owner: str) -> str:
+    """One line per error, naming the origin of the value and never echoing its content."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        key = str(err["loc"][0]) if err["loc"] else ""
+        origin = layer.origins.get(key, f"{table_name} {key} (default)")
+        where = ".".join(str(p) for p in err["loc"][1:])
+        lines.append(f"{origin}{'[' + where + ']' if where else ''}: {err['msg']} ({owner})")
+    return "\n".join(lines)
+
+
+def _read_secret(path: str, origin: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _from_text(text: str, info: FieldInfo) -> Any:
+    """Env vars and flags are text: a list-typed field takes comma-separated items."""
+    return _split(text) if _is_sequence(info.annotation) else text
+
+
+def _is_sequence(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_sequence(arg) for arg in typing.get_args(annotation))
+    return origin in (list, tuple, set, frozenset)

@@ -1,0 +1,75 @@
+"""``exo-discovery doctor``: the configuration, then each enabled plugin's own checks."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from .config import ConfigSource
+from .identity import Identity, PeerId
+from .models import Address, CheckResult, DiscoveryContext, NodeInfo
+from .plugins import PluginHost
+
+DOCTOR_TIMEOUT = 20.0
+
+
+def _print(check: CheckResult) -> None:
+    mark = click.style("✓", fg="green") if check.ok else click.style("✗", fg="red")
+    click.echo(f"{mark} {check.name}{': ' + check.detail if check.detail else ''}")
+    if not check.ok and check.fix:
+        click.echo(f"    fix: {check.fix}")
+
+
+async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
+    """Print every check; True when all passed. Config errors raise ConfigError."""
+    node_config = source.node_config()
+    _print(CheckResult(name="configuration", ok=True,
+                       detail=f"{source.file or 'no config file (defaults)'}"))
+    key_file = node_config.state_dir / "identity.key"
+    peer_id: PeerId = (
+        Identity.load(key_file).peer_id if key_file.exists() else Identity.generate().peer_id
+    )
+    node = NodeInfo(peer_id, node_config.namespace, node_config.port,
+                    (Address(host="127.0.0.1", port=node_config.port or 1),))
+    all_ok = True
+    for info in host.infos_sorted():
+        if not info.enabled:
+            click.echo(f"- plugin {info.name}: {info.status}")
+            continue
+        if info.error:
+            _print(CheckResult(name=f"plugin {info.name}", ok=False, detail=info.error,
+                               fix=f"reinstall {info.distribution} or disable it "
+                                   f"(--disable-plugin {info.name})"))
+            all_ok = False
+            continue
+        config = source.plugin_config(info.name, host.config_model(info.name))
+        context = DiscoveryContext(
+            plugin_name=info.name, config=config, node=node,
+            state_dir=Path(node_config.state_dir) / "plugins" / info.name,
+            log=logging.getLogger(f"exo_discovery.plugin.{info.name}"),
+        )
+        checks = await _checks(host, info.name, context)
+        click.echo(f"plugin {info.name}:")
+        for check in checks:
+            _print(check)
+            all_ok = all_ok and check.ok
+    return all_ok
+
+
+async def _checks(host: PluginHost, name: str, context: DiscoveryContext[Any]) -> list[CheckResult]:
+    try:
+        with anyio.fail_after(DOCTOR_TIMEOUT):
+            result = host.call(name, "doctor", context=context)
+            if inspect.isawaitable(result):
+                result = await result
+    except Exception as exc:  # noqa: BLE001 - a broken check is itself a finding
+        return [CheckResult(name=f"{name} doctor", ok=False, detail=f"{type(exc).__name__}: {exc}",
+                            fix="report this to the plugin's authors")]
+    if result is None:
+        return [CheckResult(name=f"{name}", ok=True, detail="no checks of its own")]
+    return list(result)

@@ -1,0 +1,164 @@
+"""Finding, loading and calling plugins: entry points, isolation at import, per-plugin hook calls.
+
+A disabled plugin is never imported. A plugin that fails to import, or implements a hook that
+does not exist (a typo), is recorded with its error and left out; the others load regardless.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import inspect
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from . import hookspecs
+
+log = logging.getLogger("exo_discovery.plugins")
+
+
+class EmptyConfig(BaseModel):
+    """The config model of a plugin that declares none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PluginInfo:
+    """One installed (or registered) plugin, as ``exo-discovery plugins`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str  # "enabled", or why not
+    error: str | None = None
+    entry_point: metadata.EntryPoint | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.status == "enabled"
+
+    @property
+    def loaded(self) -> bool:
+        return self.enabled and self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "enabled": self.enabled,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+def installed_entry_points() -> dict[str, metadata.EntryPoint]:
+    """The plugins installed in this environment, by name, without importing any of them."""
+    return {ep.name: ep for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)}
+
+
+def new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+class PluginHost:
+    """The plugin manager plus what the node knows about each plugin."""
+
+    def __init__(self) -> None:
+        self.pm = new_manager()
+        self.infos: dict[str, PluginInfo] = {}
+
+    def load_installed(self, selection: dict[str, str]) -> None:
+        """Import and register each enabled entry-point plugin; record the others."""
+        for name, ep in sorted(installed_entry_points().items()):
+            dist = ep.dist
+            info = PluginInfo(
+                name=name,
+                distribution=dist.name if dist else "?",
+                version=dist.version if dist else "?",
+                status=selection.get(name, "enabled"),
+                entry_point=ep,
+            )
+            self.infos[name] = info
+            if not info.enabled:
+                continue
+            try:
+                plugin = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the node
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                info.error = f"import failed: {type(exc).__name__}: {exc}"
+                log.error("plugin %r (%s) failed to load: %s", name, info.distribution, info.error)
+                continue
+            self._register(name, plugin, info)
+
+    def register(self, name: str, plugin: object, *, distribution: str = "(registered)") -> None:
+        """Register a plugin object directly (tests, a host program's own discovery)."""
+        info = PluginInfo(name, distribution, "-", "enabled")
+        self.infos[name] = info
+        self._register(name, plugin, info)
+        if info.error:
+            raise ValueError(f"plugin {name!r}: {info.error}")
+
+    def _register(self, name: str, plugin: object, info: PluginInfo) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            info.error = f"invalid plugin: {exc}"
+            log.error("plugin %r: %s", name, info.error)
+            return
+        unknown = [
+            impl.function.__name__
+            for hook in self.pm.get_hookcallers(plugin) or []
+            if not hook.has_spec()
+            for impl in hook.get_hookimpls()
+            if impl.plugin is plugin
+        ]
+        if unknown:
+            self.pm.unregister(plugin)
+            info.error = (
+                f"implements unknown hook(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(self.hook_names()))})"
+            )
+            log.error("plugin %r: %s", name, info.error)
+
+    def hook_names(self) -> list[str]:
+        return [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "exo_discovery_spec")]
+
+    def loaded(self) -> list[str]:
+        return [name for name, info in self.infos.items() if info.loaded]
+
+    def call(self, name: str, hook: str, **kwargs: Any) -> Any:
+        """Call one plugin's implementation of ``hook``; None when it has none."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            return None
+        caller = getattr(self.pm.hook, hook)
+        impls = [impl for impl in caller.get_hookimpls() if impl.plugin is plugin]
+        if not impls:
+            return None
+        impl = impls[0]
+        return impl.function(*[kwargs[arg] for arg in impl.argnames])
+
+    def implements(self, name: str, hook: str) -> bool:
+        plugin = self.pm.get_plugin(name)
+        caller = getattr(self.pm.hook, hook)
+        return any(impl.plugin is plugin for impl in caller.get_hookimpls())
+
+    def config_model(self, name: str) -> type[BaseModel]:
+        model = self.call(name, "config_model")
+        if model is None:
+            return EmptyConfig
+        if not (inspect.isclass(model) and issubclass(model, BaseModel)):
+            raise TypeError(f"plugin {name!r}: config_model must return a pydantic model class")
+        return model
+
+    def infos_sorted(self) -> Iterable[PluginInfo]:
+        return [self.infos[name] for name in sorted(self.infos)]

@@ -1,0 +1,102 @@
+"""The one polling loop every pull-style plugin uses (Headscale, a file, DNS, a LocalAPI).
+
+It fetches on an interval, yields a result only when it changed, keeps the last good result
+while the source fails (it simply yields nothing, and the node keeps what it has), backs off with
+jitter after errors, logs a failure once rather than on every attempt, and re-fetches at once when
+its :class:`Trigger` is set (a file changed, a watch stream said so).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+
+from .backoff import Backoff
+
+T = TypeVar("T")
+
+
+class SourceError(Exception):
+    """A source failed in a way worth one clear message (``retry_after`` overrides the backoff)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Trigger:
+    """Wakes a poll loop early; ``set`` from any task (not thread-safe across threads)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        self._event = anyio.Event()
+
+
+async def poll(
+    fetch: Callable[[], Awaitable[T]],
+    *,
+    interval: float,
+    log: logging.Logger,
+    what: str,
+    max_backoff: float = 60.0,
+    timeout: float | None = None,
+    trigger: Trigger | None = None,
+    report_health: Callable[[bool, str], None] | None = None,
+) -> AsyncIterator[T]:
+    """Yield ``await fetch()`` when it differs from the last good one; forever, until closed.
+
+    ``timeout`` bounds a fetch that hangs (default: the interval, at least 5 s). Errors other
+    than cancellation are caught: a bug in ``fetch`` is logged with its traceback, once.
+    """
+    backoff = Backoff(initial=max(interval, 0.05), maximum=max(max_backoff, interval))
+    trigger = trigger or Trigger()
+    limit = timeout if timeout is not None else max(interval, 5.0)
+    last: T | None = None
+    have_last = False
+    failing: str | None = None
+    while True:
+        delay = interval
+        try:
+            with anyio.fail_after(limit):
+                result = await fetch()
+        except TimeoutError:
+            failing, delay = _failed(log, what, f"no answer within {limit:g} s", failing, backoff)
+        except SourceError as exc:
+            failing, delay = _failed(log, what, str(exc), failing, backoff)
+            delay = exc.retry_after if exc.retry_after is not None else delay
+        except Exception as exc:  # a bug in fetch must not end discovery
+            if failing != repr(exc):
+                log.exception("%s failed unexpectedly; will retry", what)
+            failing, delay = _failed(log, what, repr(exc), repr(exc), backoff)
+        else:
+            if failing is not None:
+                log.info("%s is answering again", what)
+                failing = None
+            backoff.reset()
+            if not have_last or result != last:
+                last, have_last = result, True
+                yield result
+        if report_health is not None:
+            report_health(failing is None, failing or "ok")
+        await trigger.wait(delay)
+
+
+def _failed(
+    log: logging.Logger, what: str, message: str, previous: str | None, backoff: Backoff
+) -> tuple[str, float]:
+    if message != previous:
+        kept = "keeping the last good result; " if previous is None else ""
+        log.warning("%s failed: %s (%sretrying with backoff)", what, message, kept)
+    else:
+        log.debug("%s still failing: %s", what, message)
+    return message, backoff.next()

@@ -1,0 +1,71 @@
+"""Which address of a peer to try first: the most direct route wins.
+
+Order: this host (loopback), the same LAN (an address inside one of our interfaces' networks),
+then Tailscale (100.64.0.0/10, fd7a:115c:a1e0::/48), then anything else, then DNS names. IPv4 and
+IPv6 are treated alike; within a rank the order the plugin gave is kept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+
+import ifaddr
+
+from .models import TAILSCALE_NETWORKS, Address
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class LocalNetworks:
+    """This host's addresses and networks, re-read at most every ``max_age`` seconds."""
+
+    def __init__(self, max_age: float = 30.0) -> None:
+        self.max_age = max_age
+        self._read_at = -max_age
+        self._networks: list[IPNetwork] = []
+        self._addresses: set[IPAddress] = set()
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._read_at < self.max_age:
+            return
+        networks: list[IPNetwork] = []
+        addresses: set[IPAddress] = set()
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+                try:
+                    iface = ipaddress.ip_interface(f"{text.split('%')[0]}/{ip.network_prefix}")
+                except ValueError:
+                    continue
+                addresses.add(iface.ip)
+                if not iface.ip.is_loopback and not iface.ip.is_link_local:
+                    networks.append(iface.network)
+        self._networks, self._addresses, self._read_at = networks, addresses, time.monotonic()
+
+    def is_local_address(self, ip: IPAddress) -> bool:
+        self._refresh()
+        return ip.is_loopback or ip.is_unspecified or ip in self._addresses
+
+    def on_same_lan(self, ip: IPAddress) -> bool:
+        self._refresh()
+        return any(ip in net for net in self._networks)
+
+
+def rank(address: Address, local: LocalNetworks) -> int:
+    ip = address.ip
+    if ip is None:
+        return 5
+    if ip.is_loopback:
+        return 0
+    if any(ip in net for net in TAILSCALE_NETWORKS):
+        return 2
+    if local.on_same_lan(ip) or ip.is_link_local:
+        return 1
+    return 3 if ip.is_private else 4
+
+
+def by_preference(addresses: Iterable[Address], local: LocalNetworks) -> list[Address]:
+    return sorted(addresses, key=lambda a: rank(a, local))

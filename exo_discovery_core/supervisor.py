@@ -1,0 +1,97 @@
+"""Runs one plugin's ``discover_peers`` and keeps it running: the isolation of every plugin.
+
+A plugin that raises is logged by name and called again after a backoff with jitter; its last
+set stays in the peer table until the TTL (the node's ``plugin_failed``). The hook call itself runs
+in a worker thread with a deadline, so a plugin that blocks there cannot stall the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+
+from .backoff import Backoff
+from .models import DiscoveryContext, PeerCandidate
+from .plugins import PluginHost
+
+HOOK_CALL_TIMEOUT = 10.0
+
+log = logging.getLogger("exo_discovery.supervisor")
+
+
+class PluginMisbehaved(Exception):
+    """A plugin broke the hook contract (returned or yielded the wrong thing)."""
+
+
+def _as_set(plugin: str, item: Any) -> frozenset[PeerCandidate]:
+    if isinstance(item, PeerCandidate) or not isinstance(item, Iterable):
+        raise PluginMisbehaved(f"plugin {plugin!r} yielded {type(item).__name__}, not a set of peers")
+    candidates = frozenset(item)
+    for candidate in candidates:
+        if not isinstance(candidate, PeerCandidate):
+            raise PluginMisbehaved(
+                f"plugin {plugin!r} yielded a {type(candidate).__name__} among its peers"
+            )
+    return candidates
+
+
+async def supervise(
+    host: PluginHost,
+    context: DiscoveryContext[Any],
+    *,
+    on_set: Callable[[str, frozenset[PeerCandidate]], None],
+    on_error: Callable[[str, str], None],
+    on_recovered: Callable[[str], None],
+    restart_max: float,
+) -> None:
+    """Drive ``context.plugin_name``'s peer sets into ``on_set`` until cancelled."""
+    name = context.plugin_name
+    backoff = Backoff(initial=0.5, maximum=restart_max)
+    failing = False
+    last_error = ""
+    while True:
+        try:
+            stream = await _call_hook(host, name, context)
+            if stream is None:
+                context.log.info("plugin %r is idle (discover_peers returned None)", name)
+                return
+            async with aclosing(stream):
+                async for item in stream:
+                    on_set(name, _as_set(name, item))
+                    if failing:
+                        failing = False
+                        backoff.reset()
+                        on_recovered(name)
+            context.log.debug("plugin %r finished; its last peers stay", name)
+            return
+        except Exception as exc:  # noqa: BLE001 - isolation: any plugin error is contained here
+            failing = True
+            delay = backoff.next()
+            message = f"{type(exc).__name__}: {exc}"
+            repeated, last_error = message == last_error, message
+            log.log(logging.INFO if repeated else logging.ERROR,
+                    "plugin %r failed%s: %s; restarting in %.1f s", name,
+                    " again" if repeated else "", message, delay,
+                    exc_info=not repeated and not isinstance(exc, PluginMisbehaved | TimeoutError))
+            on_error(name, message)
+            await anyio.sleep(delay)
+
+
+async def _call_hook(
+    host: PluginHost, name: str, context: DiscoveryContext[Any]
+) -> AsyncIterator[Any] | None:
+    def call() -> Any:
+        return host.call(name, "discover_peers", context=context)
+
+    with anyio.fail_after(HOOK_CALL_TIMEOUT):
+        result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    if result is not None and not hasattr(result, "__anext__"):
+        raise PluginMisbehaved(
+            f"plugin {name!r}: discover_peers returned {type(result).__name__}, "
+            "not an async iterator (write it as an `async def` generator)"
+        )
+    return result

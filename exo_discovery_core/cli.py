@@ -91,21 +91,40 @@ def _flag_options(setup: Setup) -> list[click.Option]:
             help_text = f"{info.description or ''} [{owner}.{name}{'; env ' + env if env else ''}]"
             if info.annotation is bool:
                 negative = "--no-" + flag.removeprefix("--")
-                options.append(click.Option([f"{flag}/{negative}", flag.lstrip("-").replace("-", "_")],
-                                            default=None, help=help_text))
+                options.append(
+                    click.Option(
+                        [f"{flag}/{negative}", flag.lstrip("-").replace("-", "_")],
+                        default=None,
+                        help=help_text,
+                    )
+                )
             else:
-                options.append(click.Option([flag, flag.lstrip("-").replace("-", "_")],
-                                            default=None, help=help_text, metavar="VALUE"))
+                options.append(
+                    click.Option(
+                        [flag, flag.lstrip("-").replace("-", "_")],
+                        default=None,
+                        help=help_text,
+                        metavar="VALUE",
+                    )
+                )
     return options
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--config", type=click.Path(path_type=Path), default=None,
-                        help="Config file (default: $EXO_DISCOVERY_CONFIG, ./exo-discovery.toml)")(func)
-    func = click.option("--plugins", default=None,
-                        help="Only these plugins, comma-separated (overrides $EXO_DISCOVERY_PLUGINS)")(func)
-    func = click.option("--disable-plugin", multiple=True,
-                        help="Do not load (or import) this plugin; repeatable")(func)
+    func = click.option(
+        "--config",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Config file (default: $EXO_DISCOVERY_CONFIG, ./exo-discovery.toml)",
+    )(func)
+    func = click.option(
+        "--plugins",
+        default=None,
+        help="Only these plugins, comma-separated (overrides $EXO_DISCOVERY_PLUGINS)",
+    )(func)
+    func = click.option(
+        "--disable-plugin", multiple=True, help="Do not load (or import) this plugin; repeatable"
+    )(func)
     return func
 
 
@@ -131,8 +150,9 @@ def build(setup: Setup) -> click.Group:
         """Find the other nodes of your cluster: mDNS on the LAN, Headscale across networks,
         bootstrap addresses where neither works."""
         level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-        logging.basicConfig(level=level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
 
     @cli.command()
     @_common
@@ -163,7 +183,9 @@ def build(setup: Setup) -> click.Group:
             click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
             return
         if not infos:
-            click.echo("no plugins installed (pip install exo-discovery-mdns, -bootstrap, -headscale)")
+            click.echo(
+                "no plugins installed (pip install exo-discovery-mdns, -bootstrap, -headscale)"
+            )
         for info in infos:
             state = "enabled" if info.enabled else f"disabled ({info.status})"
             if info.error:
@@ -171,8 +193,12 @@ def build(setup: Setup) -> click.Group:
             click.echo(f"{info.name:<12} {info.distribution} {info.version:<10} {state}")
 
     @cli.command()
-    @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-                  help="State dir of the running node")
+    @click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="State dir of the running node",
+    )
     @click.option("--json", "as_json", is_flag=True, help="JSON output")
     def peers(state_dir: Path | None, as_json: bool) -> None:
         """Show the peer table of the node running with this state dir."""
@@ -206,8 +232,12 @@ def build(setup: Setup) -> click.Group:
         doctor.params.append(option)
 
     @cli.command(name="id")
-    @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-                  help="Where the node keeps its key")
+    @click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Where the node keeps its key",
+    )
     def id_(state_dir: Path | None) -> None:
         """Print this node's peer id (creating its key on first use)."""
         click.echo(Identity.load_or_create(state_dir or _state_dir_default(setup)).peer_id)
@@ -226,8 +256,14 @@ def _state_dir_default(setup: Setup) -> Path:
 async def _run(node: Node, as_json: bool) -> None:
     view = _JsonView() if as_json else _TextView(node)
     async with node, node.events() as events:
-        view.show(NodeEvent(event="started", peer_id=str(node.peer_id), port=node.port,
-                            namespace=node.config.namespace))
+        view.show(
+            NodeEvent(
+                event="started",
+                peer_id=str(node.peer_id),
+                port=node.port,
+                namespace=node.config.namespace,
+            )
+        )
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
 
@@ -262,10 +298,16 @@ class _TextView:
             return
         self.recent = ([*self.recent, line])[-8:]
         click.clear()
-        click.echo(f"exo-discovery  node {self.node.peer_id}  port {self.node.port}  "
-                   f"namespace {self.node.config.namespace}   (Ctrl-C to stop)\n")
+        click.echo(
+            f"exo-discovery  node {self.node.peer_id}  port {self.node.port}  "
+            f"namespace {self.node.config.namespace}   (Ctrl-C to stop)\n"
+        )
         for name, health in sorted(self.node.health.items()):
-            mark = click.style("ok", fg="green") if health.ok else click.style(health.message, fg="red")
+            mark = (
+                click.style("ok", fg="green")
+                if health.ok
+                else click.style(health.message, fg="red")
+            )
             click.echo(f"  plugin {name:<12} {mark}")
         click.echo("")
         click.echo(_peer_rows(self.node.peers()))
@@ -296,8 +338,10 @@ def _peer_rows(peers: list[dict[str, Any]]) -> str:
     lines = [f"  {'PEER':<54} {'STATE':<10} {'ADDRESS':<28} SOURCES"]
     for row in peers:
         address = row["address"] or (row["addresses"][0] if row["addresses"] else "-")
-        lines.append(f"  {row['peer_id'] or '(unknown yet)':<54} {row['state']:<10} "
-                     f"{address:<28} {','.join(row['sources'])}")
+        lines.append(
+            f"  {row['peer_id'] or '(unknown yet)':<54} {row['state']:<10} "
+            f"{address:<28} {','.join(row['sources'])}"
+        )
     return "\n".join(lines)
 
 

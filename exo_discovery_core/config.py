@@ -15,11 +15,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 DEFAULT_PORT = 52417
 DEFAULT_CONFIG_NAME = "exo-discovery.toml"
@@ -47,7 +49,7 @@ def option(
     ``secret=True`` also accepts ``<key>_file`` in the file and ``<ENV>_FILE`` in the environment
     (the value is the file's content); declare such fields as ``SecretStr`` so they never print.
     """
-    extra = {"exo_flag": flag, "exo_env": env, "exo_secret": secret}
+    extra: dict[str, Any] = {"exo_flag": flag, "exo_env": env, "exo_secret": secret}
     return Field(default, description=help, json_schema_extra=extra, **field_kwargs)
 
 
@@ -76,38 +78,61 @@ class NodeConfig(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
     )
     listen_host: str = option(
-        "", help="Address to listen on; empty for every interface, IPv4 and IPv6",
-        flag="--listen-host", env="EXO_DISCOVERY_LISTEN_HOST",
+        "",
+        help="Address to listen on; empty for every interface, IPv4 and IPv6",
+        flag="--listen-host",
+        env="EXO_DISCOVERY_LISTEN_HOST",
     )
     port: int = option(
-        DEFAULT_PORT, help="TCP port to listen on (0 for any free port)",
-        flag="--port", env="EXO_DISCOVERY_PORT", ge=0, le=65535,
+        DEFAULT_PORT,
+        help="TCP port to listen on (0 for any free port)",
+        flag="--port",
+        env="EXO_DISCOVERY_PORT",
+        ge=0,
+        le=65535,
     )
     state_dir: Path = option(
         Path(platformdirs.user_state_dir("exo-discovery")),
         help="Where the node keeps its key and status socket",
-        flag="--state-dir", env="EXO_DISCOVERY_STATE_DIR",
+        flag="--state-dir",
+        env="EXO_DISCOVERY_STATE_DIR",
     )
     connect: bool = option(
-        True, help="Dial and keep connections to peers (false: a host program reports them)",
+        True,
+        help="Dial and keep connections to peers (false: a host program reports them)",
     )
     heartbeat_interval: float = option(
-        0.5, help="Seconds between heartbeats on a connection", gt=0, le=60,
+        0.5,
+        help="Seconds between heartbeats on a connection",
+        gt=0,
+        le=60,
     )
     dead_after: float = option(
-        2.5, help="Seconds of silence after which a peer is declared disconnected", gt=0, le=600,
+        2.5,
+        help="Seconds of silence after which a peer is declared disconnected",
+        gt=0,
+        le=600,
     )
     handshake_timeout: float = option(
-        5.0, help="Seconds a peer has to complete the handshake", gt=0, le=120,
+        5.0,
+        help="Seconds a peer has to complete the handshake",
+        gt=0,
+        le=120,
     )
     peer_ttl: float = option(
-        300.0, help="Seconds a failing plugin's last peers are kept while it restarts", ge=0,
+        300.0,
+        help="Seconds a failing plugin's last peers are kept while it restarts",
+        ge=0,
     )
     redial_max: float = option(
-        5.0, help="Cap of the backoff between dials of an unreachable candidate", gt=0,
+        5.0,
+        help="Cap of the backoff between dials of an unreachable candidate",
+        gt=0,
     )
     plugin_restart_max: float = option(
-        60.0, help="Cap of the backoff between restarts of a failing plugin", gt=0,
+        60.0,
+        help="Cap of the backoff between restarts of a failing plugin",
+        gt=0,
     )
 
 
@@ -198,7 +223,9 @@ class ConfigSource:
             if isinstance(table, dict) and table.get("enabled") is False:
                 off.append((name, f"{self.file_label} [plugins.{name}] enabled = false"))
             elif isinstance(table, dict) and "enabled" in table and table["enabled"] is not True:
-                raise ConfigError(f"{self.file_label}: [plugins.{name}] enabled must be true or false")
+                raise ConfigError(
+                    f"{self.file_label}: [plugins.{name}] enabled must be true or false"
+                )
         if PLUGINS_ENV in self.env:
             only = (_split(self.env[PLUGINS_ENV]), f"env {PLUGINS_ENV}")
         off += [(n, f"env {DISABLE_ENV}") for n in _split(self.env.get(DISABLE_ENV, ""))]
@@ -210,7 +237,9 @@ class ConfigSource:
         for name, origin in named + off:
             if name not in installed:
                 listing = ", ".join(sorted(installed)) or "none"
-                raise ConfigError(f"{origin}: plugin {name!r} is not installed (installed: {listing})")
+                raise ConfigError(
+                    f"{origin}: plugin {name!r} is not installed (installed: {listing})"
+                )
         selection = {name: "enabled" for name in installed}
         if only:
             for name in installed:
@@ -238,8 +267,8 @@ class ConfigSource:
         return self.validate(model, table, f"[plugins.{name}]", owner=f"plugin {name!r}")
 
     def validate(
-        self, model: type[BaseModel], table: Mapping[str, Any], table_name: str, *, owner: str
-    ) -> Any:
+        self, model: type[ModelT], table: Mapping[str, Any], table_name: str, *, owner: str
+    ) -> ModelT:
         layer = Layer()
         fields = model.model_fields
         for key, value in table.items():

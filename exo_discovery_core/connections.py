@@ -9,10 +9,12 @@ waits a moment for the winner instead of reporting a disconnect.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
@@ -79,8 +81,8 @@ class ConnectionManager:
     async def handle_inbound(self, stream: SocketStream) -> None:
         """A listener callback: handshake, then keep the connection until it ends."""
         try:
-            host, port = stream.extra(anyio.abc.SocketAttribute.remote_address)[:2]
-            remote = Address(host=str(host), port=int(port))
+            peer: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
+            remote = Address(host=str(peer[0]), port=int(peer[1]))
         except Exception:  # noqa: BLE001 - a socket without a peer address is just closed
             await stream.aclose()
             return
@@ -90,8 +92,13 @@ class ConnectionManager:
             self._refused(remote, exc, inbound=True)
             await stream.aclose()
             return
-        conn = Connection(result.peer_id, Address(host=remote.host, port=result.listen_port or 1),
-                          result.peer_id, result.listen_port, stream)
+        conn = Connection(
+            result.peer_id,
+            Address(host=remote.host, port=result.listen_port or 1),
+            result.peer_id,
+            result.listen_port,
+            stream,
+        )
         await self._keep(conn, buffered)
 
     async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
@@ -104,7 +111,9 @@ class ConnectionManager:
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
-        conn = Connection(result.peer_id, address, self.identity.peer_id, result.listen_port, stream)
+        conn = Connection(
+            result.peer_id, address, self.identity.peer_id, result.listen_port, stream
+        )
         self._on_identified(address, result.peer_id)
         self._tg.start_soon(self._keep, conn, buffered)
         return result.peer_id
@@ -122,8 +131,12 @@ class ConnectionManager:
         buffered = BufferedByteReceiveStream(stream)
         with anyio.fail_after(self.config.handshake_timeout):
             result = await handshake.perform(
-                stream, buffered, identity=self.identity, namespace=self.config.namespace,
-                listen_port=self.listen_port, expected=expected,
+                stream,
+                buffered,
+                identity=self.identity,
+                namespace=self.config.namespace,
+                listen_port=self.listen_port,
+                expected=expected,
             )
         return result, buffered
 
@@ -173,7 +186,9 @@ class ConnectionManager:
         await anyio.aclose_forcefully(conn.stream)
         self._release(conn, conn.close_reason or reason)
 
-    async def _receive_until_gone(self, conn: Connection, buffered: BufferedByteReceiveStream) -> str:
+    async def _receive_until_gone(
+        self, conn: Connection, buffered: BufferedByteReceiveStream
+    ) -> str:
         while True:
             try:
                 with anyio.fail_after(self.config.dead_after):
@@ -201,10 +216,8 @@ class ConnectionManager:
     async def _close(self, conn: Connection, reason: str) -> None:
         conn.close_reason = conn.close_reason or reason
         with anyio.move_on_after(0.5, shield=True):
-            try:
+            with contextlib.suppress(*_STREAM_ERRORS):
                 await wire.send(conn.stream, {"type": "bye", "reason": reason})
-            except _STREAM_ERRORS:
-                pass
         conn.scope.cancel()
         await anyio.aclose_forcefully(conn.stream)
 

@@ -28,28 +28,43 @@ def _print(check: CheckResult) -> None:
 async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
     """Print every check; True when all passed. Config errors raise ConfigError."""
     node_config = source.node_config()
-    _print(CheckResult(name="configuration", ok=True,
-                       detail=f"{source.file or 'no config file (defaults)'}"))
+    _print(
+        CheckResult(
+            name="configuration", ok=True, detail=f"{source.file or 'no config file (defaults)'}"
+        )
+    )
     key_file = node_config.state_dir / "identity.key"
     peer_id: PeerId = (
         Identity.load(key_file).peer_id if key_file.exists() else Identity.generate().peer_id
     )
-    node = NodeInfo(peer_id, node_config.namespace, node_config.port,
-                    (Address(host="127.0.0.1", port=node_config.port or 1),))
+    node = NodeInfo(
+        peer_id,
+        node_config.namespace,
+        node_config.port,
+        (Address(host="127.0.0.1", port=node_config.port or 1),),
+    )
     all_ok = True
     for info in host.infos_sorted():
         if not info.enabled:
             click.echo(f"- plugin {info.name}: {info.status}")
             continue
         if info.error:
-            _print(CheckResult(name=f"plugin {info.name}", ok=False, detail=info.error,
-                               fix=f"reinstall {info.distribution} or disable it "
-                                   f"(--disable-plugin {info.name})"))
+            _print(
+                CheckResult(
+                    name=f"plugin {info.name}",
+                    ok=False,
+                    detail=info.error,
+                    fix=f"reinstall {info.distribution} or disable it "
+                    f"(--disable-plugin {info.name})",
+                )
+            )
             all_ok = False
             continue
         config = source.plugin_config(info.name, host.config_model(info.name))
         context = DiscoveryContext(
-            plugin_name=info.name, config=config, node=node,
+            plugin_name=info.name,
+            config=config,
+            node=node,
             state_dir=Path(node_config.state_dir) / "plugins" / info.name,
             log=logging.getLogger(f"exo_discovery.plugin.{info.name}"),
         )
@@ -68,8 +83,14 @@ async def _checks(host: PluginHost, name: str, context: DiscoveryContext[Any]) -
             if inspect.isawaitable(result):
                 result = await result
     except Exception as exc:  # noqa: BLE001 - a broken check is itself a finding
-        return [CheckResult(name=f"{name} doctor", ok=False, detail=f"{type(exc).__name__}: {exc}",
-                            fix="report this to the plugin's authors")]
+        return [
+            CheckResult(
+                name=f"{name} doctor",
+                ok=False,
+                detail=f"{type(exc).__name__}: {exc}",
+                fix="report this to the plugin's authors",
+            )
+        ]
     if result is None:
         return [CheckResult(name=f"{name}", ok=True, detail="no checks of its own")]
     return list(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ def _transcript(nonce: bytes, signer: PeerId, verifier: PeerId, namespace: str) 
 
 def _field(message: dict[str, Any], name: str, kind: type) -> Any:
     value = message.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise HandshakeError(f"{message.get('type')!r} frame has no valid {name!r}")
     return value
 
@@ -81,15 +82,23 @@ async def perform(
 ) -> Handshake:
     """Run the handshake on a fresh connection; raise HandshakeError (after telling the peer why)."""
     nonce = os.urandom(_NONCE_BYTES)
-    await wire.send(send, {
-        "type": "hello", "protocol": PROTOCOL, "namespace": namespace,
-        "peer_id": str(identity.peer_id), "nonce": base64.b64encode(nonce).decode(),
-        "port": listen_port,
-    })
+    await wire.send(
+        send,
+        {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "namespace": namespace,
+            "peer_id": str(identity.peer_id),
+            "nonce": base64.b64encode(nonce).decode(),
+            "port": listen_port,
+        },
+    )
     try:
         hello = await _expect(receive, "hello")
         if hello.get("protocol") != PROTOCOL:
-            raise HandshakeError(f"protocol {str(hello.get('protocol'))[:40]!r}, we speak {PROTOCOL!r}")
+            raise HandshakeError(
+                f"protocol {str(hello.get('protocol'))[:40]!r}, we speak {PROTOCOL!r}"
+            )
         theirs = _field(hello, "namespace", str)
         if theirs != namespace:
             raise HandshakeError(f"namespace {theirs[:64]!r} is not ours ({namespace!r})")
@@ -113,9 +122,8 @@ async def perform(
         ):
             raise HandshakeError(f"peer could not prove it holds the key of {peer_id}")
     except HandshakeError as exc:
-        try:
+        # the peer may be gone already; the refusal stands either way
+        with contextlib.suppress(Exception):
             await wire.send(send, {"type": "refuse", "reason": str(exc)})
-        except Exception:  # noqa: BLE001 - the peer may be gone already; the refusal stands
-            pass
         raise
     return Handshake(peer_id=peer_id, listen_port=port)

@@ -30,7 +30,7 @@ def config_model() -> type[BaseModel]:  # type: ignore[empty-body]
 
 
 @hookspec
-def discover_peers(context: DiscoveryContext[BaseModel]) -> PeerSets | None:  # type: ignore[empty-body]
+def discover_peers(context: DiscoveryContext[BaseModel]) -> PeerSets | None:
     """An async iterator of peer sets: each item is every peer this plugin sees now.
 
     The node drives it in a task of its own and diffs the sets; a peer missing from the next set
@@ -42,10 +42,14 @@ def discover_peers(context: DiscoveryContext[BaseModel]) -> PeerSets | None:  # 
 
 
 @hookspec
-def on_connection(event: ConnectionEvent, context: DiscoveryContext[BaseModel]) -> Awaitable[None] | None:
+def on_connection(
+    event: ConnectionEvent, context: DiscoveryContext[BaseModel]
+) -> Awaitable[None] | None:
     """Called once when the node connects to a peer and once when it loses it; may be async."""
 
 
 @hookspec
-def doctor(context: DiscoveryContext[BaseModel]) -> Awaitable[list[CheckResult]] | list[CheckResult]:  # type: ignore[empty-body]
+def doctor(  # type: ignore[empty-body]
+    context: DiscoveryContext[BaseModel],
+) -> Awaitable[list[CheckResult]] | list[CheckResult]:
     """Checks that this plugin can work here, each with a fix for when it cannot; may be async."""

@@ -36,7 +36,9 @@ class PeerId(str):
     @classmethod
     def from_public_key(cls, key: Ed25519PublicKey) -> PeerId:
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return cls(base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + raw).decode())
+        return cls(
+            base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + raw).decode()
+        )
 
     @classmethod
     def parse(cls, text: str) -> PeerId:
@@ -102,7 +104,9 @@ class Identity:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
         seed = key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
         )
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -116,7 +120,9 @@ class Identity:
     def load(cls, path: Path) -> Identity:
         seed = path.read_bytes()
         if len(seed) != 32:
-            raise ValueError(f"{path}: not an Ed25519 key file (expected 32 bytes, got {len(seed)})")
+            raise ValueError(
+                f"{path}: not an Ed25519 key file (expected 32 bytes, got {len(seed)})"
+            )
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             os.chmod(path, 0o600)

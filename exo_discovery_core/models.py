@@ -52,8 +52,10 @@ class Address(BaseModel):
 
     def __str__(self) -> str:
         ip = self.ip
-        return f"[{self.host}]:{self.port}" if ip is not None and ip.version == 6 else (
-            f"{self.host}:{self.port}"
+        return (
+            f"[{self.host}]:{self.port}"
+            if ip is not None and ip.version == 6
+            else (f"{self.host}:{self.port}")
         )
 
     def multiaddr(self) -> str:
@@ -76,9 +78,7 @@ class PeerCandidate(BaseModel):
     metadata: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def at(
-        cls, host: str, port: int, peer_id: str | None = None, **metadata: str
-    ) -> PeerCandidate:
+    def at(cls, host: str, port: int, peer_id: str | None = None, **metadata: str) -> PeerCandidate:
         """Shorthand for one address: ``PeerCandidate.at("10.0.0.2", 52417)``."""
         return cls(
             peer_id=PeerId.parse(peer_id) if peer_id else None,

@@ -134,13 +134,17 @@ class Node:
         await stack.__aenter__()
         try:
             listener = await anyio.create_tcp_listener(
-                local_host=self.config.listen_host or None, local_port=self.config.port,
+                local_host=self.config.listen_host or None,
+                local_port=self.config.port,
                 reuse_port=False,
             )
             stack.push_async_callback(listener.aclose)
             self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
             self.connections = ConnectionManager(
-                self._identity, self.config, on_up=self._on_up, on_down=self._on_down,
+                self._identity,
+                self.config,
+                on_up=self._on_up,
+                on_down=self._on_down,
                 on_identified=self._on_identified,
             )
             self.connections.listen_port = self.port
@@ -159,14 +163,26 @@ class Node:
             await stack.__aexit__(*sys.exc_info())
             raise
         self._stack = stack
-        log.info("node %s listening on port %d (namespace %r)", self.peer_id, self.port,
-                 self.config.namespace)
-        self._publish(NodeEvent(event="started", peer_id=str(self.peer_id), port=self.port,
-                                namespace=self.config.namespace))
+        log.info(
+            "node %s listening on port %d (namespace %r)",
+            self.peer_id,
+            self.port,
+            self.config.namespace,
+        )
+        self._publish(
+            NodeEvent(
+                event="started",
+                peer_id=str(self.peer_id),
+                port=self.port,
+                namespace=self.config.namespace,
+            )
+        )
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None
@@ -216,11 +232,20 @@ class Node:
                 "metadata": peer.metadata,
             }
         for peer_id, conn in connected.items():
-            rows.setdefault(str(peer_id), {
-                "peer_id": peer_id, "addresses": [str(conn.address)], "sources": ["inbound"],
-                "state": "connected", "address": str(conn.address), "metadata": {},
-            })
-        return sorted(rows.values(), key=lambda row: (row["state"] != "connected", str(row["peer_id"])))
+            rows.setdefault(
+                str(peer_id),
+                {
+                    "peer_id": peer_id,
+                    "addresses": [str(conn.address)],
+                    "sources": ["inbound"],
+                    "state": "connected",
+                    "address": str(conn.address),
+                    "metadata": {},
+                },
+            )
+        return sorted(
+            rows.values(), key=lambda row: (row["state"] != "connected", str(row["peer_id"]))
+        )
 
     def _identity_id(self) -> PeerId | None:
         return self._identity.peer_id if self._identity else None
@@ -236,13 +261,20 @@ class Node:
             self._set_health(name, ok, message)
 
         return DiscoveryContext(
-            plugin_name=name, config=plugin_config, node=self.info, state_dir=state_dir,
-            log=logging.getLogger(f"exo_discovery.plugin.{name}"), report_health=report,
+            plugin_name=name,
+            config=plugin_config,
+            node=self.info,
+            state_dir=state_dir,
+            log=logging.getLogger(f"exo_discovery.plugin.{name}"),
+            report_health=report,
         )
 
     async def _supervise(self, context: DiscoveryContext[Any]) -> None:
         await supervise(
-            self.host, context, on_set=self._on_set, on_error=self._on_plugin_error,
+            self.host,
+            context,
+            on_set=self._on_set,
+            on_error=self._on_plugin_error,
             on_recovered=lambda name: self._set_health(name, True, "recovered"),
             restart_max=self.config.plugin_restart_max,
         )
@@ -274,15 +306,25 @@ class Node:
             peer_id, addresses, sources = self._known[key]
             if peer_id is None and all(self.table.alias(a) for a in addresses):
                 continue  # not lost: a handshake told us who it is, and it merged into that peer
-            self._publish(NodeEvent(event="peer_lost", peer_id=peer_id,
-                                    addresses=[str(a) for a in addresses], sources=sorted(sources)))
+            self._publish(
+                NodeEvent(
+                    event="peer_lost",
+                    peer_id=peer_id,
+                    addresses=[str(a) for a in addresses],
+                    sources=sorted(sources),
+                )
+            )
         self._known = now
         self._wake.set()
 
     @staticmethod
     def _peer_event(kind: Any, peer: Peer) -> NodeEvent:
-        return NodeEvent(event=kind, peer_id=peer.peer_id,
-                         addresses=[str(a) for a in peer.addresses], sources=sorted(peer.sources))
+        return NodeEvent(
+            event=kind,
+            peer_id=peer.peer_id,
+            addresses=[str(a) for a in peer.addresses],
+            sources=sorted(peer.sources),
+        )
 
     async def _housekeeping(self) -> None:
         while True:
@@ -309,18 +351,35 @@ class Node:
         sources = self._sources(peer_id)
         self._sources_of[peer_id] = sources
         log.info("connected to %s at %s", peer_id, address)
-        self._publish(NodeEvent(event="connected", peer_id=peer_id,
-                                address=str(address) if address else None, sources=sorted(sources)))
-        self._dispatch(ConnectionEvent(peer_id=peer_id, state=ConnectionState.CONNECTED,
-                                       address=address, sources=sources))
+        self._publish(
+            NodeEvent(
+                event="connected",
+                peer_id=peer_id,
+                address=str(address) if address else None,
+                sources=sorted(sources),
+            )
+        )
+        self._dispatch(
+            ConnectionEvent(
+                peer_id=peer_id, state=ConnectionState.CONNECTED, address=address, sources=sources
+            )
+        )
 
     def _on_down(self, peer_id: PeerId, reason: str) -> None:
         sources = self._sources_of.pop(peer_id, self._sources(peer_id))
         log.info("disconnected from %s: %s", peer_id, reason)
-        self._publish(NodeEvent(event="disconnected", peer_id=peer_id, reason=reason,
-                                sources=sorted(sources)))
-        self._dispatch(ConnectionEvent(peer_id=peer_id, state=ConnectionState.DISCONNECTED,
-                                       address=None, sources=sources, reason=reason))
+        self._publish(
+            NodeEvent(event="disconnected", peer_id=peer_id, reason=reason, sources=sorted(sources))
+        )
+        self._dispatch(
+            ConnectionEvent(
+                peer_id=peer_id,
+                state=ConnectionState.DISCONNECTED,
+                address=None,
+                sources=sources,
+                reason=reason,
+            )
+        )
         state = self._dial_states.get(str(peer_id))
         if state is not None:
             state.next_at = 0.0  # try again at once, then back off
@@ -387,8 +446,14 @@ class Node:
                     self.table.learn(address, self.peer_id)
                     self._table_changed()
                     return
-                except (HandshakeError, TimeoutError, OSError, anyio.EndOfStream,
-                        anyio.IncompleteRead, anyio.BrokenResourceError) as exc:
+                except (
+                    HandshakeError,
+                    TimeoutError,
+                    OSError,
+                    anyio.EndOfStream,
+                    anyio.IncompleteRead,
+                    anyio.BrokenResourceError,
+                ) as exc:
                     level = logging.WARNING if isinstance(exc, HandshakeError) else logging.DEBUG
                     log.log(level, "dial %s failed: %s", address, exc or type(exc).__name__)
                     continue

@@ -91,7 +91,7 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the node
+            except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 info.error = f"import failed: {type(exc).__name__}: {exc}"

@@ -33,9 +33,13 @@ def snapshot(node: Node) -> dict[str, Any]:
         "namespace": node.config.namespace,
         "port": node.port,
         "plugins": [
-            {**info.as_dict(), "healthy": node.health.get(info.name).ok  # type: ignore[union-attr]
-             if info.name in node.health else None,
-             "health": node.health[info.name].message if info.name in node.health else None}
+            {
+                **info.as_dict(),
+                "healthy": node.health.get(info.name).ok  # type: ignore[union-attr]
+                if info.name in node.health
+                else None,
+                "health": node.health[info.name].message if info.name in node.health else None,
+            }
             for info in node.plugin_infos()
         ],
         "peers": node.peers(),
@@ -45,7 +49,9 @@ def snapshot(node: Node) -> dict[str, Any]:
 async def serve(node: Node, stack: AsyncExitStack, tg: TaskGroup) -> None:
     path = socket_path(node.config.state_dir)
     if len(os.fsencode(path)) >= 104:
-        log.warning("state dir path too long for a unix socket; `exo-discovery peers` will not work")
+        log.warning(
+            "state dir path too long for a unix socket; `exo-discovery peers` will not work"
+        )
         return
     path.unlink(missing_ok=True)
     listener = await anyio.create_unix_listener(path)

@@ -8,7 +8,7 @@ in a worker thread with a deadline, so a plugin that blocks there cannot stall t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
@@ -29,7 +29,9 @@ class PluginMisbehaved(Exception):
 
 def _as_set(plugin: str, item: Any) -> frozenset[PeerCandidate]:
     if isinstance(item, PeerCandidate) or not isinstance(item, Iterable):
-        raise PluginMisbehaved(f"plugin {plugin!r} yielded {type(item).__name__}, not a set of peers")
+        raise PluginMisbehaved(
+            f"plugin {plugin!r} yielded {type(item).__name__}, not a set of peers"
+        )
     candidates = frozenset(item)
     for candidate in candidates:
         if not isinstance(candidate, PeerCandidate):
@@ -68,22 +70,27 @@ async def supervise(
                         on_recovered(name)
             context.log.debug("plugin %r finished; its last peers stay", name)
             return
-        except Exception as exc:  # noqa: BLE001 - isolation: any plugin error is contained here
+        except Exception as exc:
             failing = True
             delay = backoff.next()
             message = f"{type(exc).__name__}: {exc}"
             repeated, last_error = message == last_error, message
-            log.log(logging.INFO if repeated else logging.ERROR,
-                    "plugin %r failed%s: %s; restarting in %.1f s", name,
-                    " again" if repeated else "", message, delay,
-                    exc_info=not repeated and not isinstance(exc, PluginMisbehaved | TimeoutError))
+            log.log(
+                logging.INFO if repeated else logging.ERROR,
+                "plugin %r failed%s: %s; restarting in %.1f s",
+                name,
+                " again" if repeated else "",
+                message,
+                delay,
+                exc_info=not repeated and not isinstance(exc, PluginMisbehaved | TimeoutError),
+            )
             on_error(name, message)
             await anyio.sleep(delay)
 
 
-async def _call_hook(
-    host: PluginHost, name: str, context: DiscoveryContext[Any]
-) -> AsyncIterator[Any] | None:
+async def _call_hook(host: PluginHost, name: str, context: DiscoveryContext[Any]) -> Any:
+    """The plugin's async iterator (or None), from a worker thread so a blocking hook can't stall us."""
+
     def call() -> Any:
         return host.call(name, "discover_peers", context=context)
 

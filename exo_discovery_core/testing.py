@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import BaseModel
-
 from anyio.streams.memory import MemoryObjectReceiveStream
+from pydantic import BaseModel
 
 from .config import ConfigSource
 from .events import NodeEvent

@@ -15,8 +15,9 @@ class DemoConfig(BaseModel):
     url: str = option("http://default", help="where", flag="--demo-url", env="DEMO_URL")
     interval: float = option(5.0, help="how often", flag="--demo-interval", gt=0)
     peers: list[str] = option([], help="peers", flag="--demo-peers", env="DEMO_PEERS")
-    key: SecretStr | None = option(None, help="secret", flag="--demo-key", env="DEMO_KEY",
-                                   secret=True)
+    key: SecretStr | None = option(
+        None, help="secret", flag="--demo-key", env="DEMO_KEY", secret=True
+    )
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -31,8 +32,9 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     assert only_file.plugin_config("demo", DemoConfig).url == "http://file"  # type: ignore[attr-defined]
     with_env = ConfigSource.load(path, env={"DEMO_URL": "http://env"})
     assert with_env.plugin_config("demo", DemoConfig).url == "http://env"  # type: ignore[attr-defined]
-    with_flag = ConfigSource.load(path, env={"DEMO_URL": "http://env"},
-                                  flags={"--demo-url": "http://flag"})
+    with_flag = ConfigSource.load(
+        path, env={"DEMO_URL": "http://env"}, flags={"--demo-url": "http://flag"}
+    )
     config = with_flag.plugin_config("demo", DemoConfig)
     assert config.url == "http://flag"  # type: ignore[attr-defined]
     assert config.interval == 2  # type: ignore[attr-defined]
@@ -44,7 +46,7 @@ def test_lists_from_env_and_flags_are_comma_separated(tmp_path: Path) -> None:
 
 
 def test_config_file_found_through_env_var(tmp_path: Path) -> None:
-    path = write(tmp_path, "[node]\nnamespace = \"lab\"\n")
+    path = write(tmp_path, '[node]\nnamespace = "lab"\n')
     source = ConfigSource.load(None, env={"EXO_DISCOVERY_CONFIG": str(path)})
     assert source.node_config().namespace == "lab"
 
@@ -52,11 +54,36 @@ def test_config_file_found_through_env_var(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "env", "flags", "expected"),
     [
-        ("[plugins.demo]\ninterval = -1\n", {}, {}, "[plugins.demo] interval: Input should be greater than 0 (plugin 'demo')"),
-        ("", {}, {"--demo-interval": "soon"}, "flag --demo-interval: Input should be a valid number"),
-        ("[plugins.demo]\nurll = 1\n", {}, {}, "[plugins.demo] urll: unknown key (known keys in [plugins.demo]: url, interval, peers, key)"),
-        ("[node]\nport = 70000\n", {}, {}, "[node] port: Input should be less than or equal to 65535 (node)"),
-        ("", {"EXO_DISCOVERY_PORT": "http"}, {}, "env EXO_DISCOVERY_PORT: Input should be a valid integer"),
+        (
+            "[plugins.demo]\ninterval = -1\n",
+            {},
+            {},
+            "[plugins.demo] interval: Input should be greater than 0 (plugin 'demo')",
+        ),
+        (
+            "",
+            {},
+            {"--demo-interval": "soon"},
+            "flag --demo-interval: Input should be a valid number",
+        ),
+        (
+            "[plugins.demo]\nurll = 1\n",
+            {},
+            {},
+            "[plugins.demo] urll: unknown key (known keys in [plugins.demo]: url, interval, peers, key)",
+        ),
+        (
+            "[node]\nport = 70000\n",
+            {},
+            {},
+            "[node] port: Input should be less than or equal to 65535 (node)",
+        ),
+        (
+            "",
+            {"EXO_DISCOVERY_PORT": "http"},
+            {},
+            "env EXO_DISCOVERY_PORT: Input should be a valid integer",
+        ),
         ("[nodes]\nport = 1\n", {}, {}, "unknown top-level key 'nodes'"),
         ("[node\n", {}, {}, "not valid TOML"),
     ],
@@ -107,16 +134,19 @@ def test_validation_errors_do_not_echo_secret_values(tmp_path: Path) -> None:
 
 def test_plugin_selection_precedence_and_unknown_names(tmp_path: Path) -> None:
     installed = ["bootstrap", "headscale", "mdns"]
-    path = write(tmp_path, "[plugins]\ndisabled = [\"headscale\"]\n[plugins.mdns]\nenabled = false\n")
+    path = write(tmp_path, '[plugins]\ndisabled = ["headscale"]\n[plugins.mdns]\nenabled = false\n')
     selection = ConfigSource.load(path, env={}).plugin_selection(installed)
     assert selection["bootstrap"] == "enabled"
     assert "disabled" in selection["headscale"] and "disabled" in selection["mdns"]
-    only = ConfigSource.load(None, env={"EXO_DISCOVERY_PLUGINS": "mdns"}).plugin_selection(installed)
+    only = ConfigSource.load(None, env={"EXO_DISCOVERY_PLUGINS": "mdns"}).plugin_selection(
+        installed
+    )
     assert [n for n, s in only.items() if s == "enabled"] == ["mdns"]
     none = ConfigSource.load(None, env={"EXO_DISCOVERY_PLUGINS": ""}).plugin_selection(installed)
     assert not [n for n, s in none.items() if s == "enabled"]
-    flags = ConfigSource.load(None, env={"EXO_DISCOVERY_PLUGINS": "mdns"}, enable=["bootstrap"],
-                              disable=["mdns"]).plugin_selection(installed)
+    flags = ConfigSource.load(
+        None, env={"EXO_DISCOVERY_PLUGINS": "mdns"}, enable=["bootstrap"], disable=["mdns"]
+    ).plugin_selection(installed)
     assert [n for n, s in flags.items() if s == "enabled"] == ["bootstrap"]
     with pytest.raises(ConfigError) as caught:
         ConfigSource.load(None, env={"EXO_DISCOVERY_DISABLE_PLUGINS": "tailscal"}).plugin_selection(

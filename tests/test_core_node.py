@@ -64,8 +64,10 @@ async def test_plugin_that_raises_is_restarted_and_its_peers_kept_until_the_ttl(
 
             return stream()
 
-    async with run_node({"flaky": Flaky()}, node={**FAST, "peer_ttl": 2.0, "connect": False}) as node, \
-            node.events() as events:
+    async with (
+        run_node({"flaky": Flaky()}, node={**FAST, "peer_ttl": 2.0, "connect": False}) as node,
+        node.events() as events,
+    ):
         error = await next_event(events, "plugin_error", plugin="flaky")
         assert "RuntimeError: boom" in (error.error or "")
         await anyio.sleep(1.0)
@@ -92,8 +94,10 @@ async def test_a_hanging_or_misbehaving_plugin_does_not_stop_the_others() -> Non
     good = Static(PeerCandidate.at("127.0.0.1", 7))
     plugins = {"hangs": Hangs(), "wrong": WrongType(), "good": good}
     try:
-        async with run_node(plugins, node={**FAST, "connect": False}) as node, \
-                node.events() as events:
+        async with (
+            run_node(plugins, node={**FAST, "connect": False}) as node,
+            node.events() as events,
+        ):
             seen: dict[str, Any] = {}
             with anyio.fail_after(5):
                 async for event in events:
@@ -129,11 +133,19 @@ async def test_two_nodes_connect_once_and_see_each_other_leave() -> None:
 async def test_simultaneous_dials_end_with_one_connection_and_one_event_each(attempt: int) -> None:
     ids = [Identity.generate(), Identity.generate()]
     plugins = [Static(), Static()]
-    nodes = [Node(None, plugins={"static": p}, entry_points=False, identity=i)
-             for p, i in zip(plugins, ids, strict=True)]
+    nodes = [
+        Node(None, plugins={"static": p}, entry_points=False, identity=i)
+        for p, i in zip(plugins, ids, strict=True)
+    ]
     for node in nodes:
-        node.config = node.config.model_copy(update={"port": 0, "listen_host": "127.0.0.1",
-                                                     "state_dir": node.config.state_dir / os.urandom(4).hex(), **FAST})
+        node.config = node.config.model_copy(
+            update={
+                "port": 0,
+                "listen_host": "127.0.0.1",
+                "state_dir": node.config.state_dir / os.urandom(4).hex(),
+                **FAST,
+            }
+        )
     async with nodes[0] as a, nodes[1] as b:
         # both learn of each other at the same moment and dial at once
         for node, other in ((a, b), (b, a)):
@@ -203,14 +215,22 @@ async def test_slow_client_is_cut_off_at_the_handshake_timeout() -> None:
         await assert_still_serving(node)
 
 
-async def test_a_peer_claiming_an_id_it_does_not_hold_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_peer_claiming_an_id_it_does_not_hold_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     victim = Identity.generate()
     impostor = Identity.generate()
     impostor.peer_id = victim.peer_id  # claims the victim's id, signs with its own key
     async with run_node(node=FAST) as node:
         fake = Node(None, entry_points=False, identity=impostor)
-        fake.config = fake.config.model_copy(update={"port": 0, "listen_host": "127.0.0.1",
-                                                     "state_dir": node.config.state_dir / "fake", **FAST})
+        fake.config = fake.config.model_copy(
+            update={
+                "port": 0,
+                "listen_host": "127.0.0.1",
+                "state_dir": node.config.state_dir / "fake",
+                **FAST,
+            }
+        )
         async with fake, node.events() as events:
             fake.table.replace("static", [at(node)])
             fake._table_changed()
@@ -220,15 +240,24 @@ async def test_a_peer_claiming_an_id_it_does_not_hold_is_refused(caplog: pytest.
         await assert_still_serving(node)
 
 
-async def test_other_namespace_and_wrong_expected_id_are_refused(caplog: pytest.LogCaptureFixture) -> None:
-    async with run_node(node={**FAST, "namespace": "blue"}) as blue, \
-            run_node(node={**FAST, "namespace": "green"}) as green, green.events() as events:
+async def test_other_namespace_and_wrong_expected_id_are_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        run_node(node={**FAST, "namespace": "blue"}) as blue,
+        run_node(node={**FAST, "namespace": "green"}) as green,
+        green.events() as events,
+    ):
         green.table.replace("static", [at(blue)])
         green._table_changed()
         with pytest.raises(TimeoutError):
             await next_event(events, "connected", timeout=1.5)
         assert "namespace 'blue' is not ours ('green')" in caplog.text
-    async with run_node(node=FAST) as real, run_node(node=FAST) as dialer, dialer.events() as events:
+    async with (
+        run_node(node=FAST) as real,
+        run_node(node=FAST) as dialer,
+        dialer.events() as events,
+    ):
         wrong = Identity.generate().peer_id
         dialer.table.replace("static", [at(real, wrong)])
         dialer._table_changed()
@@ -240,7 +269,10 @@ async def test_other_namespace_and_wrong_expected_id_are_refused(caplog: pytest.
 async def test_host_program_reports_connections_itself() -> None:
     plugin = Static()
     peer = Identity.generate().peer_id
-    async with run_node({"static": plugin}, node={"connect": False}) as node, node.events() as events:
+    async with (
+        run_node({"static": plugin}, node={"connect": False}) as node,
+        node.events() as events,
+    ):
         node.report_connection(peer, True)
         assert (await next_event(events, "connected")).peer_id == peer
         node.report_connection(peer, False, reason="transport closed")

@@ -37,12 +37,25 @@ class NodeProcess:
         self.log_path = state_dir / f"{name}.stderr.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("EXO_DISCOVERY_CONFIG", None)
-        self.argv = [*prefix, sys.executable, "-m", "exo_discovery_core", "-vv", "run", "--json",
-                     "--state-dir", str(state_dir), *args]
+        self.argv = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "exo_discovery_core",
+            "-vv",
+            "run",
+            "--json",
+            "--state-dir",
+            str(state_dir),
+            *args,
+        ]
         self._stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=self._stderr, env=full_env,
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=full_env,
             cwd=str(state_dir),
         )
         self.events: list[dict[str, Any]] = []
@@ -154,8 +167,10 @@ class NodeFleet:
         self.root = root
         self.nodes: list[NodeProcess] = []
 
-    def start(self, name: str, *args: str, **kwargs: Any) -> NodeProcess:
-        node = NodeProcess(self.root / name, args, name=name, **kwargs)
+    def start(
+        self, name: str, *args: str, state_dir_override: Path | None = None, **kwargs: Any
+    ) -> NodeProcess:
+        node = NodeProcess(state_dir_override or self.root / name, args, name=name, **kwargs)
         self.nodes.append(node)
         return node
 

@@ -1,0 +1,162 @@
+"""Real node processes on loopback, with a plugin installed through a real entry point."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.nodes import NodeFleet
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def on_connection_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "on_connection" in line]
+
+
+def test_two_nodes_connect_notice_a_kill_and_reconnect_with_the_same_id(
+    nodes: NodeFleet, static_plugin_env: dict[str, str]
+) -> None:
+    port_a, port_b = free_port(), free_port()
+    args = ["--plugins", "static", "--listen-host", "127.0.0.1"]
+    a = nodes.start(
+        "a",
+        *args,
+        "--port",
+        str(port_a),
+        "--static-peers",
+        f"127.0.0.1:{port_b}",
+        env=static_plugin_env,
+    )
+    b = nodes.start(
+        "b",
+        *args,
+        "--port",
+        str(port_b),
+        "--static-peers",
+        f"127.0.0.1:{port_a}",
+        env=static_plugin_env,
+    )
+    assert a.wait_for("connected", timeout=10)["peer_id"] == b.peer_id
+    assert b.wait_for("connected", timeout=10)["peer_id"] == a.peer_id
+    time.sleep(1.5)  # both dialed: any duplicate has been settled by now
+    assert a.count("connected") == 1 and b.count("connected") == 1
+    assert a.count("disconnected") == 0 and b.count("disconnected") == 0
+    for node in (a, b):
+        lines = on_connection_lines(node.log_path)
+        assert len(lines) == 1 and "CONNECTED" in lines[0], lines
+
+    killed_at = time.monotonic()
+    b.kill()
+    gone = a.wait_for("disconnected", timeout=5, peer_id=b.peer_id)
+    assert gone["_mono"] - killed_at <= 3.0, "a dead peer must be noticed within the default bound"
+
+    again = nodes.start(
+        "b2",
+        *args,
+        "--port",
+        str(port_b),
+        "--static-peers",
+        f"127.0.0.1:{port_a}",
+        env=static_plugin_env,
+        state_dir_override=b.state_dir,
+    )
+    assert again.peer_id == b.peer_id, "the peer id changed across a restart"
+    assert a.wait_for("connected", timeout=10, peer_id=b.peer_id)
+    assert on_connection_lines(a.log_path)[-1].endswith("CONNECTED")
+    assert len(on_connection_lines(a.log_path)) == 3  # up, down, up: one per real transition
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "exo_discovery_core", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, **env, "EXO_DISCOVERY_STATE_DIR": str(cwd / "state")},
+    )
+
+
+def test_entry_point_plugin_is_listed_and_a_disabled_one_is_never_imported(
+    tmp_path: Path, static_plugin_env: dict[str, str]
+) -> None:
+    marker = tmp_path / "imported"
+    env = {**static_plugin_env, "STATIC_MARKER": str(marker)}
+    listed = run_cli("plugins", "--json", env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    static = next(p for p in json.loads(listed.stdout) if p["name"] == "static")
+    assert static["distribution"] == "exo-discovery-static" and static["version"] == "0.1.0"
+    assert static["enabled"] and static["error"] is None
+    assert marker.read_text() == "imported\n"
+    marker.unlink()
+
+    (tmp_path / "exo-discovery.toml").write_text("[plugins.static]\nenabled = false\n")
+    listed = run_cli("plugins", "--json", env=env, cwd=tmp_path)
+    static = next(p for p in json.loads(listed.stdout) if p["name"] == "static")
+    assert not static["enabled"] and "enabled = false" in static["status"]
+    assert not marker.exists(), "a disabled plugin was imported"
+    by_env = run_cli(
+        "plugins", env={**env, "EXO_DISCOVERY_DISABLE_PLUGINS": "static"}, cwd=tmp_path
+    )
+    assert "disabled" in by_env.stdout and not marker.exists()
+
+
+def test_broken_plugins_are_reported_by_name_and_the_node_still_runs(
+    tmp_path: Path, static_plugin_env: dict[str, str], nodes: NodeFleet
+) -> None:
+    from tests.support.fake_install import install_plugin
+
+    site = Path(static_plugin_env["PYTHONPATH"].split(":")[0])
+    install_plugin(
+        site,
+        dist="exo-discovery-broken",
+        module="exo_broken_plugin",
+        source="raise ImportError('missing dependency frobnicate')\n",
+        entry="broken",
+    )
+    install_plugin(
+        site,
+        dist="exo-discovery-typo",
+        module="exo_typo_plugin",
+        entry="typo",
+        source="from exo_discovery_core import hookimpl\n"
+        "@hookimpl\ndef discover_peer(context):\n    return None\n",
+    )
+    listed = run_cli("plugins", env=static_plugin_env, cwd=tmp_path)
+    assert "broken" in listed.stdout and "missing dependency frobnicate" in listed.stdout
+    assert "unknown hook(s) discover_peer" in listed.stdout
+    node = nodes.start("n", "--port", "0", env=static_plugin_env)
+    assert node.proc.poll() is None
+    assert "plugin 'broken'" in node.log_tail(50)
+
+
+def test_cli_as_a_new_user_would_try_it(tmp_path: Path, static_plugin_env: dict[str, str]) -> None:
+    first = run_cli("id", env=static_plugin_env, cwd=tmp_path)
+    second = run_cli("id", env=static_plugin_env, cwd=tmp_path)
+    assert first.returncode == 0 and first.stdout.startswith("12D3KooW")
+    assert first.stdout == second.stdout
+
+    doctor = run_cli("doctor", env=static_plugin_env, cwd=tmp_path)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "configuration" in doctor.stdout and "plugin static" in doctor.stdout
+
+    (tmp_path / "exo-discovery.toml").write_text("[plugins.static]\npeers = 5\n")
+    bad = run_cli("doctor", env=static_plugin_env, cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "exo-discovery.toml [plugins.static] peers: Input should be a valid list" in bad.stdout
+    bad_run = run_cli("run", "--json", env=static_plugin_env, cwd=tmp_path)
+    assert bad_run.returncode == 2 and "[plugins.static] peers" in bad_run.stderr
+
+    helped = run_cli("run", "--help", env=static_plugin_env, cwd=tmp_path)
+    assert "--static-peers" in helped.stdout and "--port" in helped.stdout

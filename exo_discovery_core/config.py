@@ -125,7 +125,7 @@ class NodeConfig(BaseModel):
         ge=0,
     )
     redial_max: float = option(
-        5.0,
+        2.0,
         help="Cap of the backoff between dials of an unreachable candidate",
         gt=0,
     )

@@ -1,0 +1,98 @@
+"""The hooks: the node calls these. Import only the public API of ``exo_discovery_core``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+from exo_discovery_core import (
+    CheckResult,
+    DiscoveryContext,
+    PeerCandidate,
+    SourceError,
+    hookimpl,
+    option,
+    poll,
+)
+
+
+class TemplateConfig(BaseModel):
+    """The ``[plugins.template]`` table; each field can also come from its env var and flag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | None = option(
+        None, help="JSON file with a list of host:port", flag="--template-path", env="EXO_TEMPLATE_PATH"
+    )
+    interval: float = option(5.0, help="Seconds between reads", flag="--template-interval", gt=0)
+
+
+@hookimpl
+def config_model() -> type[BaseModel]:
+    return TemplateConfig
+
+
+def parse(text: str, origin: str) -> frozenset[PeerCandidate]:
+    """The candidates in ``text``; a SourceError that quotes the bad entry otherwise."""
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{origin}: not JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise SourceError(f"{origin}: expected a JSON list of host:port")
+    candidates = set()
+    for entry in entries:
+        host, _, port = str(entry).rpartition(":")
+        if not host or not port.isdigit():
+            raise SourceError(f"{origin}: {entry!r} is not host:port")
+        try:
+            candidates.add(PeerCandidate.at(host.strip("[]"), int(port)))
+        except ValueError as exc:
+            raise SourceError(f"{origin}: {entry!r}: {exc}") from None
+    return frozenset(candidates)
+
+
+@hookimpl
+async def discover_peers(
+    context: DiscoveryContext[TemplateConfig],
+) -> AsyncIterator[frozenset[PeerCandidate]]:
+    """Yield the file's peers whenever they change; the core's ``poll`` keeps the last good set
+    while the file is missing or broken, backs off and logs each failure once."""
+    config = context.config
+    if config.path is None:
+        context.log.info("no path configured (set EXO_TEMPLATE_PATH); idle")
+        return
+    path = config.path
+
+    async def read() -> frozenset[PeerCandidate]:
+        try:
+            text = await anyio.Path(path).read_text()
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+        return parse(text, str(path))
+
+    yield frozenset()  # nothing known yet: say so at once
+    async for peers in poll(read, interval=config.interval, log=context.log, what=f"peer file {path}"):
+        yield peers
+
+
+@hookimpl
+def on_connection(event: object, context: DiscoveryContext[TemplateConfig]) -> None:
+    context.log.debug("connection event: %s", event)
+
+
+@hookimpl
+def doctor(context: DiscoveryContext[TemplateConfig]) -> list[CheckResult]:
+    path = context.config.path
+    if path is None:
+        return [CheckResult(name="peer file", ok=True, detail="not configured: plugin idle")]
+    try:
+        peers = parse(path.read_text(), str(path))
+    except (OSError, SourceError) as exc:
+        return [CheckResult(name="peer file", ok=False, detail=str(exc),
+                            fix=f"create {path} with a JSON list such as [\"10.0.0.2:52417\"]")]
+    return [CheckResult(name="peer file", ok=True, detail=f"{len(peers)} peers in {path}")]

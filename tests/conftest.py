@@ -29,6 +29,11 @@ def nodes(tmp_path: Path) -> Iterator[NodeFleet]:
 def static_plugin_env(tmp_path: Path) -> dict[str, str]:
     """Env for node processes in which the test plugin ``static`` is installed."""
     site = tmp_path / "site"
-    install_plugin(site, dist="exo-discovery-static", module="exo_static_plugin",
-                   source=STATIC_PLUGIN, entry="static")
+    install_plugin(
+        site,
+        dist="exo-discovery-static",
+        module="exo_static_plugin",
+        source=STATIC_PLUGIN,
+        entry="static",
+    )
     return env_with(site)

@@ -12,8 +12,16 @@ import textwrap
 from pathlib import Path
 
 
-def install_plugin(site: Path, *, dist: str, module: str, source: str, entry: str,
-                   version: str = "0.1.0", target: str | None = None) -> None:
+def install_plugin(
+    site: Path,
+    *,
+    dist: str,
+    module: str,
+    source: str,
+    entry: str,
+    version: str = "0.1.0",
+    target: str | None = None,
+) -> None:
     site.mkdir(parents=True, exist_ok=True)
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"

@@ -1,0 +1,458 @@
+"""The bootstrap plugin: report the configured peers, every round, as the node should dial them.
+
+Each round (``refresh_interval``) re-reads the peers file, re-resolves every DNS name and yields
+the whole candidate set when it changed (the core's ``poll`` does the loop). Dialing, backoff and
+reconnecting to a peer that comes up later are the node's job: this plugin only keeps reporting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import ifaddr
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
+
+from exo_discovery_core import (
+    Address,
+    CheckResult,
+    DiscoveryContext,
+    PeerCandidate,
+    PeerId,
+    hookimpl,
+    option,
+    poll,
+)
+
+from .entries import FORMATS, BadEntry, BootstrapEntry, parse_entry
+from .peersfile import MAX_FILE_BYTES, BadPeersFile, entry_texts, parse_peers_file
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int, socket.AddressFamily], Awaitable[list[str]]]
+"""``(name, port, family) -> IP strings``; raises ``OSError`` when the name does not resolve."""
+LocalAddresses = Callable[[], set[IP]]
+PeerSets = AsyncIterator[Iterable[PeerCandidate]]
+
+
+def _valid_entry(text: str) -> str:
+    """Fail config validation on a bad entry, so it is never silently dropped."""
+    return parse_entry(text).text
+
+
+class BootstrapConfig(BaseModel):
+    """The ``[plugins.bootstrap]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    peers: tuple[Annotated[str, AfterValidator(_valid_entry)], ...] = option(
+        (),
+        help=f"Peers to join ({FORMATS}); comma-separated in the flag and env",
+        flag="--bootstrap-peers",
+        env="EXO_BOOTSTRAP_PEERS",
+    )
+    peers_file: Path | None = option(
+        None,
+        help="File of peers (one per line with # comments, a JSON list, or TOML peers = [...]), "
+        "re-read every round",
+        flag="--bootstrap-peers-file",
+        env="EXO_BOOTSTRAP_PEERS_FILE",
+    )
+    refresh_interval: float = option(
+        2.0,
+        help="Seconds between rounds (file re-read, DNS names re-resolved)",
+        flag="--bootstrap-refresh-interval",
+        env="EXO_BOOTSTRAP_REFRESH_INTERVAL",
+        gt=0,
+        le=3600,
+    )
+    dns_timeout: float = option(
+        5.0,
+        help="Seconds one DNS name may take to resolve",
+        gt=0,
+        le=60,
+    )
+
+    @field_validator("peers_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """An empty env var or flag means "no file", not the current directory."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def entries(self) -> list[BootstrapEntry]:
+        return [parse_entry(text) for text in self.peers]
+
+
+async def system_resolver(name: str, port: int, family: socket.AddressFamily) -> list[str]:
+    """Resolve with the system resolver (``/etc/hosts``, DNS), TCP only, off the event loop."""
+    infos = await anyio.getaddrinfo(name, port, family=family, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def system_local_addresses() -> set[IP]:
+    """This host's interface addresses (``ifaddr``); loopback is matched by range separately."""
+    found: set[IP] = set()
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            raw = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            try:
+                found.add(ipaddress.ip_address(str(raw).split("%", 1)[0]))
+            except ValueError:
+                continue
+    return found
+
+
+def _ip(text: str) -> IP | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+class BootstrapPlugin:
+    """The plugin as an object, so tests can swap the resolver and the local-address lookup.
+
+    The entry point is the module (:mod:`exo_discovery_bootstrap.plugin`), whose hooks use a
+    default instance with the system resolver.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver | None = None,
+        local_addresses: LocalAddresses | None = None,
+    ) -> None:
+        self.resolver = resolver or system_resolver
+        self.local_addresses = local_addresses or system_local_addresses
+
+    @hookimpl
+    def config_model(self) -> type[BaseModel]:
+        return BootstrapConfig
+
+    @hookimpl
+    def discover_peers(self, context: DiscoveryContext[Any]) -> PeerSets | None:
+        config = _config(context)
+        if not config.peers and config.peers_file is None:
+            context.log.info("no bootstrap peers configured; idle")
+            return None
+        return self._run(context, config)
+
+    async def _run(self, context: DiscoveryContext[Any], config: BootstrapConfig) -> PeerSets:
+        round_ = _Round(self, context, config)
+        async for peers in poll(
+            round_.fetch,
+            interval=config.refresh_interval,
+            log=context.log,
+            what="bootstrap peers",
+            timeout=config.dns_timeout + 5.0,
+        ):
+            yield peers
+
+    @hookimpl
+    async def doctor(self, context: DiscoveryContext[Any]) -> list[CheckResult]:
+        config = _config(context)
+        if not config.peers and config.peers_file is None:
+            return [
+                CheckResult(
+                    name="bootstrap: peers configured",
+                    ok=True,
+                    detail="no peers configured, so the plugin stays idle (set peers, "
+                    "--bootstrap-peers or EXO_BOOTSTRAP_PEERS, or peers_file, to use it)",
+                )
+            ]
+        checks = [await self._check_entry(context, text, "config") for text in config.peers]
+        if config.peers_file is not None:
+            checks += await self._check_file(context, config.peers_file)
+        return checks
+
+    async def _check_file(self, context: DiscoveryContext[Any], path: Path) -> list[CheckResult]:
+        name = f"bootstrap: peers_file {path}"
+        try:
+            content = (await anyio.Path(path).read_bytes()).decode("utf-8")
+            texts = entry_texts(path, content)
+        except (OSError, UnicodeDecodeError, BadPeersFile) as exc:
+            detail = f"cannot read: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            return [
+                CheckResult(
+                    name=name,
+                    ok=False,
+                    detail=detail,
+                    fix="create the file or correct peers_file / --bootstrap-peers-file / "
+                    "EXO_BOOTSTRAP_PEERS_FILE; it must be UTF-8: one peer per line, a JSON list "
+                    "or TOML peers = [...]",
+                )
+            ]
+        checks = [CheckResult(name=name, ok=True, detail=f"readable, {len(texts)} entries")]
+        for line, text in texts:
+            where = f"{path} line {line}" if line else str(path)
+            checks.append(await self._check_entry(context, text, where))
+        return checks
+
+    async def _check_entry(
+        self, context: DiscoveryContext[Any], text: Any, where: str
+    ) -> CheckResult:
+        name = f"bootstrap peer {text!r} ({where})"
+        try:
+            entry = parse_entry(text)
+        except BadEntry as exc:
+            return CheckResult(name=name, ok=False, detail=str(exc), fix=exc.fix)
+        if entry.peer_id is not None and entry.peer_id == context.node.peer_id:
+            return CheckResult(name=name, ok=True, detail="this node's own peer id; skipped")
+        if not entry.is_name:
+            detail = f"{entry.kind} address, port {entry.port}"
+            return CheckResult(name=name, ok=True, detail=detail)
+        try:
+            with anyio.fail_after(_config(context).dns_timeout):
+                ips = await self.resolver(entry.host, entry.port, entry.family)
+        except (OSError, TimeoutError) as exc:
+            return CheckResult(
+                name=name,
+                ok=False,
+                detail=f"{entry.host!r} does not resolve: {_why(exc)}",
+                fix="check the name and this host's DNS (or /etc/hosts); until it resolves the "
+                "plugin retries it every round and reports the other peers",
+            )
+        return CheckResult(
+            name=name,
+            ok=bool(ips),
+            detail=f"{entry.host!r} resolves to {len(ips)} address(es): {', '.join(ips)}",
+            fix="" if ips else f"give {entry.host!r} an A/AAAA record",
+        )
+
+
+def _config(context: DiscoveryContext[Any]) -> BootstrapConfig:
+    config = context.config
+    if not isinstance(config, BootstrapConfig):
+        raise TypeError(f"bootstrap: expected BootstrapConfig, got {type(config).__name__}")
+    return config
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+@dataclass
+class _Round:
+    """What one run of ``discover_peers`` remembers between rounds (file, failures logged)."""
+
+    plugin: BootstrapPlugin
+    context: DiscoveryContext[Any]
+    config: BootstrapConfig
+    file_entries: list[BootstrapEntry] = field(default_factory=list)
+    file_hash: bytes | None = None  # of the last version parsed, good or bad
+    read_problem: str | None = None  # the file cannot be read now
+    content_problem: str | None = None  # the version at file_hash is broken
+    unresolved: dict[str, str] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+
+    @property
+    def log(self) -> logging.Logger:
+        return self.context.log
+
+    async def fetch(self) -> frozenset[PeerCandidate]:
+        entries = self.config.entries + await self._file_entries()
+        resolved = await self._resolve_all([e for e in entries if e.is_name])
+        peers = self._candidates(entries, resolved)
+        problems = [p for p in (self.read_problem, self.content_problem) if p] + [
+            f"{name}: {why}" for name, why in sorted(self.unresolved.items())
+        ]
+        self.context.report_health(not problems, "; ".join(problems) or f"{len(peers)} peers")
+        return peers
+
+    # -- the file ---------------------------------------------------------------------------
+
+    async def _file_entries(self) -> list[BootstrapEntry]:
+        """The file's entries, or its last good ones while it is missing or broken.
+
+        The file is read and hashed every round (it is small): mtime and size alone miss an
+        edit of the same size within one clock tick.
+        """
+        path = self.config.peers_file
+        if path is None:
+            return []
+        try:
+            file = anyio.Path(path)
+            too_big = (await file.stat()).st_size > MAX_FILE_BYTES
+            data = b"" if too_big else await file.read_bytes()
+        except OSError as exc:
+            self._read_failed(f"cannot read {path}: {exc.strerror or exc}")
+            return self.file_entries
+        if too_big:
+            self._read_failed(f"{path} is larger than {MAX_FILE_BYTES} bytes; not a peers file")
+            return self.file_entries
+        if self.read_problem is not None:
+            self.log.info("%s: readable again", path)
+            self.read_problem = None
+        digest = hashlib.sha256(data).digest()
+        if digest == self.file_hash:
+            return self.file_entries
+        self.file_hash = digest  # a broken version is reported once, not every round
+        try:
+            entries = parse_peers_file(path, data.decode("utf-8"))
+        except (UnicodeDecodeError, BadPeersFile) as exc:
+            why = f"{path}: not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            self.content_problem = why
+            self._log_kept(why)
+            return self.file_entries
+        self.content_problem = None
+        self.log.info("%s: %d bootstrap peer(s)", path, len(entries))
+        self.file_entries = entries
+        return self.file_entries
+
+    def _read_failed(self, why: str) -> None:
+        if why != self.read_problem:
+            self._log_kept(why)
+        self.read_problem = why
+
+    def _log_kept(self, why: str) -> None:
+        self.log.error(
+            "bootstrap peers file: %s (keeping the previous %d peer(s) from it)",
+            why,
+            len(self.file_entries),
+        )
+
+    # -- DNS --------------------------------------------------------------------------------
+
+    async def _resolve_all(
+        self, entries: Sequence[BootstrapEntry]
+    ) -> dict[tuple[str, socket.AddressFamily], list[str]]:
+        """Every name at once, each bounded by ``dns_timeout``; a failing name resolves to []."""
+        wanted = {(e.host, e.family): e.port for e in entries}
+        results: dict[tuple[str, socket.AddressFamily], list[str]] = {}
+        labels = {_label(name, family) for name, family in wanted}
+        for gone in set(self.unresolved) - labels:  # removed from the file: no longer a problem
+            del self.unresolved[gone]
+
+        async def resolve(key: tuple[str, socket.AddressFamily], port: int) -> None:
+            name, family = key
+            label = _label(name, family)
+            try:
+                with anyio.fail_after(self.config.dns_timeout):
+                    ips = await self.plugin.resolver(name, port, family)
+                if not ips:
+                    raise OSError(0, "no addresses")
+            except (OSError, TimeoutError) as exc:
+                why = _why(exc)
+                if self.unresolved.get(label) != why:
+                    self.log.warning("cannot resolve %r: %s; retrying every round", name, why)
+                self.unresolved[label] = why
+                results[key] = []
+                return
+            if self.unresolved.pop(label, None) is not None:
+                self.log.info("%r resolves again: %s", name, ", ".join(ips))
+            results[key] = ips
+
+        async with anyio.create_task_group() as group:
+            for key, port in wanted.items():
+                group.start_soon(resolve, key, port)
+        return results
+
+    # -- candidates -------------------------------------------------------------------------
+
+    def _candidates(
+        self,
+        entries: Sequence[BootstrapEntry],
+        resolved: dict[tuple[str, socket.AddressFamily], list[str]],
+    ) -> frozenset[PeerCandidate]:
+        """One candidate per known peer id (all its addresses), else one per address."""
+        node = self.context.node
+        local = self.plugin.local_addresses() | {
+            ip for a in node.listen_addresses if (ip := _ip(a.host)) is not None
+        }
+        by_id: dict[PeerId, tuple[set[Address], set[str]]] = {}
+        by_addr: dict[Address, set[str]] = {}
+        for entry in entries:
+            if entry.peer_id is not None and entry.peer_id == node.peer_id:
+                self._skip(entry, "it is this node's own peer id")
+                continue
+            ips = resolved.get((entry.host, entry.family), []) if entry.is_name else [entry.host]
+            addresses = set()
+            for text in ips:
+                if entry.port == node.port and _is_own(_ip(text), local):
+                    self._skip(entry, f"{text} port {entry.port} is this node's own address")
+                    continue
+                addresses.add(Address(host=text, port=entry.port))
+            if entry.peer_id is not None:
+                addrs, texts = by_id.setdefault(entry.peer_id, (set(), set()))
+                addrs |= addresses
+                if addresses:
+                    texts.add(entry.text)
+            else:
+                for address in addresses:
+                    by_addr.setdefault(address, set()).add(entry.text)
+        pinned = {a for addrs, _ in by_id.values() for a in addrs}
+        peers = [
+            _candidate(peer_id, addrs, texts) for peer_id, (addrs, texts) in by_id.items() if addrs
+        ] + [
+            _candidate(None, {address}, texts)
+            for address, texts in by_addr.items()
+            if address not in pinned  # the same address with a known id is the better candidate
+        ]
+        return frozenset(peers)
+
+    def _skip(self, entry: BootstrapEntry, why: str) -> None:
+        message = f"skipping bootstrap peer {entry.text!r}: {why}"
+        if message not in self.skipped:
+            self.skipped.add(message)
+            self.log.info("%s", message)
+
+
+def _label(name: str, family: socket.AddressFamily) -> str:
+    return name if family == socket.AF_UNSPEC else f"{name} ({family.name})"
+
+
+def _is_own(ip: IP | None, local: set[IP]) -> bool:
+    return ip is not None and (ip.is_loopback or ip.is_unspecified or ip in local)
+
+
+def _candidate(peer_id: PeerId | None, addresses: set[Address], texts: set[str]) -> PeerCandidate:
+    return PeerCandidate(
+        peer_id=peer_id,
+        addresses=tuple(sorted(addresses, key=lambda a: (a.ip is None, str(a)))),
+        metadata=(("bootstrap", ", ".join(sorted(texts))),),
+    )
+
+
+# The entry point loads this module: its hooks are those of one default instance.
+_DEFAULT = BootstrapPlugin()
+
+
+@hookimpl
+def config_model() -> type[BaseModel]:
+    """The ``[plugins.bootstrap]`` table: peers, peers_file, refresh_interval, dns_timeout."""
+    return BootstrapConfig
+
+
+@hookimpl
+def discover_peers(context: DiscoveryContext[Any]) -> PeerSets | None:
+    """Every configured peer, re-read and re-resolved each round; None when none configured."""
+    return _DEFAULT.discover_peers(context)
+
+
+@hookimpl
+async def doctor(context: DiscoveryContext[Any]) -> list[CheckResult]:
+    """Each entry parsed, each DNS name resolved, the peers file readable."""
+    return await _DEFAULT.doctor(context)
+
+
+__all__ = [
+    "BootstrapConfig",
+    "BootstrapPlugin",
+    "LocalAddresses",
+    "Resolver",
+    "config_model",
+    "discover_peers",
+    "doctor",
+    "system_local_addresses",
+    "system_resolver",
+]

@@ -31,10 +31,14 @@ from .plugins import PluginHost, installed_entry_points
 EXIT_CONFIG = 2
 
 
+COMMANDS_WITHOUT_PLUGINS = {"id", "peers"}
+
+
 class Prescan:
     """What must be known before the command line can be built."""
 
     def __init__(self, argv: Sequence[str]) -> None:
+        self.command = next((a for a in argv if not a.startswith("-")), None)
         self.config: Path | None = None
         self.enable: list[str] | None = None
         self.disable: list[str] = []
@@ -61,7 +65,9 @@ class Setup:
         self.source: ConfigSource | None = None
         try:
             self.source = ConfigSource.load(pre.config, enable=pre.enable, disable=pre.disable)
-            self.host.load_installed(self.source.plugin_selection(sorted(installed_entry_points())))
+            if pre.command not in COMMANDS_WITHOUT_PLUGINS:  # they need no plugin: start fast
+                installed = sorted(installed_entry_points())
+                self.host.load_installed(self.source.plugin_selection(installed))
         except ConfigError as exc:
             self.error = exc
 

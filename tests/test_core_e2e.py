@@ -53,6 +53,15 @@ def test_two_nodes_connect_notice_a_kill_and_reconnect_with_the_same_id(
     for node in (a, b):
         lines = on_connection_lines(node.log_path)
         assert len(lines) == 1 and "CONNECTED" in lines[0], lines
+    table = run_cli("peers", "--json", "--state-dir", str(a.state_dir), env={}, cwd=a.state_dir)
+    assert table.returncode == 0, table.stderr
+    status = json.loads(table.stdout)
+    assert status["peer_id"] == a.peer_id
+    [row] = status["peers"]
+    assert row["peer_id"] == b.peer_id and row["state"] == "connected"
+    assert row["sources"] == ["static"]
+    human = run_cli("peers", "--state-dir", str(a.state_dir), env={}, cwd=a.state_dir)
+    assert b.peer_id in human.stdout and "connected" in human.stdout
 
     killed_at = time.monotonic()
     b.kill()
@@ -160,3 +169,34 @@ def test_cli_as_a_new_user_would_try_it(tmp_path: Path, static_plugin_env: dict[
 
     helped = run_cli("run", "--help", env=static_plugin_env, cwd=tmp_path)
     assert "--static-peers" in helped.stdout and "--port" in helped.stdout
+
+
+def test_a_frozen_peer_is_declared_gone_by_heartbeat_within_the_bound(
+    nodes: NodeFleet, static_plugin_env: dict[str, str]
+) -> None:
+    """kill -9 closes the socket (noticed at once); a frozen peer is silent: heartbeats catch it."""
+    import signal
+
+    port_a, port_b = free_port(), free_port()
+    args = ["--plugins", "static", "--listen-host", "127.0.0.1"]
+    a = nodes.start("a", *args, "--port", str(port_a), env=static_plugin_env)
+    b = nodes.start(
+        "b",
+        *args,
+        "--port",
+        str(port_b),
+        "--static-peers",
+        f"127.0.0.1:{port_a}",
+        env=static_plugin_env,
+    )
+    a.wait_for("connected", timeout=10, peer_id=b.peer_id)
+    frozen_at = time.monotonic()
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        gone = a.wait_for("disconnected", timeout=6, peer_id=b.peer_id)
+        noticed = gone["_mono"] - frozen_at
+        assert 2.0 <= noticed <= 3.0, f"noticed after {noticed:.2f} s (dead_after is 2.5 s)"
+        assert "no heartbeat" in gone["reason"]
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    a.wait_for("connected", timeout=10, peer_id=b.peer_id)  # thawed, it redials

@@ -101,6 +101,12 @@ class NodeConfig(BaseModel):
         True,
         help="Dial and keep connections to peers (false: a host program reports them)",
     )
+    exchange: bool = option(
+        True,
+        help="Tell connected peers whom we are connected to, so one known peer leads to all",
+        flag="--exchange",
+        env="EXO_DISCOVERY_EXCHANGE",
+    )
     heartbeat_interval: float = option(
         0.5,
         help="Seconds between heartbeats on a connection",

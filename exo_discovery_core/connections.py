@@ -46,7 +46,15 @@ class Connection:
     listen_port: int
     stream: SocketStream
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    send_lock: anyio.Lock = field(default_factory=anyio.Lock)
     close_reason: str | None = None
+
+    async def send(self, message: dict[str, Any] | bytes, timeout: float) -> None:
+        """One frame, whole: heartbeats, exchanges and byes share the socket."""
+        data = message if isinstance(message, bytes) else wire.encode(message)
+        with anyio.fail_after(timeout):
+            async with self.send_lock:
+                await self.stream.send(data)
 
 
 class ConnectionManager:
@@ -60,6 +68,7 @@ class ConnectionManager:
         on_up: Callable[[PeerId, Address], None],
         on_down: Callable[[PeerId, str], None],
         on_identified: Callable[[Address, PeerId], None],
+        on_message: Callable[[Connection, dict[str, Any]], None] = lambda conn, message: None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -70,6 +79,7 @@ class ConnectionManager:
         self._on_up = on_up
         self._on_down = on_down
         self._on_identified = on_identified
+        self._on_message = on_message
         self._tg: TaskGroup | None = None
 
     # -- entry points ----------------------------------------------------------------------
@@ -200,14 +210,22 @@ class ConnectionManager:
             if message["type"] == "bye":
                 said = str(message.get("reason", ""))[:100]
                 return DUPLICATE if said == DUPLICATE else f"peer closed ({said or 'no reason'})"
+            if message["type"] != "ping" and self.current.get(conn.peer_id) is conn:
+                self._on_message(conn, message)  # unknown types are ignored by the node
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        """Send ``message`` on every current connection; a failing one is left to its keeper."""
+        data = wire.encode(message)
+        for conn in list(self.current.values()):
+            with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
+                await conn.send(data, self.config.dead_after)
 
     async def _heartbeat(self, conn: Connection) -> None:
         ping = wire.encode({"type": "ping"})
         while True:
             await anyio.sleep(self.config.heartbeat_interval)
             try:
-                with anyio.fail_after(self.config.dead_after):
-                    await conn.stream.send(ping)
+                await conn.send(ping, self.config.dead_after)
             except (TimeoutError, *_STREAM_ERRORS):
                 conn.close_reason = conn.close_reason or "connection lost"
                 conn.scope.cancel()
@@ -216,8 +234,8 @@ class ConnectionManager:
     async def _close(self, conn: Connection, reason: str) -> None:
         conn.close_reason = conn.close_reason or reason
         with anyio.move_on_after(0.5, shield=True):
-            with contextlib.suppress(*_STREAM_ERRORS):
-                await wire.send(conn.stream, {"type": "bye", "reason": reason})
+            with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
+                await conn.send({"type": "bye", "reason": reason}, 0.5)
         conn.scope.cancel()
         await anyio.aclose_forcefully(conn.stream)
 

@@ -26,10 +26,10 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel
 
-from . import status
+from . import exchange, status
 from .backoff import Backoff
 from .config import ConfigSource, NodeConfig
-from .connections import ConnectionManager
+from .connections import Connection, ConnectionManager
 from .events import EventHub, NodeEvent
 from .handshake import HandshakeError, SelfConnection
 from .identity import Identity, PeerId
@@ -96,6 +96,8 @@ class Node:
         self._wake = anyio.Event()
         self._known: dict[str, tuple[Any, ...]] = {}
         self._sources_of: dict[PeerId, frozenset[str]] = {}
+        self._exchanged: dict[PeerId, list[PeerCandidate]] = {}
+        self._announcing = False
         self._local = LocalNetworks()
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
@@ -146,6 +148,7 @@ class Node:
                 on_up=self._on_up,
                 on_down=self._on_down,
                 on_identified=self._on_identified,
+                on_message=self._on_message,
             )
             self.connections.listen_port = self.port
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -364,6 +367,7 @@ class Node:
                 peer_id=peer_id, state=ConnectionState.CONNECTED, address=address, sources=sources
             )
         )
+        self._announce()
 
     def _on_down(self, peer_id: PeerId, reason: str) -> None:
         sources = self._sources_of.pop(peer_id, self._sources(peer_id))
@@ -383,7 +387,40 @@ class Node:
         state = self._dial_states.get(str(peer_id))
         if state is not None:
             state.next_at = 0.0  # try again at once, then back off
+        if self._exchanged.pop(peer_id, None) is not None:
+            self._replace_exchanged()
+        self._announce()
         self._wake.set()
+
+    # -- peer exchange -------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        """Tell every connected peer whom we are connected to (coalesced: one send per burst)."""
+        if not self.config.exchange or self._tg is None or self._announcing:
+            return
+        self._announcing = True
+
+        async def send() -> None:
+            await anyio.sleep(0.05)
+            self._announcing = False
+            if self.connections is not None:
+                current = [(pid, conn.address) for pid, conn in self.connections.current.items()]
+                await self.connections.broadcast(exchange.announcement(current))
+
+        self._tg.start_soon(send)
+
+    def _on_message(self, conn: Connection, message: dict[str, Any]) -> None:
+        if message["type"] != "peers" or not self.config.exchange:
+            return
+        self._exchanged[conn.peer_id] = exchange.read(
+            message, sender=conn.peer_id, sender_address=conn.address, me=self.peer_id
+        )
+        self._replace_exchanged()
+
+    def _replace_exchanged(self) -> None:
+        merged = {c.key: c for cands in self._exchanged.values() for c in cands}
+        self.table.replace(exchange.SOURCE, merged.values())
+        self._table_changed()
 
     def _on_identified(self, address: Address, peer_id: PeerId) -> None:
         if self.table.learn(address, peer_id):

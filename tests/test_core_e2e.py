@@ -200,3 +200,30 @@ def test_a_frozen_peer_is_declared_gone_by_heartbeat_within_the_bound(
     finally:
         b.proc.send_signal(signal.SIGCONT)
     a.wait_for("connected", timeout=10, peer_id=b.peer_id)  # thawed, it redials
+
+
+def test_peer_exchange_meshes_nodes_that_know_only_one_address(
+    nodes: NodeFleet, static_plugin_env: dict[str, str]
+) -> None:
+    args = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
+    a = nodes.start("a", *args, env=static_plugin_env)
+    others = [
+        nodes.start(name, *args, "--static-peers", a.address, env=static_plugin_env)
+        for name in ("b", "c", "d")
+    ]
+    for node in others:
+        expected = {a.peer_id} | {o.peer_id for o in others if o is not node}
+        for peer in expected:
+            node.wait_for("connected", timeout=10, peer_id=peer)
+        assert node.connected_peers() == expected
+    learned = others[0].wait_for("peer_discovered", timeout=1, peer_id=others[1].peer_id)
+    assert "exchange" in learned["sources"]
+    # exchange off: b and c stay connected to a only
+    off = [*args, "--no-exchange"]
+    a2 = nodes.start("a2", *off, env=static_plugin_env)
+    b2 = nodes.start("b2", *off, "--static-peers", a2.address, env=static_plugin_env)
+    c2 = nodes.start("c2", *off, "--static-peers", a2.address, env=static_plugin_env)
+    b2.wait_for("connected", timeout=10, peer_id=a2.peer_id)
+    c2.wait_for("connected", timeout=10, peer_id=a2.peer_id)
+    time.sleep(1.0)
+    assert b2.connected_peers() == {a2.peer_id} and c2.connected_peers() == {a2.peer_id}

@@ -1,0 +1,59 @@
+"""Peer exchange: connected nodes tell each other whom they are connected to.
+
+With it one bootstrap address (or one mDNS answer) is enough for a full mesh: a node that joins
+through A learns A's peers and dials them. Peers learned so come with their peer id, so the
+handshake refuses anyone else at that address. A node announces at most ``MAX_PEERS`` peers, and
+what a peer announced is forgotten when it disconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .identity import InvalidPeerId, PeerId
+from .models import Address, PeerCandidate
+
+SOURCE = "exchange"
+MAX_PEERS = 100
+log = logging.getLogger("exo_discovery.exchange")
+
+
+def announcement(peers: Iterable[tuple[PeerId, Address]]) -> dict[str, Any]:
+    entries = [{"id": str(pid), "addr": str(addr)} for pid, addr in peers]
+    return {"type": "peers", "peers": entries[:MAX_PEERS]}
+
+
+def read(
+    message: dict[str, Any], *, sender: PeerId, sender_address: Address, me: PeerId
+) -> list[PeerCandidate]:
+    """The candidates in a ``peers`` frame; malformed entries are skipped, never fatal."""
+    entries = message.get("peers")
+    if not isinstance(entries, list):
+        log.debug("peer %s sent a peers frame without a list", sender)
+        return []
+    candidates = []
+    for entry in entries[:MAX_PEERS]:
+        try:
+            peer_id = PeerId.parse(entry["id"])
+            host, _, port = str(entry["addr"]).rpartition(":")
+            address = Address(host=host, port=int(port))
+        except (InvalidPeerId, KeyError, TypeError, ValueError):
+            log.debug("peer %s announced a malformed entry; skipped", sender)
+            continue
+        if peer_id in (me, sender):
+            continue
+        ip, sender_ip = address.ip, sender_address.ip
+        if (
+            ip is not None
+            and ip.is_loopback
+            and sender_ip is not None
+            and not sender_ip.is_loopback
+        ):
+            # the sender reaches that peer on its own host: for us, that is the sender's address
+            address = Address(host=sender_address.host, port=address.port)
+        candidates.append(
+            PeerCandidate(peer_id=peer_id, addresses=(address,), metadata=(("via", str(sender)),))
+        )
+    return candidates

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ def make_context(
     node: NodeInfo | None = None,
     state_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
+    report_health: Callable[[bool, str], None] | None = None,
 ) -> DiscoveryContext[Any]:
     """The context the node would give ``plugin``, with ``config`` validated by its own model."""
     host = PluginHost()
@@ -56,6 +57,7 @@ def make_context(
         node=node,
         state_dir=state_dir or Path(tempfile.mkdtemp(prefix=f"exo-{name}-")),
         log=logging.getLogger(f"exo_discovery.plugin.{name}"),
+        report_health=report_health or (lambda ok, message: None),
     )
 
 

@@ -28,6 +28,11 @@ def _print(check: CheckResult) -> None:
 async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
     """Print every check; True when all passed. Config errors raise ConfigError."""
     node_config = source.node_config()
+    configs = {  # every table validated before anything is reported
+        info.name: source.plugin_config(info.name, host.config_model(info.name))
+        for info in host.infos_sorted()
+        if info.loaded
+    }
     _print(
         CheckResult(
             name="configuration", ok=True, detail=f"{source.file or 'no config file (defaults)'}"
@@ -60,7 +65,7 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
             )
             all_ok = False
             continue
-        config = source.plugin_config(info.name, host.config_model(info.name))
+        config = configs[info.name]
         context = DiscoveryContext(
             plugin_name=info.name,
             config=config,

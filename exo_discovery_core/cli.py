@@ -168,8 +168,7 @@ def build(setup: Setup) -> click.Group:
         try:
             source = setup.with_flags(_flags_by_name(setup, params))
             config = source.node_config()
-            node = Node(config, source=source)
-            node.host = setup.host
+            node = Node(config, source=source, host=setup.host)
             anyio.run(_run, node, as_json)
         except ConfigError as exc:
             _fail(exc)

@@ -79,12 +79,14 @@ class Node:
         plugins: Mapping[str, object] | None = None,
         entry_points: bool = True,
         identity: Identity | None = None,
+        host: PluginHost | None = None,
     ) -> None:
         """``source`` supplies plugin config (file, env, flags); ``plugins`` registers objects
-        directly; ``entry_points=False`` loads no installed plugin (tests, embedding)."""
+        directly; ``entry_points=False`` loads no installed plugin (tests, embedding); ``host``
+        passes plugins the caller already loaded (the CLI, which needed their flags first)."""
         self.source = source or ConfigSource(env={})
         self.config = config or self.source.node_config()
-        self.host = PluginHost()
+        self.host = host or PluginHost()
         self._entry_points = entry_points
         self._extra_plugins = dict(plugins or {})
         self._identity = identity

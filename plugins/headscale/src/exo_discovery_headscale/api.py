@@ -1,0 +1,455 @@
+"""Headscale's REST API, 0.22 to 0.29: the node models and a small client.
+
+The wire model (:class:`WireNode`) takes every version's node object: 0.22's ``machines``, the
+``forcedTags``/``validTags``/``invalidTags`` of 0.23-0.27 and the single ``tags`` of 0.28+. It
+declares only the fields discovery needs and is validated for the whole list at once from the raw
+bytes (pydantic-core), so a 10,000-node answer costs about what ``json.loads`` of it costs.
+:class:`HeadscaleNode` is the normalised form (ints, parsed IPs, one tag set).
+
+Errors are :class:`HeadscaleError` (a ``SourceError``) with a one-line message and a ``fix``.
+Messages are built from status codes and exception types only: the request, its headers and
+the key are never formatted into one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import anyio
+import httpx
+from pydantic import ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from exo_discovery_core import SourceError
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Api = Literal["node", "machine"]
+TagField = Literal["tags", "forcedTags"]
+ErrorKind = Literal["auth", "not_found", "server", "timeout", "connect", "shape", "too_large"]
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""A node list larger than this is refused (10,000 nodes are about 10 MB)."""
+AUTH_RETRY_AFTER = 60.0
+"""A rejected key is not retried sooner: it needs a human, and hammering only fills logs."""
+_UINT64 = Field(ge=0, lt=2**64)
+_WIRE = ConfigDict(extra="ignore", populate_by_name=True, str_max_length=4096)
+
+
+@pydantic_dataclass(frozen=True, config=_WIRE)
+class WireUser:
+    """``v1User``: only the name is used (to filter and to show)."""
+
+    name: str = ""
+
+
+@pydantic_dataclass(frozen=True, config=_WIRE)
+class WireNode:
+    """One ``v1Node`` / ``v1Machine`` as sent; every field optional but ``id`` (uint64 as string).
+
+    ``None`` for a tag list means the server did not send it: that tells 0.28+ (``tags``) from
+    0.23-0.27 (``forcedTags``...). Frozen and hashable, so a round can reuse unchanged nodes.
+    """
+
+    id: int = _UINT64
+    name: str = ""
+    givenName: str = ""
+    ipAddresses: tuple[str, ...] | None = None
+    online: bool | None = None
+    lastSeen: str | None = None
+    user: WireUser | None = None
+    tags: tuple[str, ...] | None = None
+    forcedTags: tuple[str, ...] | None = None
+    validTags: tuple[str, ...] | None = None
+    invalidTags: tuple[str, ...] | None = None
+
+    @property
+    def tag_set(self) -> tuple[str, ...]:
+        """The tags that count: ``tags`` (0.28+), else forced + valid; never the invalid ones."""
+        if self.tags is not None:
+            return self.tags
+        return (self.forcedTags or ()) + (self.validTags or ())
+
+    @property
+    def tag_field(self) -> TagField:
+        """Which list ``set_tags`` replaces on this server: ``tags`` on 0.28+, else forced tags."""
+        return "tags" if self.tags is not None or self.forcedTags is None else "forcedTags"
+
+    @property
+    def hostname(self) -> str:
+        return self.givenName or self.name
+
+
+@pydantic_dataclass(frozen=True, config=_WIRE)
+class WireNodeList:
+    """``v1ListNodesResponse`` (``nodes``) or 0.22's ``v1ListMachinesResponse`` (``machines``)."""
+
+    nodes: list[WireNode] | None = None
+    machines: list[WireNode] | None = None
+
+
+@pydantic_dataclass(frozen=True, config=_WIRE)
+class WireSetTags:
+    """``v1SetTagsResponse``: the node (``machine`` on 0.22) after the change."""
+
+    node: WireNode | None = None
+    machine: WireNode | None = None
+
+
+_LIST = TypeAdapter(WireNodeList)
+_SET_TAGS = TypeAdapter(WireSetTags)
+
+
+@dataclass(frozen=True)
+class HeadscaleNode:
+    """A node of any Headscale version, normalised: what the rest of the plugin reasons about."""
+
+    id: int
+    name: str
+    addresses: tuple[IP, ...]
+    online: bool
+    tags: frozenset[str]
+    user: str | None
+    last_seen: datetime | None = None
+    tag_field: TagField = "tags"
+
+    @classmethod
+    def from_wire(cls, wire: WireNode) -> HeadscaleNode:
+        return cls(
+            id=wire.id,
+            name=wire.hostname,
+            addresses=parse_ips(wire.ipAddresses or ()),
+            online=bool(wire.online),
+            tags=frozenset(wire.tag_set),
+            user=wire.user.name if wire.user and wire.user.name else None,
+            last_seen=_parse_time(wire.lastSeen),
+            tag_field=wire.tag_field,
+        )
+
+
+def parse_ips(texts: Iterable[str]) -> tuple[IP, ...]:
+    """The valid IPs among ``texts`` (a bad one is skipped, not fatal), IPv4 first."""
+    found: list[IP] = []
+    for text in texts:
+        try:
+            found.append(ipaddress.ip_address(text.split("%", 1)[0]))
+        except ValueError:
+            continue
+    return tuple(sorted(set(found), key=lambda ip: (ip.version, ip)))
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def parse_node_list(body: bytes, api: Api = "node") -> list[WireNode]:
+    """The nodes of a list answer; :class:`HeadscaleError` (kind ``shape``) if it is not one.
+
+    The key the API version answers with must be there; only an empty object ``{}`` (a server
+    that omits empty fields) means "no nodes".
+    """
+    try:
+        answer = _LIST.validate_json(body)
+    except ValidationError as exc:
+        raise HeadscaleError(
+            f"answer is not a Headscale node list: {_first_error(exc)}", kind="shape"
+        ) from None
+    nodes = answer.nodes if api == "node" else answer.machines
+    if nodes is None:
+        nodes = answer.machines if api == "node" else answer.nodes
+    if nodes is None:
+        if body.strip() in (b"{}", b""):
+            return []
+        key = "nodes" if api == "node" else "machines"
+        raise HeadscaleError(
+            f"answer is not a Headscale node list: no {key!r} list in it", kind="shape"
+        )
+    return nodes
+
+
+def _first_error(exc: ValidationError) -> str:
+    """The first validation problem, by location only: the answer's content is never echoed."""
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
+    if not errors:
+        return "invalid"
+    err = errors[0]
+    where = ".".join(str(part) for part in err["loc"]) or "top level"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+class HeadscaleError(SourceError):
+    """A Headscale request failed; ``kind`` says how and ``fix`` what a human should do."""
+
+    FIXES: dict[str, str] = {
+        "auth": "create a key with `headscale apikeys create` and set api_key / "
+        "HEADSCALE_API_KEY / HEADSCALE_API_KEY_FILE",
+        "not_found": "check api_url: it is the Headscale server's base URL (the one `tailscale up "
+        "--login-server` uses), and the server must be Headscale 0.22 or later",
+        "server": "look at the Headscale server's log; the plugin retries with backoff",
+        "timeout": "check the server is up and not overloaded, or raise timeout",
+        "connect": "check api_url's host and port and that Headscale is running and reachable",
+        "shape": "check api_url points at Headscale itself, not a proxy or another service",
+        "too_large": "filter with user, or raise the limit (a bug report is welcome)",
+    }
+
+    def __init__(
+        self, message: str, *, kind: ErrorKind, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.kind: ErrorKind = kind
+
+    @property
+    def fix(self) -> str:
+        return self.FIXES[self.kind]
+
+
+class HeadscaleClient:
+    """The few calls discovery needs, over one ``httpx.AsyncClient`` with the Bearer key.
+
+    It learns the API generation on the first list (``/api/v1/node``, or on 404 0.22's
+    ``/api/v1/machine``) and remembers it; a later 404 makes it ask again.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr | None,
+        *,
+        timeout: float = 10.0,
+        max_bytes: int = MAX_ANSWER_BYTES,
+        auth_retry_after: float = AUTH_RETRY_AFTER,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.auth_retry_after = auth_retry_after
+        self.api: Api | None = None
+        self._key = api_key
+        headers = {"Accept": "application/json", "User-Agent": "exo-discovery-headscale"}
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=timeout, transport=transport, follow_redirects=False
+        )
+
+    def __repr__(self) -> str:
+        return f"HeadscaleClient({self.base_url!r}, api={self.api!r})"
+
+    async def __aenter__(self) -> HeadscaleClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def detect(self) -> Api:
+        """Which API the server speaks: ``node`` (0.23+) or ``machine`` (0.22)."""
+        if self.api is None:
+            await self.list_wire_nodes()
+        assert self.api is not None
+        return self.api
+
+    async def list_wire_nodes(self, user: str | None = None) -> list[WireNode]:
+        """Every node the key sees (of ``user`` if given), as sent: the fast path for polling."""
+        params = {"user": user} if user else None
+        for api in (self.api,) if self.api else ("node", "machine"):
+            try:
+                body = await self._request("GET", f"/api/v1/{api}", params=params)
+            except HeadscaleError as exc:
+                if exc.kind == "not_found" and self.api is None and api == "node":
+                    continue  # 0.22 has no node API: try its machine API
+                if exc.kind == "not_found":
+                    self.api = None  # upgraded or moved: detect again next time
+                raise
+            nodes = parse_node_list(body, api)
+            self.api = api
+            return nodes
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_nodes(self, user: str | None = None) -> list[HeadscaleNode]:
+        """Every node the key sees (of ``user`` if given), normalised."""
+        return [HeadscaleNode.from_wire(w) for w in await self.list_wire_nodes(user)]
+
+    async def set_tags(self, node_id: int, tags: Iterable[str]) -> HeadscaleNode | None:
+        """Replace the node's tags (forced tags before 0.28); the node as the server now has it."""
+        api = await self.detect()
+        payload = json.dumps({"tags": sorted(set(tags))}).encode()
+        body = await self._request(
+            "POST", f"/api/v1/{api}/{node_id}/tags", content=payload, json_body=True
+        )
+        try:
+            answer = _SET_TAGS.validate_json(body)
+        except ValidationError as exc:
+            raise HeadscaleError(
+                f"answer to set tags is not a Headscale node: {_first_error(exc)}", kind="shape"
+            ) from None
+        wire = answer.node or answer.machine
+        return HeadscaleNode.from_wire(wire) if wire is not None else None
+
+    # -- transport --------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        json_body: bool = False,
+    ) -> bytes:
+        """The body of a 2xx answer, read up to ``max_bytes`` within ``timeout`` in all."""
+        url = self.base_url + path
+        headers = {"Content-Type": "application/json"} if json_body else None
+        try:
+            with anyio.fail_after(self.timeout):
+                async with self._http.stream(
+                    method, url, params=params, content=content, headers=headers
+                ) as response:
+                    if response.status_code >= 300:
+                        detail = _server_message(await _read(response, 4096, self.max_bytes))
+                        raise self._status_error(response.status_code, detail)
+                    return await _read(response, self.max_bytes, self.max_bytes)
+        except TimeoutError:
+            raise HeadscaleError(
+                f"no answer from {self.base_url} within {self.timeout:g} s", kind="timeout"
+            ) from None
+        except httpx.TimeoutException:
+            raise HeadscaleError(
+                f"no answer from {self.base_url} within {self.timeout:g} s", kind="timeout"
+            ) from None
+        except _TooLarge as exc:
+            raise HeadscaleError(
+                f"answer from {self.base_url} is larger than {exc.limit // (1024 * 1024)} MiB; "
+                "refused",
+                kind="too_large",
+            ) from None
+        except (httpx.ConnectError, httpx.NetworkError, httpx.ProtocolError) as exc:
+            raise HeadscaleError(
+                f"cannot reach {self.base_url}: {_why(exc)}", kind="connect"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise HeadscaleError(
+                f"request to {self.base_url} failed: {type(exc).__name__}", kind="connect"
+            ) from None
+
+    def _status_error(self, status: int, detail: str) -> HeadscaleError:
+        said = f" ({self._redact(detail)})" if detail else ""
+        if status in (401, 403):
+            what = (
+                "no API key configured and the server wants one"
+                if self._key is None
+                else "API key rejected (wrong, expired or lacking permission)"
+            )
+            return HeadscaleError(
+                f"{what}: HTTP {status} from {self.base_url}{said}",
+                kind="auth",
+                retry_after=self.auth_retry_after,
+            )
+        if status == 404:
+            return HeadscaleError(
+                f"no Headscale API at {self.base_url} — wrong URL or unsupported version "
+                f"(HTTP 404{said})",
+                kind="not_found",
+            )
+        if status >= 500:
+            return HeadscaleError(
+                f"Headscale server error: HTTP {status} from {self.base_url}{said}", kind="server"
+            )
+        if 300 <= status < 400:
+            return HeadscaleError(
+                f"{self.base_url} redirects (HTTP {status}); use the final URL as api_url "
+                "(https:// if the server redirects to it)",
+                kind="not_found",
+            )
+        return HeadscaleError(
+            f"Headscale refused the request: HTTP {status} from {self.base_url}{said}",
+            kind="server",
+        )
+
+    def _redact(self, text: str) -> str:
+        """Belt and braces: a server message never carries the key, but if it did, hide it."""
+        if self._key is not None:
+            secret = self._key.get_secret_value()
+            if secret:
+                text = text.replace(secret, "**********")
+        return text
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+async def _read(response: httpx.Response, keep: int, limit: int) -> bytes:
+    """Up to ``keep`` bytes of the body; raise :class:`_TooLarge` past ``limit``."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(limit)
+        if size - len(chunk) < keep:
+            chunks.append(chunk)
+        if size >= keep and keep < limit:
+            break
+    return b"".join(chunks)[:keep]
+
+
+def _server_message(body: bytes) -> str:
+    """The ``message`` of a gRPC-gateway error (``rpcStatus``), else a short plain-text body."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        return " ".join(text.split())[:200] if text and "<" not in text[:1] else ""
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return " ".join(data["message"].split())[:200]
+    return ""
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    """A short reason from the exception's cause (e.g. "connection refused"), never its request."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).strip()
+    return text[:200] if text else type(exc).__name__
+
+
+__all__ = [
+    "AUTH_RETRY_AFTER",
+    "MAX_ANSWER_BYTES",
+    "Api",
+    "HeadscaleClient",
+    "HeadscaleError",
+    "HeadscaleNode",
+    "WireNode",
+    "WireNodeList",
+    "WireUser",
+    "parse_ips",
+    "parse_node_list",
+]

@@ -1,0 +1,151 @@
+"""The ``[plugins.headscale]`` table: where the Headscale API is, the key, and which nodes count."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
+
+from exo_discovery_core import option
+
+TAG_RULE = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
+"""Tailscale's tag syntax: ``tag:``, a letter, then letters, digits and ``-`` only."""
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+HOW_TO_CONFIGURE = (
+    "set api_url in [plugins.headscale] (or --headscale-api-url / HEADSCALE_API_URL) and an API "
+    "key (api_key, api_key_file, --headscale-api-key, HEADSCALE_API_KEY or HEADSCALE_API_KEY_FILE; "
+    "create one with `headscale apikeys create`)"
+)
+
+
+def _empty_is_none(value: Any) -> Any:
+    """An empty env var or flag means "not set", not an empty URL or user."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class HeadscaleConfig(BaseModel):
+    """The ``[plugins.headscale]`` table; ``api_url`` unset leaves the plugin idle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_url: str | None = option(
+        None,
+        help="Headscale server URL, e.g. https://headscale.example.com (unset: plugin idle)",
+        flag="--headscale-api-url",
+        env="HEADSCALE_API_URL",
+    )
+    api_key: SecretStr | None = option(
+        None,
+        help="Headscale API key (`headscale apikeys create`); prefer api_key_file",
+        flag="--headscale-api-key",
+        env="HEADSCALE_API_KEY",
+        secret=True,
+    )
+    poll_interval: float = option(
+        5.0,
+        help="Seconds between reads of the node list",
+        flag="--headscale-poll-interval",
+        env="HEADSCALE_POLL_INTERVAL",
+        gt=0,
+        le=3600,
+    )
+    tag: str = option(
+        "tag:exo",
+        help="Membership tag: nodes carrying it are peers",
+        flag="--headscale-tag",
+        env="HEADSCALE_TAG",
+    )
+    port_tag_prefix: str = option(
+        "tag:exo-port-",
+        help="A node tagged <prefix><port> (tag:exo-port-52417) is dialed on that port; "
+        "others on this node's own port",
+    )
+    user: str | None = option(
+        None,
+        help="Only nodes of this Headscale user (the API's ?user= filter)",
+        flag="--headscale-user",
+        env="HEADSCALE_USER",
+    )
+    all_nodes_of_user: bool = option(
+        False,
+        help="Every online node of `user` is a peer, tagged or not (needs user)",
+    )
+    self_register: bool = option(
+        False,
+        help="Add the membership tag to this node's own Headscale node (the key needs write rights)",
+        flag="--headscale-self-register",
+        env="HEADSCALE_SELF_REGISTER",
+    )
+    self_addresses: tuple[IP, ...] = option(
+        (),
+        help="This node's Tailscale IPs when no local interface has them (tailscaled in "
+        "userspace-networking mode); used to skip and self-register this node",
+        flag="--headscale-self-addresses",
+        env="HEADSCALE_SELF_ADDRESSES",
+    )
+    timeout: float = option(
+        10.0,
+        help="Seconds one API request may take, including reading the answer",
+        gt=0,
+        le=300,
+    )
+
+    _empty_url = field_validator("api_url", "user", mode="before")(_empty_is_none)
+
+    @field_validator("api_url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        """http(s), a host, no credentials in the URL (they would show in logs)."""
+        if value is None:
+            return None
+        text = value.strip()
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError("has no host (expected e.g. https://headscale.example.com)")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials; put the API key in api_key")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return text.rstrip("/")
+
+    @field_validator("tag", "port_tag_prefix")
+    @classmethod
+    def _valid_tag(cls, value: str) -> str:
+        if not TAG_RULE.match(value):
+            raise ValueError(
+                "must be tag: then a letter, then only letters, digits and - (Tailscale's rule)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _user_for_all_nodes(self) -> HeadscaleConfig:
+        if self.all_nodes_of_user and not self.user:
+            raise ValueError("all_nodes_of_user needs user (--headscale-user / HEADSCALE_USER)")
+        return self
+
+    @property
+    def plain_http_remote(self) -> bool:
+        """True when the key would cross the network unencrypted (http to a non-loopback host)."""
+        if self.api_url is None:
+            return False
+        parts = urlsplit(self.api_url)
+        if parts.scheme != "http":
+            return False
+        host = parts.hostname or ""
+        if host == "localhost" or host.endswith(".localhost"):
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return True

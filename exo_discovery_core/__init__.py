@@ -7,6 +7,7 @@ from .config import ConfigError, NodeConfig, option
 from .hookspecs import hookimpl
 from .identity import PeerId
 from .models import (
+    TAILSCALE_NETWORKS,
     Address,
     CheckResult,
     ConnectionEvent,
@@ -16,8 +17,10 @@ from .models import (
     PeerCandidate,
 )
 from .polling import SourceError, Trigger, poll
+from .routes import is_tailscale, local_addresses
 
 __all__ = [
+    "TAILSCALE_NETWORKS",
     "Address",
     "CheckResult",
     "ConfigError",
@@ -31,6 +34,8 @@ __all__ = [
     "SourceError",
     "Trigger",
     "hookimpl",
+    "is_tailscale",
+    "local_addresses",
     "option",
     "poll",
 ]

@@ -311,9 +311,7 @@ def _describe(exc: ValidationError, layer: Layer, table_name: str, owner: str) -
         key = str(err["loc"][0]) if err["loc"] else ""
         origin = layer.origins.get(key, f"{table_name} {key} (default)")
         # a list item is named as people count (item 1 is the first), not by its index
-        where = "".join(
-            f" item {p + 1}" if isinstance(p, int) else f".{p}" for p in err["loc"][1:]
-        )
+        where = "".join(f" item {p + 1}" if isinstance(p, int) else f".{p}" for p in err["loc"][1:])
         message = str(err["msg"]).removeprefix("Value error, ")
         lines.append(f"{origin}{where}: {message} ({owner})")
     return "\n".join(lines)

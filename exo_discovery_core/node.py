@@ -43,7 +43,7 @@ from .models import (
 )
 from .peertable import Peer, PeerTable
 from .plugins import PluginHost, PluginInfo
-from .routes import LocalNetworks, by_preference
+from .routes import LocalNetworks, by_preference, local_addresses
 from .supervisor import supervise
 
 log = logging.getLogger("exo_discovery.node")
@@ -211,10 +211,13 @@ class Node:
 
     @property
     def info(self) -> NodeInfo:
-        addresses = tuple(
-            Address(host=host, port=self.port or 1)
-            for host in ([self.config.listen_host] if self.config.listen_host else ["127.0.0.1"])
-        )
+        """Who we are and where we listen; on every interface, that is each address we have."""
+        if self.config.listen_host:
+            hosts = [self.config.listen_host]
+        else:
+            ips = sorted(local_addresses(), key=lambda ip: (ip.version, ip.is_loopback, str(ip)))
+            hosts = [str(ip) for ip in ips if not ip.is_link_local] or ["127.0.0.1"]
+        addresses = tuple(Address(host=host, port=self.port or 1) for host in hosts)
         return NodeInfo(self.peer_id, self.config.namespace, self.port, addresses)
 
     def plugin_infos(self) -> list[PluginInfo]:

@@ -19,6 +19,28 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def local_interfaces() -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """Every address of this host's interfaces with its network (``ifaddr``, zone ids dropped)."""
+    found: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                found.append(ipaddress.ip_interface(f"{text.split('%')[0]}/{ip.network_prefix}"))
+            except ValueError:
+                continue
+    return found
+
+
+def local_addresses() -> set[IPAddress]:
+    """This host's interface addresses, loopback included: what "our own address" means."""
+    return {iface.ip for iface in local_interfaces()}
+
+
+def is_tailscale(ip: IPAddress) -> bool:
+    return any(ip in net for net in TAILSCALE_NETWORKS)
+
+
 class LocalNetworks:
     """This host's addresses and networks, re-read at most every ``max_age`` seconds."""
 
@@ -31,19 +53,14 @@ class LocalNetworks:
     def _refresh(self) -> None:
         if time.monotonic() - self._read_at < self.max_age:
             return
-        networks: list[IPNetwork] = []
-        addresses: set[IPAddress] = set()
-        for adapter in ifaddr.get_adapters():
-            for ip in adapter.ips:
-                text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-                try:
-                    iface = ipaddress.ip_interface(f"{text.split('%')[0]}/{ip.network_prefix}")
-                except ValueError:
-                    continue
-                addresses.add(iface.ip)
-                if not iface.ip.is_loopback and not iface.ip.is_link_local:
-                    networks.append(iface.network)
-        self._networks, self._addresses, self._read_at = networks, addresses, time.monotonic()
+        interfaces = local_interfaces()
+        self._addresses = {iface.ip for iface in interfaces}
+        self._networks = [
+            iface.network
+            for iface in interfaces
+            if not iface.ip.is_loopback and not iface.ip.is_link_local
+        ]
+        self._read_at = time.monotonic()
 
     def is_local_address(self, ip: IPAddress) -> bool:
         self._refresh()
@@ -60,7 +77,7 @@ def rank(address: Address, local: LocalNetworks) -> int:
         return 5
     if ip.is_loopback:
         return 0
-    if any(ip in net for net in TAILSCALE_NETWORKS):
+    if is_tailscale(ip):
         return 2
     if local.on_same_lan(ip) or ip.is_link_local:
         return 1

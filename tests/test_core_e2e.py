@@ -156,12 +156,13 @@ def test_cli_as_a_new_user_would_try_it(tmp_path: Path, static_plugin_env: dict[
     assert first.returncode == 0 and first.stdout.startswith("12D3KooW")
     assert first.stdout == second.stdout
 
-    doctor = run_cli("doctor", env=static_plugin_env, cwd=tmp_path)
+    # only our test plugin: what else is installed on this machine is not this test's business
+    doctor = run_cli("doctor", "--plugins", "static", env=static_plugin_env, cwd=tmp_path)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "configuration" in doctor.stdout and "plugin static" in doctor.stdout
 
     (tmp_path / "exo-discovery.toml").write_text("[plugins.static]\npeers = 5\n")
-    bad = run_cli("doctor", env=static_plugin_env, cwd=tmp_path)
+    bad = run_cli("doctor", "--plugins", "static", env=static_plugin_env, cwd=tmp_path)
     assert bad.returncode == 1
     assert "exo-discovery.toml [plugins.static] peers: Input should be a valid list" in bad.stdout
     bad_run = run_cli("run", "--json", env=static_plugin_env, cwd=tmp_path)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import ifaddr
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 from exo_discovery_core import (
@@ -27,6 +26,7 @@ from exo_discovery_core import (
     PeerCandidate,
     PeerId,
     hookimpl,
+    local_addresses,
     option,
     poll,
 )
@@ -97,16 +97,8 @@ async def system_resolver(name: str, port: int, family: socket.AddressFamily) ->
 
 
 def system_local_addresses() -> set[IP]:
-    """This host's interface addresses (``ifaddr``); loopback is matched by range separately."""
-    found: set[IP] = set()
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            raw = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            try:
-                found.add(ipaddress.ip_address(str(raw).split("%", 1)[0]))
-            except ValueError:
-                continue
-    return found
+    """This host's interface addresses; loopback is matched by range separately."""
+    return local_addresses()
 
 
 def _ip(text: str) -> IP | None:

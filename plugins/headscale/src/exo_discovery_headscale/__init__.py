@@ -4,4 +4,10 @@ from .api import HeadscaleClient, HeadscaleError, HeadscaleNode
 from .config import HeadscaleConfig
 from .plugin import HeadscalePlugin
 
-__all__ = ["HeadscaleClient", "HeadscaleConfig", "HeadscaleError", "HeadscaleNode", "HeadscalePlugin"]
+__all__ = [
+    "HeadscaleClient",
+    "HeadscaleConfig",
+    "HeadscaleError",
+    "HeadscaleNode",
+    "HeadscalePlugin",
+]

@@ -203,9 +203,7 @@ class HeadscaleError(SourceError):
         "too_large": "filter with user, or raise the limit (a bug report is welcome)",
     }
 
-    def __init__(
-        self, message: str, *, kind: ErrorKind, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, kind: ErrorKind, retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
         self.kind: ErrorKind = kind
 

@@ -8,7 +8,6 @@ With ``self_register`` it also adds the tag to its own node, and again whenever 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import operator
 import time
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import ifaddr
 from pydantic import BaseModel
 
 from exo_discovery_core import (
@@ -28,6 +26,8 @@ from exo_discovery_core import (
     PeerCandidate,
     PeerId,
     hookimpl,
+    is_tailscale,
+    local_addresses,
     poll,
 )
 
@@ -37,10 +37,6 @@ from .config import HOW_TO_CONFIGURE, IP, HeadscaleConfig
 PeerSets = AsyncIterator[Iterable[PeerCandidate]]
 LocalAddresses = Callable[[], set[IP]]
 
-TAILSCALE_NETWORKS = (
-    ipaddress.ip_network("100.64.0.0/10"),
-    ipaddress.ip_network("fd7a:115c:a1e0::/48"),
-)
 LEGACY_PEER_ID_TAG = "tag:exo_peer_id="
 LEGACY_PORT_TAG = "tag:exo_port="
 REGISTER_RETRY = 60.0
@@ -49,17 +45,7 @@ REGISTER_RETRY = 60.0
 
 def system_tailscale_addresses() -> set[IP]:
     """This host's interface addresses inside Tailscale's ranges (100.64/10, fd7a:115c:a1e0::/48)."""
-    found: set[IP] = set()
-    for adapter in ifaddr.get_adapters():
-        for entry in adapter.ips:
-            raw = entry.ip[0] if isinstance(entry.ip, tuple) else entry.ip
-            try:
-                ip = ipaddress.ip_address(str(raw).split("%", 1)[0])
-            except ValueError:
-                continue
-            if any(ip in net for net in TAILSCALE_NETWORKS):
-                found.add(ip)
-    return found
+    return {ip for ip in local_addresses() if is_tailscale(ip)}
 
 
 class HeadscalePlugin:
@@ -108,7 +94,9 @@ class HeadscalePlugin:
     def discover_peers(self, context: DiscoveryContext[Any]) -> PeerSets | None:
         config = _config(context)
         if config.api_url is None:
-            context.log.info("Headscale discovery idle: no API URL; to use it, %s", HOW_TO_CONFIGURE)
+            context.log.info(
+                "Headscale discovery idle: no API URL; to use it, %s", HOW_TO_CONFIGURE
+            )
             return None
         return self._run(context, config)
 
@@ -328,12 +316,20 @@ class _Round:
                 log.warning(
                     "self_register: cannot tag node %d (%s) with %s: %s (retrying in %g s; the "
                     "key needs write rights and the tag must be allowed by the policy)",
-                    me.id, me.hostname, tag, exc, self.plugin.register_retry,
+                    me.id,
+                    me.hostname,
+                    tag,
+                    exc,
+                    self.plugin.register_retry,
                 )
             return
         self.register_problem = None
-        log.info("self_register: tagged this node (Headscale node %d, %s) with %s",
-                 me.id, me.hostname, tag)
+        log.info(
+            "self_register: tagged this node (Headscale node %d, %s) with %s",
+            me.id,
+            me.hostname,
+            tag,
+        )
 
 
 # -- doctor ------------------------------------------------------------------------------------
@@ -371,14 +367,23 @@ async def _doctor(
             nodes = await client.list_wire_nodes(config.user)
         except HeadscaleError as exc:
             if exc.kind == "auth":
-                checks.append(CheckResult(name="headscale: server reachable", ok=True,
-                                          detail=f"{url} answers"))
+                checks.append(
+                    CheckResult(
+                        name="headscale: server reachable", ok=True, detail=f"{url} answers"
+                    )
+                )
                 if config.api_key is not None:
-                    checks.append(CheckResult(name="headscale: API key", ok=False,
-                                              detail=str(exc), fix=exc.fix))
+                    checks.append(
+                        CheckResult(
+                            name="headscale: API key", ok=False, detail=str(exc), fix=exc.fix
+                        )
+                    )
             else:
-                checks.append(CheckResult(name="headscale: server reachable", ok=False,
-                                          detail=str(exc), fix=exc.fix))
+                checks.append(
+                    CheckResult(
+                        name="headscale: server reachable", ok=False, detail=str(exc), fix=exc.fix
+                    )
+                )
             return checks
     generation = (
         "node API /api/v1/node (Headscale 0.23 or later)"
@@ -414,22 +419,28 @@ async def _doctor(
     me = own_node(nodes, own_ips)
     if me is not None:
         tagged = config.tag in me.tag_set
-        checks.append(CheckResult(
-            name="headscale: this node",
-            ok=True,
-            detail=f"Headscale node {me.id} ({me.hostname}), "
-            + ("carries " if tagged else "lacks ") + config.tag
-            + ("" if tagged or not config.self_register else "; self_register will add it"),
-        ))
+        checks.append(
+            CheckResult(
+                name="headscale: this node",
+                ok=True,
+                detail=f"Headscale node {me.id} ({me.hostname}), "
+                + ("carries " if tagged else "lacks ")
+                + config.tag
+                + ("" if tagged or not config.self_register else "; self_register will add it"),
+            )
+        )
     else:
-        checks.append(CheckResult(
-            name="headscale: this node",
-            ok=not config.self_register,
-            detail="not found among the nodes by its Tailscale IPs ("
-            + (", ".join(sorted(own_ips)) or "none on this host") + ")",
-            fix="run `tailscale up --login-server " + str(url) + "`; with userspace networking "
-            "set self_addresses to this node's Tailscale IPs",
-        ))
+        checks.append(
+            CheckResult(
+                name="headscale: this node",
+                ok=not config.self_register,
+                detail="not found among the nodes by its Tailscale IPs ("
+                + (", ".join(sorted(own_ips)) or "none on this host")
+                + ")",
+                fix="run `tailscale up --login-server " + str(url) + "`; with userspace networking "
+                "set self_addresses to this node's Tailscale IPs",
+            )
+        )
     return checks
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from exo_discovery_core import Address, NodeInfo
+from exo_discovery_core.identity import Identity
 from exo_discovery_headscale.api import parse_node_list
 from exo_discovery_headscale.config import HeadscaleConfig
 from exo_discovery_headscale.plugin import Selector
-
-from exo_discovery_core import Address, NodeInfo
-from exo_discovery_core.identity import Identity
 from tests.support.fake_headscale import FakeNode, list_answer
 
 RUNS = 9

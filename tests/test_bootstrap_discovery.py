@@ -20,10 +20,10 @@ from typing import Any
 
 import anyio
 import pytest
+
 from exo_discovery_bootstrap import BootstrapPlugin
 from exo_discovery_bootstrap import plugin as bootstrap_module
 from exo_discovery_bootstrap.plugin import system_local_addresses, system_resolver
-
 from exo_discovery_core import Address, DiscoveryContext, NodeInfo, PeerCandidate
 from exo_discovery_core.identity import Identity
 from exo_discovery_core.testing import make_context, peer_sets

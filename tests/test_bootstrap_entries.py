@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from exo_discovery_bootstrap import BadEntry, BootstrapConfig, parse_entry
 
+from exo_discovery_bootstrap import BadEntry, BootstrapConfig, parse_entry
 from exo_discovery_core import ConfigError, PeerId
 from exo_discovery_core.config import ConfigSource
 from exo_discovery_core.identity import Identity

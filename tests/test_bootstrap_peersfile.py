@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from exo_discovery_bootstrap import BadPeersFile, parse_peers_file
 from exo_discovery_bootstrap.peersfile import file_format
-
 from exo_discovery_core.identity import Identity
 
 PEER = Identity.generate().peer_id

@@ -11,14 +11,14 @@ from typing import Any, cast
 
 import anyio
 import pytest
-from exo_discovery_headscale.api import HeadscaleClient, HeadscaleError
-from exo_discovery_headscale.config import HeadscaleConfig
-from exo_discovery_headscale.plugin import HeadscalePlugin
 
 from exo_discovery_core import Address, NodeInfo, PeerCandidate, PeerId
 from exo_discovery_core.config import ConfigError, ConfigSource
 from exo_discovery_core.identity import Identity
 from exo_discovery_core.testing import make_context, peer_sets
+from exo_discovery_headscale.api import HeadscaleClient, HeadscaleError
+from exo_discovery_headscale.config import HeadscaleConfig
+from exo_discovery_headscale.plugin import HeadscalePlugin
 from tests.support.fake_headscale import FAULTS, VERSIONS, FakeHeadscale, FakeNode
 
 KEY = "hskey-SECRET-1234567890"

@@ -6,8 +6,8 @@ import ipaddress
 import json
 
 import pytest
-from exo_discovery_headscale.api import HeadscaleError, HeadscaleNode, parse_node_list
 
+from exo_discovery_headscale.api import HeadscaleError, HeadscaleNode, parse_node_list
 from tests.support.fake_headscale import (
     VERSIONS,
     FakeNode,

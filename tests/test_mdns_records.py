@@ -7,6 +7,10 @@ from typing import Any
 
 import ifaddr
 import pytest
+
+from exo_discovery_core import ConfigError, PeerCandidate, PeerId
+from exo_discovery_core.identity import Identity
+from exo_discovery_core.testing import make_context
 from exo_discovery_mdns import plugin
 from exo_discovery_mdns.config import DEFAULT_SERVICE_TYPE, MdnsConfig
 from exo_discovery_mdns.interfaces import snapshot
@@ -16,10 +20,6 @@ from exo_discovery_mdns.records import (
     default_instance_name,
     txt_properties,
 )
-
-from exo_discovery_core import ConfigError, PeerCandidate, PeerId
-from exo_discovery_core.identity import Identity
-from exo_discovery_core.testing import make_context
 
 ME = Identity.generate().peer_id
 PEER = Identity.generate().peer_id

@@ -99,7 +99,9 @@ class NodeConfig(BaseModel):
     )
     connect: bool = option(
         True,
-        help="Dial and keep connections to peers (false: a host program reports them)",
+        help="Dial and keep connections to peers (false: discover only, or a host program reports them)",
+        flag="--connect",
+        env="EXO_DISCOVERY_CONNECT",
     )
     exchange: bool = option(
         True,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from exo_discovery_core import connections
 from tests.support.fake_install import STATIC_PLUGIN, env_with, install_plugin
 from tests.support.nodes import NodeFleet, fleet
 
@@ -16,6 +19,28 @@ pytest_plugins = ["tests.support.netns_fixtures"]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def dial_only_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the network: an in-process node may dial loopback only.
+
+    Hostile inputs (peer-exchange frames, Headscale answers) can name any address; the node
+    would dial it for real. Tests in network namespaces run their nodes as separate processes,
+    which this does not touch.
+    """
+    real_connect = connections.anyio.connect_tcp
+
+    async def guarded(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
+        try:
+            loopback = ipaddress.ip_address(str(remote_host)).is_loopback
+        except ValueError:
+            loopback = str(remote_host) == "localhost"
+        if not loopback:
+            raise OSError(f"test guard: refusing to dial {remote_host}:{remote_port} (not loopback)")
+        return await real_connect(remote_host, remote_port, **kwargs)
+
+    monkeypatch.setattr(connections.anyio, "connect_tcp", guarded)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -50,11 +51,13 @@ class NodeEvent(BaseModel):
 class EventHub:
     """Fans events out to subscribers; a subscriber that falls 10,000 events behind loses some."""
 
-    def __init__(self, buffer: int = 10_000) -> None:
+    def __init__(self, buffer: int = 10_000, history: int = 1_000) -> None:
         self._buffer = buffer
         self._subscribers: list[MemoryObjectSendStream[NodeEvent]] = []
+        self._history: deque[NodeEvent] = deque(maxlen=history)
 
     def publish(self, event: NodeEvent) -> None:
+        self._history.append(event)
         for subscriber in list(self._subscribers):
             try:
                 subscriber.send_nowait(event)
@@ -64,8 +67,16 @@ class EventHub:
                 self._subscribers.remove(subscriber)
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
-        send, receive = anyio.create_memory_object_stream[NodeEvent](self._buffer)
+    async def subscribe(
+        self, replay: bool = False
+    ) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
+        """Events from now on; with ``replay``, the last 1,000 before them first."""
+        send, receive = anyio.create_memory_object_stream[NodeEvent](
+            self._buffer + len(self._history)
+        )
+        if replay:
+            for event in self._history:
+                send.send_nowait(event)
         self._subscribers.append(send)
         try:
             async with receive:

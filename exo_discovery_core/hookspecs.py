@@ -8,7 +8,7 @@ Only ``discover_peers`` is needed; the rest are optional.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 
 import pluggy
 from pydantic import BaseModel
@@ -21,7 +21,7 @@ ENTRY_POINT_GROUP = "exo_discovery"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-PeerSets = AsyncIterator[Iterable[PeerCandidate]]
+PeerSets = AsyncGenerator[Iterable[PeerCandidate], None]
 
 
 @hookspec

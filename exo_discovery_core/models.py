@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -123,9 +123,21 @@ class NodeInfo:
     listen_addresses: tuple[Address, ...]
 
 
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+def _no_background(task: BackgroundTask) -> None:
+    raise RuntimeError("start_soon is only available while the node runs the plugin")
+
+
 @dataclass(frozen=True)
 class DiscoveryContext(Generic[ConfigT]):
-    """Everything a plugin's hooks get from the node, in one argument so the contract can grow."""
+    """Everything a plugin's hooks get from the node, in one argument so the contract can grow.
+
+    ``start_soon(fn)`` runs ``await fn()`` beside the plugin's iterator (a watch stream that sets
+    a :class:`~exo_discovery_core.Trigger`); it is cancelled when the iterator ends or fails, so a
+    plugin never holds a task group open across a ``yield``.
+    """
 
     plugin_name: str
     config: ConfigT
@@ -133,11 +145,7 @@ class DiscoveryContext(Generic[ConfigT]):
     state_dir: Path
     log: logging.Logger
     report_health: Callable[[bool, str], None] = field(default=lambda ok, message: None)
-
-    def with_config(self, config: Any) -> DiscoveryContext[Any]:
-        return DiscoveryContext(
-            self.plugin_name, config, self.node, self.state_dir, self.log, self.report_health
-        )
+    start_soon: Callable[[BackgroundTask], None] = field(default=_no_background)
 
 
 class CheckResult(BaseModel):

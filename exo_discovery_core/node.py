@@ -202,9 +202,12 @@ class Node:
         self._tg.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def events(self) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
-        """Subscribe to events from now on (``async with node.events() as stream``)."""
-        async with self._hub.subscribe() as stream:
+    async def events(
+        self, replay: bool = False
+    ) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
+        """Subscribe to events from now on (``async with node.events() as stream``); with
+        ``replay``, the node's last 1,000 events come first (what happened before you asked)."""
+        async with self._hub.subscribe(replay) as stream:
             yield stream
 
     # -- what the node knows -------------------------------------------------------------------

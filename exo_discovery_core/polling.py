@@ -9,10 +9,13 @@ its :class:`Trigger` is set (a file changed, a watch stream said so).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from .backoff import Backoff
 
@@ -20,23 +23,38 @@ T = TypeVar("T")
 
 
 class SourceError(Exception):
-    """A source failed in a way worth one clear message (``retry_after`` overrides the backoff)."""
+    """A source failed in a way worth one clear message.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    ``retry_after`` overrides the backoff (an API key that was rejected); ``fix`` says what a user
+    can do, for ``doctor`` to show.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, fix: str = "") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.fix = fix
 
 
 class Trigger:
-    """Wakes a poll loop early; ``set`` from any task (not thread-safe across threads)."""
+    """Wakes a poll loop early. ``set`` works from any task, and from any thread too (a blocking
+    watch stream read in a worker thread)."""
 
     def __init__(self) -> None:
         self._event = anyio.Event()
+        self._token = anyio.lowlevel.current_token()
+        self._thread = threading.get_ident()
 
     def set(self) -> None:
+        if threading.get_ident() == self._thread:
+            self._event.set()
+        else:
+            anyio.from_thread.run_sync(self._set_here, token=self._token)
+
+    def _set_here(self) -> None:
         self._event.set()
 
     async def wait(self, timeout: float) -> None:
+        """Until ``set`` or ``timeout``; a ``set`` that came before the wait counts."""
         with anyio.move_on_after(timeout):
             await self._event.wait()
         self._event = anyio.Event()
@@ -52,7 +70,7 @@ async def poll(
     timeout: float | None = None,
     trigger: Trigger | None = None,
     report_health: Callable[[bool, str], None] | None = None,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Yield ``await fetch()`` when it differs from the last good one; forever, until closed.
 
     ``timeout`` bounds a fetch that hangs (default: the interval, at least 5 s). Errors other

@@ -7,15 +7,16 @@ in a worker thread with a deadline, so a plugin that blocks there cannot stall t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Iterable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
 
 from .backoff import Backoff
-from .models import DiscoveryContext, PeerCandidate
+from .models import BackgroundTask, DiscoveryContext, PeerCandidate
 from .plugins import PluginHost
 
 HOOK_CALL_TIMEOUT = 10.0
@@ -57,11 +58,10 @@ async def supervise(
     last_error = ""
     while True:
         try:
-            stream = await _call_hook(host, name, context)
-            if stream is None:
-                context.log.info("plugin %r is idle (discover_peers returned None)", name)
-                return
-            async with aclosing(stream):
+            async with running(host, context) as stream:
+                if stream is None:
+                    context.log.info("plugin %r is idle (discover_peers returned None)", name)
+                    return
                 async for item in stream:
                     on_set(name, _as_set(name, item))
                     if failing:
@@ -70,7 +70,8 @@ async def supervise(
                         on_recovered(name)
             context.log.debug("plugin %r finished; its last peers stay", name)
             return
-        except Exception as exc:
+        except Exception as caught:
+            exc = _unwrap(caught)
             failing = True
             delay = backoff.next()
             message = f"{type(exc).__name__}: {exc}"
@@ -86,6 +87,33 @@ async def supervise(
             )
             on_error(name, message)
             await anyio.sleep(delay)
+
+
+@asynccontextmanager
+async def running(host: PluginHost, context: DiscoveryContext[Any]) -> AsyncIterator[Any]:
+    """A plugin's iterator (or None) with its background tasks, closed and cancelled on exit."""
+    async with anyio.create_task_group() as background:
+
+        def start_soon(task: BackgroundTask) -> None:
+            background.start_soon(task)
+
+        run_context = dataclasses.replace(context, start_soon=start_soon)
+        try:
+            stream = await _call_hook(host, context.plugin_name, run_context)
+            if stream is None:
+                yield None
+            else:
+                async with aclosing(stream):
+                    yield stream
+        finally:
+            background.cancel_scope.cancel()
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """The one real error inside task-group wrappers, for a message that says what happened."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _call_hook(host: PluginHost, name: str, context: DiscoveryContext[Any]) -> Any:

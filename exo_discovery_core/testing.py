@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from .identity import Identity
 from .models import Address, DiscoveryContext, NodeInfo, PeerCandidate
 from .node import Node
 from .plugins import PluginHost
+from .supervisor import running
 
 
 def make_context(
@@ -34,6 +35,7 @@ def make_context(
     node: NodeInfo | None = None,
     state_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
     report_health: Callable[[bool, str], None] | None = None,
 ) -> DiscoveryContext[Any]:
     """The context the node would give ``plugin``, with ``config`` validated by its own model."""
@@ -42,7 +44,7 @@ def make_context(
     if isinstance(config, BaseModel):
         model_config: BaseModel = config
     else:
-        source = ConfigSource(env=dict(env or {}))
+        source = ConfigSource(env=dict(env or {}), flags=dict(flags or {}))
         model_config = source.plugin_config_from(name, host.config_model(name), dict(config or {}))
     if node is None:
         node = NodeInfo(
@@ -77,12 +79,11 @@ async def peer_sets(
     ctx = context or make_context(plugin, config, **context_kwargs)
     host = PluginHost()
     host.register(ctx.plugin_name, plugin)
-    stream = host.call(ctx.plugin_name, "discover_peers", context=ctx)
-    if stream is None:
-        return []
     sets: list[frozenset[PeerCandidate]] = []
-    async with aclosing(stream):
-        with anyio.fail_after(timeout):
+    with anyio.fail_after(timeout):
+        async with running(host, ctx) as stream:
+            if stream is None:
+                return []
             async for item in stream:
                 sets.append(frozenset(item))
                 if len(sets) >= count:

@@ -204,12 +204,8 @@ class HeadscaleError(SourceError):
     }
 
     def __init__(self, message: str, *, kind: ErrorKind, retry_after: float | None = None) -> None:
-        super().__init__(message, retry_after=retry_after)
+        super().__init__(message, retry_after=retry_after, fix=self.FIXES[kind])
         self.kind: ErrorKind = kind
-
-    @property
-    def fix(self) -> str:
-        return self.FIXES[self.kind]
 
 
 class HeadscaleClient:

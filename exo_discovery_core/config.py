@@ -193,6 +193,8 @@ class ConfigSource:
                 raise ConfigError(f"{path}: cannot read config file: {exc}") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+            except RecursionError:
+                raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
         source = cls(path, data, environ, dict(flags or {}), enable, list(disable or []))
         source._check_top_level()
         return source
@@ -210,9 +212,15 @@ class ConfigSource:
             if not isinstance(value, dict):
                 raise ConfigError(f"{self.file_label}: {key!r} must be a table ([{key}])")
         plugins = self.file_data.get("plugins", {})
-        for key in _RESERVED_PLUGIN_KEYS:
-            if key in plugins and not _is_str_list(plugins[key]):
-                raise ConfigError(f"{self.file_label}: [plugins] {key} must be a list of names")
+        for key, value in plugins.items():
+            if key in _RESERVED_PLUGIN_KEYS:
+                if not _is_str_list(value):
+                    raise ConfigError(f"{self.file_label}: [plugins] {key} must be a list of names")
+            elif not isinstance(value, dict):
+                raise ConfigError(
+                    f"{self.file_label}: [plugins] {key} must be a table ([plugins.{key}]); "
+                    f"to turn it off write `enabled = false` in it or list it in disabled"
+                )
 
     # -- plugin selection -------------------------------------------------------------------
 
@@ -303,15 +311,20 @@ class ConfigSource:
         try:
             return model.model_validate(layer.values)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, layer, table_name, owner)) from None
+            raise ConfigError(_describe(exc, layer, table_name, owner, self.file_label)) from None
 
 
-def _describe(exc: ValidationError, layer: Layer, table_name: str, owner: str) -> str:
+def _describe(
+    exc: ValidationError, layer: Layer, table_name: str, owner: str, file_label: str
+) -> str:
     """One line per error, naming the origin of the value and never echoing its content."""
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
         key = str(err["loc"][0]) if err["loc"] else ""
-        origin = layer.origins.get(key, f"{table_name} {key} (default)")
+        if key:
+            origin = layer.origins.get(key, f"{table_name} {key} (default)")
+        else:  # a check of the table as a whole: name the table and where it came from
+            origin = f"{file_label} {table_name}"
         # a list item is named as people count (item 1 is the first), not by its index
         where = "".join(f" item {p + 1}" if isinstance(p, int) else f".{p}" for p in err["loc"][1:])
         message = str(err["msg"]).removeprefix("Value error, ")
@@ -323,7 +336,9 @@ def _read_secret(path: str, origin: str) -> str:
     try:
         return Path(path).expanduser().read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{origin}: cannot read {path!r}: {exc.strerror}") from None
+    except ValueError as exc:  # a NUL in the path, a file that is not UTF-8
+        raise ConfigError(f"{origin}: cannot read {path!r}: {exc}") from None
 
 
 def _split(text: str) -> list[str]:

@@ -89,7 +89,14 @@ class ConnectionManager:
         tg.start_soon(self._sweep_grace)
 
     async def handle_inbound(self, stream: SocketStream) -> None:
-        """A listener callback: handshake, then keep the connection until it ends."""
+        """A listener callback: whatever a peer sends, at worst its own connection is closed."""
+        try:
+            await self._inbound(stream)
+        except Exception:  # the listener outlives every connection
+            log.exception("internal error on an inbound connection; closed it")
+            await anyio.aclose_forcefully(stream)
+
+    async def _inbound(self, stream: SocketStream) -> None:
         try:
             peer: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
             remote = Address(host=str(peer[0]), port=int(peer[1]))
@@ -188,13 +195,18 @@ class ConnectionManager:
             await self._close(conn, DUPLICATE)
             return
         reason = "closed"
-        with conn.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._heartbeat, conn)
-                reason = await self._receive_until_gone(conn, buffered)
-                tg.cancel_scope.cancel()
-        await anyio.aclose_forcefully(conn.stream)
-        self._release(conn, conn.close_reason or reason)
+        try:
+            with conn.scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._heartbeat, conn)
+                    reason = await self._receive_until_gone(conn, buffered)
+                    tg.cancel_scope.cancel()
+        except Exception:  # a bug on one connection ends that connection only
+            log.exception("internal error on the connection to %s; closed it", conn.peer_id)
+            reason = "internal error"
+        finally:
+            await anyio.aclose_forcefully(conn.stream)
+            self._release(conn, conn.close_reason or reason)
 
     async def _receive_until_gone(
         self, conn: Connection, buffered: BufferedByteReceiveStream

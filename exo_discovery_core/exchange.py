@@ -9,6 +9,7 @@ what a peer announced is forgotten when it disconnects.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,9 @@ from .identity import InvalidPeerId, PeerId
 from .models import Address, PeerCandidate
 
 SOURCE = "exchange"
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
 MAX_PEERS = 100
 log = logging.getLogger("exo_discovery.exchange")
 
@@ -39,6 +43,8 @@ def read(
             peer_id = PeerId.parse(entry["id"])
             host, _, port = str(entry["addr"]).rpartition(":")
             address = Address(host=host, port=int(port))
+            if address.ip is None and not _HOSTNAME.fullmatch(address.host):
+                raise ValueError("not an IP address or a DNS name")
         except (InvalidPeerId, KeyError, TypeError, ValueError):
             log.debug("peer %s announced a malformed entry; skipped", sender)
             continue

@@ -55,7 +55,7 @@ def _field(message: dict[str, Any], name: str, kind: type) -> Any:
 def _b64(message: dict[str, Any], name: str, size: int) -> bytes:
     try:
         data = base64.b64decode(_field(message, name, str), validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a non-ASCII string
         raise HandshakeError(f"{name!r} is not base64") from None
     if len(data) != size:
         raise HandshakeError(f"{name!r} must be {size} bytes")

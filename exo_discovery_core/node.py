@@ -502,6 +502,11 @@ class Node:
                     level = logging.WARNING if isinstance(exc, HandshakeError) else logging.DEBUG
                     log.log(level, "dial %s failed: %s", address, exc or type(exc).__name__)
                     continue
+                except Exception as exc:  # noqa: BLE001 - one bad address never stops the node
+                    log.warning(
+                        "dial %s failed unexpectedly: %s: %s", address, type(exc).__name__, exc
+                    )
+                    continue
                 log.debug("dialed %s: it is %s", address, peer_id)
                 state.backoff.reset()
                 state.next_at = time.monotonic() + state.backoff.next()

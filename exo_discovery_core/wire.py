@@ -40,8 +40,8 @@ async def receive(stream: BufferedByteReceiveStream) -> dict[str, Any]:
     body = await stream.receive_exactly(length)
     try:
         message = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, a 5,000-digit int, deep nesting
+        raise ProtocolError(f"frame is not JSON: {str(exc)[:100]}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("frame is not an object with a string 'type'")
     return message

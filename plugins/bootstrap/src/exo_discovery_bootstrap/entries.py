@@ -201,7 +201,7 @@ def _is_ip(text: str, version: int) -> bool:
 
 
 def _check_port(entry: str, text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" and "١٢" are digits to Python
         raise BadEntry(entry, f"port {text!r} is not a number")
     port = int(text)
     if not 1 <= port <= 65535:

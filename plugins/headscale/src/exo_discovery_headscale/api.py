@@ -394,7 +394,7 @@ class _TooLarge(Exception):
 async def _read(response: httpx.Response, keep: int, limit: int) -> bytes:
     """Up to ``keep`` bytes of the body; raise :class:`_TooLarge` past ``limit``."""
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _TooLarge(limit)
     chunks: list[bytes] = []
     size = 0

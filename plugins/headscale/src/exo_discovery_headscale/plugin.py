@@ -230,7 +230,7 @@ class Selector:
         )
 
     def _port(self, node: WireNode, text: str) -> int | None:
-        if text.isdigit() and 1 <= int(text) <= 65535:
+        if text.isascii() and text.isdigit() and 1 <= int(text) <= 65535:
             return int(text)
         self._warn(f"node {node.id} ({node.hostname}): port tag with bad port {text!r} ignored")
         return None

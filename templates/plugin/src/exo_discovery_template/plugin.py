@@ -47,7 +47,7 @@ def parse(text: str, origin: str) -> frozenset[PeerCandidate]:
     candidates = set()
     for entry in entries:
         host, _, port = str(entry).rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             raise SourceError(f"{origin}: {entry!r} is not host:port")
         try:
             candidates.add(PeerCandidate.at(host.strip("[]"), int(port)))

@@ -1,0 +1,123 @@
+"""Slow and many: slow-loris clients are cut at the handshake timeout, a flood of connections
+does not stop a real peer from connecting. All on 127.0.0.1, against ONE real node per test.
+
+Cases: ``SLOW_CLIENTS`` (10) concurrent slow-loris clients (one byte per 100 ms, of a valid
+hello frame or of garbage); ``FLOOD`` (300) connections opened as fast as possible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import anyio
+from anyio.abc import SocketStream
+
+from exo_discovery_core.handshake import PROTOCOL
+from exo_discovery_core.identity import Identity
+from tests.support.hostile import (
+    CLOSED_ERRORS,
+    LOOPBACK,
+    LiveNode,
+    b64,
+    json_frame,
+    real_peer_connects,
+)
+
+SLOW_CLIENTS = 10
+FLOOD = 300
+HANDSHAKE_TIMEOUT = 1.0
+SLACK = 1.5
+
+
+def test_slow_loris_is_cut_at_the_handshake_timeout() -> None:
+    """Ten clients each send one byte per 100 ms (half of a real hello, half garbage); every one
+    is cut within handshake_timeout + slack, and a real peer connects meanwhile."""
+    hello = json_frame(
+        {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "namespace": "exo",
+            "peer_id": str(Identity.generate().peer_id),
+            "nonce": b64(bytes(32)),
+            "port": 1,
+        }
+    )
+    with LiveNode(node={"handshake_timeout": HANDSHAKE_TIMEOUT}) as live:
+        before = live.state()
+
+        async def slow(payload: bytes, cut_after: list[float]) -> None:
+            started = anyio.current_time()
+            stream = await anyio.connect_tcp(LOOPBACK, live.node.port)
+            async with stream:
+                with anyio.fail_after(HANDSHAKE_TIMEOUT + SLACK + 1.0):
+                    try:
+                        for i in range(len(payload)):
+                            await stream.send(payload[i : i + 1])
+                            await anyio.sleep(0.1)
+                        raise AssertionError("the whole payload went through, never cut")
+                    except CLOSED_ERRORS:
+                        pass
+            cut_after.append(anyio.current_time() - started)
+
+        async def attack() -> tuple[list[float], float]:
+            cut_after: list[float] = []
+            async with anyio.create_task_group() as tg:
+                for i in range(SLOW_CLIENTS):
+                    tg.start_soon(slow, hello if i % 2 == 0 else bytes(range(256)) * 4, cut_after)
+                took = await real_peer_connects(live.node, within=HANDSHAKE_TIMEOUT + 3)
+            return cut_after, took
+
+        cut_after, took = live.call(attack)
+        assert len(cut_after) == SLOW_CLIENTS
+        # cut = the node closed; the client sees it on its next send (<= 0.1 s later, or two
+        # sends when the first write after the close still lands in the kernel buffer)
+        assert max(cut_after) < HANDSHAKE_TIMEOUT + SLACK, cut_after
+        assert took < HANDSHAKE_TIMEOUT + 3
+        live.check_alive()
+        assert live.state() == before
+
+
+def test_connection_flood_does_not_stop_a_real_peer() -> None:
+    """300 connections opened as fast as possible (half held open silently, half closed at once
+    or sending garbage); meanwhile and afterwards a real peer connects within 5 s."""
+    with LiveNode(node={"handshake_timeout": 2.0}) as live:
+        before = live.state()
+
+        async def flood() -> tuple[int, float, float]:
+            held: list[SocketStream] = []
+            opened = 0
+            started = anyio.current_time()
+            try:
+                async with anyio.create_task_group() as tg:
+
+                    async def one(i: int) -> None:
+                        nonlocal opened
+                        with contextlib.suppress(*CLOSED_ERRORS):
+                            stream = await anyio.connect_tcp(LOOPBACK, live.node.port)
+                            opened += 1
+                            if i % 2 == 0:
+                                held.append(stream)
+                                return
+                            async with stream:
+                                if i % 4 == 1:
+                                    await stream.send(b"\xff" * 64)
+
+                    for i in range(FLOOD):
+                        tg.start_soon(one, i)
+                flood_took = anyio.current_time() - started
+                during = await real_peer_connects(live.node, within=5.0)
+            finally:
+                for stream in held:
+                    await anyio.aclose_forcefully(stream)
+            return opened, flood_took, during
+
+        begun = time.monotonic()
+        opened, flood_took, during = live.call(flood)
+        assert opened == FLOOD, f"only {opened} of {FLOOD} connections were accepted"
+        assert flood_took < 10.0
+        assert during < 5.0
+        assert live.real_peer_connects() < 5.0
+        live.check_alive()
+        assert live.state() == before
+        assert time.monotonic() - begun < 30.0

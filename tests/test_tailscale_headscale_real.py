@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, aclosing
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from exo_discovery_core.testing import make_context, peer_sets, run_node
 from exo_discovery_tailscale import plugin as tailscale
 from tests.support.gotools import TOOLS, binary_path
 from tests.support.headscale import HeadscaleServer, TailscaleClient, wait_for
+from tests.test_tailscale_localapi import discovering
 
 pytestmark = [pytest.mark.headscale, pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -154,7 +155,7 @@ async def test_in_a_real_node(tailnet: Tailnet) -> None:
 async def test_tagging_a_node_shows_at_once(tailnet: Tailnet) -> None:
     """The admin tags ts-c; with polling every 5 minutes, only the IPN bus can tell us."""
     context = make_context(tailscale, tailnet.config(poll_interval=300), name="tailscale")
-    async with aclosing(tailscale.discover_peers(context)) as stream:
+    async with discovering(context) as stream:
         with anyio.fail_after(20):
             assert {_host(p) for p in await anext(stream)} == {"ts-b"}
         [c_id] = [n["id"] for n in tailnet.hs.list_nodes_cli() if n["name"] == "ts-c"]
@@ -197,8 +198,7 @@ async def test_drops_a_peer_soon_after_the_server_marks_it_offline(tailnet: Tail
                 return
             time.sleep(0.02)
 
-    stream = tailscale.discover_peers(context)
-    async with aclosing(stream), anyio.create_task_group() as group:
+    async with discovering(context) as stream, anyio.create_task_group() as group:
         with anyio.fail_after(20):
             first = frozenset(await anext(stream))
         assert {_host(p) for p in first} == {"ts-b", "ts-c"}  # ts-c was tagged just before

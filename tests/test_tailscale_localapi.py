@@ -7,13 +7,14 @@ notifications the test sends or answers the bus with 404 (an old or odd daemon).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from anyio.from_thread import start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import ValidationError
 
-from exo_discovery_core import ConfigError, PeerCandidate
+from exo_discovery_core import ConfigError, DiscoveryContext, PeerCandidate
 from exo_discovery_core.testing import make_context, peer_sets
 from exo_discovery_tailscale import plugin as tailscale
 from exo_discovery_tailscale.config import TailscaleConfig
@@ -147,6 +148,20 @@ async def fake_tailscaled(
             await listener.aclose()
 
 
+@asynccontextmanager
+async def discovering(
+    context: DiscoveryContext[Any],
+) -> AsyncIterator[AsyncIterator[Iterable[PeerCandidate]]]:
+    """The plugin's iterator with a task group for its ``start_soon``, as the node runs it."""
+    async with anyio.create_task_group() as background:
+        context = dataclasses.replace(context, start_soon=lambda task: background.start_soon(task))
+        try:
+            async with aclosing(tailscale.discover_peers(context)) as stream:
+                yield stream
+        finally:
+            background.cancel_scope.cancel()
+
+
 def bus_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "exo-tailscale-ipn-bus"]
 
@@ -175,6 +190,12 @@ def test_env_sets_the_socket_and_a_bad_tag_names_its_origin() -> None:
     assert context.config.port is None and context.config.poll_interval == 10.0
     with pytest.raises(ConfigError, match="env TAILSCALE_TAG"):
         make_context(tailscale, env={"TAILSCALE_TAG": "exo"})
+    flagged = make_context(
+        tailscale,
+        env={"TAILSCALE_SOCKET": "/tmp/x.sock"},
+        flags={"--tailscale-socket": "/tmp/y.sock"},
+    )
+    assert flagged.config.socket == Path("/tmp/y.sock")  # flags over env
 
 
 # -- selection -----------------------------------------------------------------------------------
@@ -273,7 +294,7 @@ async def test_bus_wakes_the_poll_at_once() -> None:
         send, sets = anyio.create_memory_object_stream[frozenset[PeerCandidate]](10)
 
         async def consume() -> None:
-            async with send, aclosing(tailscale.discover_peers(context)) as stream:
+            async with send, discovering(context) as stream:
                 async for item in stream:
                     await send.send(frozenset(item))
 
@@ -304,7 +325,7 @@ async def test_without_bus_it_polls_and_says_so_once(caplog: pytest.LogCaptureFi
     async with fake_tailscaled(state, bus=False) as fake:
         config = {"socket": str(fake.socket), "poll_interval": 0.2}
         context = make_context(tailscale, config)
-        async with aclosing(tailscale.discover_peers(context)) as stream:
+        async with discovering(context) as stream:
             with anyio.fail_after(5):
                 assert hosts(frozenset(await anext(stream))) == {"a"}
                 state["Peer"]["nodekey:n2"]["Online"] = False
@@ -370,7 +391,7 @@ def test_busy_bus_causes_no_event_loop_errors() -> None:
             asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
             context = make_context(tailscale, {"socket": str(fake.socket), "poll_interval": 300})
             count = 0
-            async with aclosing(tailscale.discover_peers(context)) as stream:
+            async with discovering(context) as stream:
                 with anyio.move_on_after(2):
                     async for _ in stream:
                         count += 1

@@ -68,21 +68,13 @@ def find_socket(configured: Path | None) -> Path:
 
 
 class LocalAPIError(SourceError):
-    """A LocalAPI failure with one clear message and its ``fix`` (for ``doctor``).
+    """A LocalAPI failure with one clear message and its ``fix`` (``SourceError.fix``).
 
     ``unreachable`` means tailscaled could not be reached at all (as opposed to a bad answer).
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        fix: str = "",
-        unreachable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.fix = fix
+    def __init__(self, message: str, *, fix: str = "", unreachable: bool = False) -> None:
+        super().__init__(message, fix=fix)
         self.unreachable = unreachable
 
 

@@ -1,9 +1,9 @@
 """The Tailscale plugin: the online peers of this machine's tailnet that carry the membership tag.
 
 It asks the local tailscaled (``/localapi/v0/status`` over its unix socket) through the core's
-``poll``, so failures keep the last good set and back off. A thread follows the IPN bus
-(``/localapi/v0/watch-ipn-bus``, see :mod:`.bus`) and sets the poll's ``Trigger`` whenever the
-network map changes, so a peer that goes offline is dropped within moments instead of one poll
+``poll``, so failures keep the last good set and back off. A background task of the plugin
+(``context.start_soon``) follows the IPN bus (``/localapi/v0/watch-ipn-bus``, see :mod:`.bus`)
+and sets the poll's ``Trigger`` whenever the network map changes, so a peer that goes offline is dropped within moments instead of one poll
 interval. If the bus cannot be followed, it says so once and plain polling carries on.
 """
 
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 from pydantic import BaseModel
@@ -30,6 +29,7 @@ from exo_discovery_core import (
     hookimpl,
     poll,
 )
+from exo_discovery_core.hookspecs import PeerSets
 
 from .bus import BusFollower
 from .config import TailscaleConfig
@@ -44,9 +44,6 @@ from .localapi import (
     default_sockets,
     find_socket,
 )
-
-PeerSets = AsyncGenerator[Iterable[PeerCandidate], None]
-"""The hookspec says AsyncIterator; a generator also promises ``aclose``, which the node uses."""
 
 RUNNING_STATES = frozenset({"Running", "Starting"})
 """States in which the network map is current; in the others tailscaled has no usable peers."""
@@ -162,34 +159,29 @@ class _Source:
 async def _discover(context: DiscoveryContext[Any], config: TailscaleConfig) -> PeerSets:
     source = _Source(config, config.port or context.node.port, context.log)
     trigger = Trigger()
-    follower = BusFollower(
-        lambda: find_socket(config.socket),
-        wake=trigger.set,
-        log=context.log,
-        retry=config.poll_interval,
-        timeout=config.timeout,
-    )
-    # poll is annotated as an AsyncIterator; it is a generator, and aclosing needs to know that
-    sets = cast(
-        AsyncGenerator[frozenset[PeerCandidate], None],
-        poll(
-            source.fetch,
-            interval=config.poll_interval,
-            log=context.log,
-            what="Tailscale LocalAPI status",
-            timeout=config.timeout + 1.0,
+    if config.watch:
+        follower = BusFollower(
+            lambda: find_socket(config.socket),
             trigger=trigger,
-            report_health=context.report_health,
-        ),
+            log=context.log,
+            retry=config.poll_interval,
+            timeout=config.timeout,
+        )
+        context.start_soon(follower.run)  # cancelled by the node when this iterator ends
+    sets = poll(
+        source.fetch,
+        interval=config.poll_interval,
+        log=context.log,
+        what="Tailscale LocalAPI status",
+        timeout=config.timeout + 1.0,
+        trigger=trigger,
+        report_health=context.report_health,
     )
     try:
-        if config.watch:
-            follower.start()
         async with aclosing(sets):
             async for peers in sets:
                 yield peers
     finally:
-        await follower.stop()
         await source.aclose()
 
 

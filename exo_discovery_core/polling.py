@@ -8,6 +8,7 @@ its :class:`Trigger` is set (a file changed, a watch stream said so).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -40,24 +41,35 @@ class Trigger:
     watch stream read in a worker thread)."""
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
-        self._token = anyio.lowlevel.current_token()
-        self._thread = threading.get_ident()
+        self._pending = False
+        self._event: anyio.Event | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._thread: int | None = None
 
     def set(self) -> None:
-        if threading.get_ident() == self._thread:
-            self._event.set()
-        else:
+        """Wake the waiter. Safe before anyone waits, from any thread, and after the loop ended."""
+        if self._token is None or threading.get_ident() == self._thread:
+            self._set_here()
+            return
+        with contextlib.suppress(anyio.RunFinishedError):  # the loop is gone: nobody to wake
             anyio.from_thread.run_sync(self._set_here, token=self._token)
 
     def _set_here(self) -> None:
-        self._event.set()
+        self._pending = True
+        if self._event is not None:
+            self._event.set()
 
     async def wait(self, timeout: float) -> None:
         """Until ``set`` or ``timeout``; a ``set`` that came before the wait counts."""
-        with anyio.move_on_after(timeout):
-            await self._event.wait()
-        self._event = anyio.Event()
+        if self._token is None:  # learn the event loop here, on it, whichever thread made us
+            self._token = anyio.lowlevel.current_token()
+            self._thread = threading.get_ident()
+        if not self._pending:
+            self._event = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._event.wait()
+        self._pending = False
+        self._event = None
 
 
 async def poll(

@@ -1,6 +1,7 @@
 """Helpers for testing a plugin against the real core: its hooks run as the node runs them.
 
-``peer_sets`` drives a plugin's ``discover_peers`` and returns what it yielded; ``run_node`` starts
+``peer_sets`` drives a plugin's ``discover_peers`` and returns what it yielded (``discovering``
+hands over the iterator itself, for tests that act between sets); ``run_node`` starts
 a real in-process node with the plugin registered, and ``next_event`` waits for what it reports.
 They take the plugin object itself (a module or instance), so a test needs no entry point.
 """
@@ -63,6 +64,26 @@ def make_context(
     )
 
 
+@asynccontextmanager
+async def discovering(
+    plugin: object,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    context: DiscoveryContext[Any] | None = None,
+    **context_kwargs: Any,
+) -> AsyncIterator[AsyncIterator[Any]]:
+    """``plugin``'s peer-set iterator, run as the node runs it (background tasks included), for
+    tests that act between sets: ``async with discovering(plugin, cfg) as sets: await anext(sets)``.
+    The iterator is closed and the background tasks cancelled on exit."""
+    ctx = context or make_context(plugin, config, **context_kwargs)
+    host = PluginHost()
+    host.register(ctx.plugin_name, plugin)
+    async with running(host, ctx) as stream:
+        if stream is None:
+            raise LookupError(f"plugin {ctx.plugin_name!r} is idle: discover_peers returned None")
+        yield stream
+
+
 async def peer_sets(
     plugin: object,
     config: Mapping[str, Any] | BaseModel | None = None,
@@ -76,18 +97,16 @@ async def peer_sets(
 
     The iterator is closed afterwards, as the node closes it on stop, so cleanup code runs.
     """
-    ctx = context or make_context(plugin, config, **context_kwargs)
-    host = PluginHost()
-    host.register(ctx.plugin_name, plugin)
     sets: list[frozenset[PeerCandidate]] = []
     with anyio.fail_after(timeout):
-        async with running(host, ctx) as stream:
-            if stream is None:
-                return []
-            async for item in stream:
-                sets.append(frozenset(item))
-                if len(sets) >= count:
-                    break
+        try:
+            async with discovering(plugin, config, context=context, **context_kwargs) as stream:
+                async for item in stream:
+                    sets.append(frozenset(item))
+                    if len(sets) >= count:
+                        break
+        except LookupError:
+            return []
     return sets
 
 

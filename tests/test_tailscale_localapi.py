@@ -7,7 +7,6 @@ notifications the test sends or answers the bus with 404 (an old or odd daemon).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import aclosing, asynccontextmanager, suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from anyio.from_thread import start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import ValidationError
 
-from exo_discovery_core import ConfigError, DiscoveryContext, PeerCandidate
+from exo_discovery_core import ConfigError, DiscoveryContext, PeerCandidate, testing
 from exo_discovery_core.testing import make_context, peer_sets
 from exo_discovery_tailscale import plugin as tailscale
 from exo_discovery_tailscale.config import TailscaleConfig
@@ -152,14 +151,9 @@ async def fake_tailscaled(
 async def discovering(
     context: DiscoveryContext[Any],
 ) -> AsyncIterator[AsyncIterator[Iterable[PeerCandidate]]]:
-    """The plugin's iterator with a task group for its ``start_soon``, as the node runs it."""
-    async with anyio.create_task_group() as background:
-        context = dataclasses.replace(context, start_soon=lambda task: background.start_soon(task))
-        try:
-            async with aclosing(tailscale.discover_peers(context)) as stream:
-                yield stream
-        finally:
-            background.cancel_scope.cancel()
+    """The plugin's iterator as the node runs it, background tasks included (the core's helper)."""
+    async with testing.discovering(tailscale, context=context) as stream:
+        yield stream
 
 
 def bus_threads() -> list[threading.Thread]:

@@ -145,7 +145,46 @@ def _run(
     )
 
 
-class HeadscaleServer:
+class _Service:
+    """A process of ours in a work dir: stopped and reaped (and the dir removed) on exit, even
+    when starting it failed half-way."""
+
+    workdir: Path
+    _own_workdir: bool
+    _proc: _ManagedProcess | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM (or ``sig``), then SIGKILL after a grace period; always reaped."""
+        if self._proc is not None:
+            self._proc.stop(sig=sig)
+            self._proc = None
+
+    def cleanup(self) -> None:
+        """Stop and remove the work dir (if we created it)."""
+        self.stop()
+        if self._own_workdir and os.environ.get("EXO_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class HeadscaleServer(_Service):
     """A real ``headscale serve`` on 127.0.0.1 with a throwaway config and SQLite DB.
 
     Usage::
@@ -298,32 +337,6 @@ class HeadscaleServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and reap it."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def cleanup(self) -> None:
-        """Stop and remove the work dir (if we created it)."""
-        self.stop()
-        if self._own_workdir and os.environ.get("EXO_KEEP_TEST_DIRS") != "1":
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     # -- CLI ----------------------------------------------------------------------
 
@@ -402,7 +415,7 @@ class HeadscaleServer:
         return nodes or []
 
 
-class TailscaleClient:
+class TailscaleClient(_Service):
     """A real ``tailscaled`` (userspace networking) joined to a Headscale server.
 
     Usage::
@@ -564,29 +577,3 @@ class TailscaleClient:
         else:
             raise ValueError(f"unknown down method {method!r}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop tailscaled and reap it."""
-        if self._proc is not None:
-            self._proc.stop(sig=sig)
-            self._proc = None
-
-    def cleanup(self) -> None:
-        """Stop and remove the work dir (if we created it)."""
-        self.stop()
-        if self._own_workdir and os.environ.get("EXO_KEEP_TEST_DIRS") != "1":
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

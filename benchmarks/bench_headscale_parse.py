@@ -41,15 +41,20 @@ def median_ms(work: Callable[[], object], runs: int = RUNS) -> float:
 
 def main() -> None:
     config = HeadscaleConfig(api_url="https://headscale.example")
-    node = NodeInfo(Identity.generate().peer_id, "bench", 52417,
-                    (Address(host="127.0.0.1", port=52417),))
+    node = NodeInfo(
+        Identity.generate().peer_id, "bench", 52417, (Address(host="127.0.0.1", port=52417),)
+    )
     own = frozenset({"100.64.0.1"})
-    print(f"{'version':8} {'nodes':>6} {'MB':>5} {'json.loads':>11} {'parse+compare':>14} "
-          f"{'ratio':>6} {'cold':>8}")
+    print(
+        f"{'version':8} {'nodes':>6} {'MB':>5} {'json.loads':>11} {'parse+compare':>14} "
+        f"{'ratio':>6} {'cold':>8}"
+    )
     for version in ("0.27.1", "0.29.2"):
         for count in (1_000, 10_000):
-            nodes = [FakeNode.numbered(i, tags=("tag:exo", "tag:exo-port-52417"))
-                     for i in range(1, count + 1)]
+            nodes = [
+                FakeNode.numbered(i, tags=("tag:exo", "tag:exo-port-52417"))
+                for i in range(1, count + 1)
+            ]
             body = json.dumps(list_answer(version, nodes)).encode()
             selector = Selector(config, node)
             first = selector.select(parse_node_list(body), own)
@@ -69,8 +74,10 @@ def main() -> None:
 
             base = median_ms(loads)
             ours = median_ms(steady)
-            print(f"{version:8} {count:>6} {len(body) / 1e6:>5.1f} {base:>9.1f}ms "
-                  f"{ours:>12.1f}ms {ours / base:>6.2f} {median_ms(cold, 3):>6.1f}ms")
+            print(
+                f"{version:8} {count:>6} {len(body) / 1e6:>5.1f} {base:>9.1f}ms "
+                f"{ours:>12.1f}ms {ours / base:>6.2f} {median_ms(cold, 3):>6.1f}ms"
+            )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,409 @@
+"""What every benchmark shares: result rows, statistics, and real node processes that always end.
+
+Node processes are ``python -m exo_discovery_core -v run --json`` on 127.0.0.1 (or inside a lab
+namespace when started with a ``prefix``); their stdout is read in a thread and every event is
+stamped with ``_mono`` (``time.monotonic()`` when the line arrived), as ``tests/support/nodes.py``
+does. Every process started here is registered at once, so :func:`end_all` can end it even when
+the benchmark failed half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+Event = dict[str, Any]
+
+
+class BenchSkipped(Exception):
+    """The machine cannot run this benchmark (the message says why)."""
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One figure, its reference measured in the same run, and the target.
+
+    ``max_ratio``: the target is ``value / ref_value <= max_ratio``; ``max_value``: the target is
+    ``value <= max_value``. Neither: informational. ``status`` other than "ok" means not measured.
+    """
+
+    bench: str
+    figure: str
+    value: float | None
+    unit: str
+    reference: str = ""
+    ref_value: float | None = None
+    max_ratio: float | None = None
+    max_value: float | None = None
+    note: str = ""
+    status: str = "ok"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.ref_value:
+            return None
+        return self.value / self.ref_value
+
+    @property
+    def target(self) -> str:
+        if self.max_ratio is not None:
+            return f"≤ {self.max_ratio:g}x ref"
+        if self.max_value is not None:
+            return f"≤ {fmt(self.max_value, self.unit)}"
+        return ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.status != "ok" or self.value is None:
+            return None
+        if self.max_ratio is not None:
+            ratio = self.ratio
+            return None if ratio is None else ratio <= self.max_ratio
+        if self.max_value is not None:
+            return self.value <= self.max_value
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(ratio=self.ratio, target=self.target, met=self.met)
+        return data
+
+
+def not_run(bench: str, figure: str, why: str) -> Row:
+    return Row(bench, figure, None, "", status=f"not run: {why}")
+
+
+def fmt(value: float | None, unit: str) -> str:
+    """A number with its unit, scaled so it stays readable (s -> ms -> µs)."""
+    if value is None:
+        return "—"
+    if unit == "s":
+        if abs(value) < 1e-3:
+            return f"{value * 1e6:.0f} µs"
+        if abs(value) < 1.0:
+            return f"{value * 1e3:.1f} ms"
+        return f"{value:.2f} s"
+    if unit == "%":
+        return f"{value:.2f} %"
+    if unit == "MiB":
+        return f"{value:.1f} MiB"
+    if abs(value) >= 1000:
+        return f"{value:,.0f} {unit}".strip()
+    return f"{value:.3g} {unit}".strip()
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (nearest rank on the sorted values)."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return float(ordered[index])
+
+
+def spread(values: Sequence[float]) -> str:
+    """``n=5, min .. max`` for a note."""
+    return f"n={len(values)}, min {min(values):.3f} s, max {max(values):.3f} s"
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+_live: list[subprocess.Popen[Any]] = []
+_live_lock = threading.Lock()
+
+
+def track(proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
+    with _live_lock:
+        _live.append(proc)
+    return proc
+
+
+def end_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM (SIGCONT first: a stopped process cannot exit), then SIGKILL after ``grace``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+    with _live_lock, contextlib.suppress(ValueError):
+        _live.remove(proc)
+
+
+def end_all() -> None:
+    """End every process any benchmark started and did not end (the last line of defence)."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+    with _live_lock:
+        _live.clear()
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without any EXO_/HEADSCALE_ setting of the caller's shell."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EXO_DISCOVERY", "EXO_BOOTSTRAP", "EXO_MDNS", "HEADSCALE_"))
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Node:
+    """A node process; events arrive in a thread, each stamped with ``_mono`` on arrival."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        args: Sequence[str] = (),
+        *,
+        plugins: str | None = None,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        name: str = "node",
+        listen_host: str | None = "127.0.0.1",
+        verbosity: int = 1,
+    ) -> None:
+        """``plugins``: ``--plugins`` value; None means no plugin at all (not even mdns).
+        ``verbosity``: 1 logs INFO to the node's stderr log, 2 DEBUG (for diagnosis)."""
+        self.name = name
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = state_dir / f"{name}.stderr.log"
+        extra = dict(env or {})
+        argv = [*prefix, sys.executable, "-m", "exo_discovery_core"]
+        argv += ["-" + "v" * verbosity] if verbosity else []
+        argv += ["run", "--json"]
+        argv += ["--state-dir", str(state_dir)]
+        if listen_host:
+            argv += ["--listen-host", listen_host]
+        if plugins is None:
+            extra["EXO_DISCOVERY_PLUGINS"] = ""
+        else:
+            argv += ["--plugins", plugins]
+        argv += list(args)
+        if "--port" not in args:
+            argv += ["--port", "0"]
+        self.argv = argv
+        self._cond = threading.Condition()
+        self.events: list[Event] = []
+        self._eof = False
+        self._stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.spawned_at = time.monotonic()
+        self.proc = track(
+            subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=self._stderr, env=clean_env(extra),
+                cwd=str(state_dir),
+            )
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True, name=f"read-{name}")
+        self._reader.start()
+        self.peer_id = ""
+        self.port = 0
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            mono = time.monotonic()
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            event["_mono"] = mono
+            with self._cond:
+                self.events.append(event)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_started(self, timeout: float = 30.0) -> Event:
+        event = self.wait_for("started", timeout)
+        self.peer_id, self.port = str(event["peer_id"]), int(event["port"])
+        return event
+
+    def wait_until(self, pred: Callable[[Event], bool], timeout: float, start: int = 0) -> Event:
+        """The first event (from index ``start``) matching ``pred``; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                while i < len(self.events):
+                    if pred(self.events[i]):
+                        return self.events[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or self._eof:
+                    break
+                self._cond.wait(left)
+        state = "exited" if self.proc.poll() is not None else "running"
+        raise TimeoutError(
+            f"{self.name}: no matching event within {timeout:g} s ({state}); "
+            f"saw {[e.get('event') for e in self.events][-20:]}\n--- log ---\n{self.log_tail()}"
+        )
+
+    def wait_for(self, kind: str, timeout: float, start: int = 0, **match: Any) -> Event:
+        return self.wait_until(
+            lambda e: e.get("event") == kind and all(e.get(k) == v for k, v in match.items()),
+            timeout,
+            start,
+        )
+
+    def mark(self) -> int:
+        """Index of the next event: wait from here to see only what comes after now."""
+        with self._cond:
+            return len(self.events)
+
+    def snapshot(self) -> list[Event]:
+        with self._cond:
+            return list(self.events)
+
+    def connected_peers(self) -> set[str]:
+        peers: set[str] = set()
+        for event in self.snapshot():
+            if event.get("event") == "connected":
+                peers.add(str(event["peer_id"]))
+            elif event.get("event") == "disconnected":
+                peers.discard(str(event["peer_id"]))
+        return peers
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self, grace: float = 5.0) -> None:
+        end_process(self.proc, grace)
+        self._stderr.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+        self._stderr.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (its own threads; /proc/<pid>/stat fields 14 and 15)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Fleet:
+    """Node processes under one temp dir; all are ended on exit (in parallel), pass or fail."""
+
+    def __init__(self, label: str) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"exo-bench-{label}-")
+        self.root = Path(self._tmp.name)
+        self.nodes: list[Node] = []
+        self._count = 0
+
+    def start(self, name: str | None = None, *args: str, **kwargs: Any) -> Node:
+        self._count += 1
+        name = name or f"n{self._count}"
+        node = Node(self.root / name, args, name=name, **kwargs)
+        self.nodes.append(node)
+        return node
+
+    def close(self) -> None:
+        threads = [threading.Thread(target=n.stop, args=(3.0,)) for n in self.nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(15)
+        self.nodes.clear()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def fleet(label: str) -> Iterator[Fleet]:
+    nodes = Fleet(label)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+class Deadline:
+    """A time budget for one benchmark: ``left()`` seconds, ``check()`` raises past it."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self.end = time.monotonic() + seconds
+        self.what = what
+
+    def left(self, cap: float | None = None) -> float:
+        left = max(0.0, self.end - time.monotonic())
+        return left if cap is None else min(left, cap)
+
+    def check(self) -> None:
+        if time.monotonic() > self.end:
+            raise TimeoutError(f"{self.what}: time budget exhausted")

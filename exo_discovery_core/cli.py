@@ -15,18 +15,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
 from pydantic import BaseModel
 
-from . import status
 from .config import ConfigError, ConfigSource, NodeConfig, option_meta
-from .events import NodeEvent
-from .identity import Identity
-from .node import Node
 from .plugins import PluginHost, installed_entry_points
+
+if TYPE_CHECKING:
+    from .events import NodeEvent
+    from .node import Node
+
+# The node, its status socket and the key are imported by the commands that use them, so that
+# `plugins` and `id` start fast.
 
 EXIT_CONFIG = 2
 
@@ -168,6 +171,8 @@ def build(setup: Setup) -> click.Group:
         try:
             source = setup.with_flags(_flags_by_name(setup, params))
             config = source.node_config()
+            from .node import Node
+
             node = Node(config, source=source, host=setup.host)
             anyio.run(_run, node, as_json)
         except ConfigError as exc:
@@ -209,7 +214,9 @@ def build(setup: Setup) -> click.Group:
         """Show the peer table of the node running with this state dir."""
         state_dir = state_dir or _state_dir_default(setup)
         try:
-            data = anyio.run(status.query, state_dir)
+            from .status import query
+
+            data = anyio.run(query, state_dir)
         except ConnectionError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
@@ -245,6 +252,8 @@ def build(setup: Setup) -> click.Group:
     )
     def id_(state_dir: Path | None) -> None:
         """Print this node's peer id (creating its key on first use)."""
+        from .identity import Identity
+
         click.echo(Identity.load_or_create(state_dir or _state_dir_default(setup)).peer_id)
 
     return cli
@@ -259,6 +268,8 @@ def _state_dir_default(setup: Setup) -> Path:
 
 
 async def _run(node: Node, as_json: bool) -> None:
+    from .events import NodeEvent
+
     view = _JsonView() if as_json else _TextView(node)
     async with node, node.events() as events:
         view.show(

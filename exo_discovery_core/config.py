@@ -66,7 +66,7 @@ def option_meta(info: FieldInfo) -> tuple[str | None, str | None, bool]:
 class NodeConfig(BaseModel):
     """The ``[node]`` table: who the node is and how it listens and keeps connections."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     namespace: str = option(
         "exo",

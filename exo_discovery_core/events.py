@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger("exo_discovery.node")
 
@@ -30,6 +30,8 @@ EventKind = Literal[
 
 class NodeEvent(BaseModel):
     """A change in the node: a peer found or lost, a connection made or lost, a plugin's health."""
+
+    model_config = ConfigDict(defer_build=True)  # built on first use, not at CLI start-up
 
     event: EventKind
     time: float = Field(default_factory=time.time)

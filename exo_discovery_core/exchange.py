@@ -8,6 +8,7 @@ what a peer announced is forgotten when it disconnects.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable
@@ -29,6 +30,19 @@ def announcement(peers: Iterable[tuple[PeerId, Address]]) -> dict[str, Any]:
     return {"type": "peers", "peers": entries[:MAX_PEERS]}
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse(peer_id: str, addr: str) -> tuple[PeerId, Address] | None:
+    """One entry, parsed once: in a mesh every node hears the same entries again and again."""
+    try:
+        host, _, port = addr.rpartition(":")
+        address = Address(host=host, port=int(port))
+        if address.ip is None and not _HOSTNAME.fullmatch(address.host):
+            return None  # neither an IP address nor a DNS name
+        return PeerId.parse(peer_id), address
+    except (InvalidPeerId, TypeError, ValueError):
+        return None
+
+
 def read(
     message: dict[str, Any], *, sender: PeerId, sender_address: Address, me: PeerId
 ) -> list[PeerCandidate]:
@@ -39,15 +53,13 @@ def read(
         return []
     candidates = []
     for entry in entries[:MAX_PEERS]:
-        try:
-            peer_id = PeerId.parse(entry["id"])
-            host, _, port = str(entry["addr"]).rpartition(":")
-            address = Address(host=host, port=int(port))
-            if address.ip is None and not _HOSTNAME.fullmatch(address.host):
-                raise ValueError("not an IP address or a DNS name")
-        except (InvalidPeerId, KeyError, TypeError, ValueError):
+        fields = (entry.get("id"), entry.get("addr")) if isinstance(entry, dict) else None
+        ok = fields is not None and all(isinstance(f, str) for f in fields)
+        parsed = _parse(*fields) if ok and fields is not None else None
+        if parsed is None:
             log.debug("peer %s announced a malformed entry; skipped", sender)
             continue
+        peer_id, address = parsed
         if peer_id in (me, sender):
             continue
         ip, sender_ip = address.ip, sender_address.ip

@@ -7,21 +7,41 @@ what keeps the id the same across restarts; exo lost clusters to ids that change
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import base58
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic_core import core_schema
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# cryptography is imported where keys are used: parsing a peer id (every plugin does) needs none.
 
 # protobuf PublicKey{Type: Ed25519 (1), Data: 32 bytes}: field 1 varint, field 2 length-delimited.
 _ED25519_PROTO_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 # multihash "identity" (0x00) of length 36 (the 4-byte prefix plus the 32-byte key).
 _IDENTITY_MULTIHASH_PREFIX = bytes([0x00, 0x24])
 KEY_FILE_NAME = "identity.key"
+
+
+@functools.lru_cache(maxsize=1024)
+def _b58decode(text: str) -> bytes:
+    """base58 is pure Python and slow; a node sees the same few ids over and over."""
+    return bytes(base58.b58decode(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_key(peer_id: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    raw = _b58decode(peer_id)[len(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX) :]
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 class InvalidPeerId(ValueError):
@@ -35,6 +55,8 @@ class PeerId(str):
 
     @classmethod
     def from_public_key(cls, key: Ed25519PublicKey) -> PeerId:
+        from cryptography.hazmat.primitives import serialization
+
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return cls(
             base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + raw).decode()
@@ -46,7 +68,7 @@ class PeerId(str):
         if not isinstance(text, str) or not text:
             raise InvalidPeerId("peer id is empty")
         try:
-            decoded = base58.b58decode(text)
+            decoded = _b58decode(text)
         except ValueError as exc:
             raise InvalidPeerId(f"peer id {text!r} is not base58: {exc}") from None
         prefix = _IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX
@@ -57,10 +79,11 @@ class PeerId(str):
         return cls(text)
 
     def public_key(self) -> Ed25519PublicKey:
-        raw = base58.b58decode(str(self))[len(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX) :]
-        return Ed25519PublicKey.from_public_bytes(raw)
+        return _public_key(str(self))
 
     def verify(self, signature: bytes, message: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self.public_key().verify(signature, message)
         except (InvalidSignature, ValueError):
@@ -93,6 +116,8 @@ class Identity:
 
     @classmethod
     def generate(cls) -> Identity:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
@@ -101,6 +126,9 @@ class Identity:
         path = state_dir / KEY_FILE_NAME
         if path.exists():
             return cls.load(path)
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
         seed = key.private_bytes(
@@ -118,6 +146,8 @@ class Identity:
 
     @classmethod
     def load(cls, path: Path) -> Identity:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         seed = path.read_bytes()
         if len(seed) != 32:
             raise ValueError(

@@ -25,7 +25,7 @@ TAILSCALE_NETWORKS = (
 class Address(BaseModel):
     """A TCP address a peer may be reached at. ``host`` is an IP literal or a DNS name."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
@@ -71,7 +71,7 @@ class PeerCandidate(BaseModel):
     answering peer is refused. ``metadata`` is free-form (a hostname, tags) and shown to users.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     peer_id: PeerId | None = None
     addresses: tuple[Address, ...] = Field(min_length=1)
@@ -100,7 +100,7 @@ class ConnectionState(IntEnum):
 class ConnectionEvent(BaseModel):
     """What ``on_connection`` hears: exactly one per real transition of a peer."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     peer_id: PeerId
     state: ConnectionState
@@ -150,6 +150,8 @@ class DiscoveryContext(Generic[ConfigT]):
 
 class CheckResult(BaseModel):
     """One line of ``exo-discovery doctor``: what was checked, whether it passed, how to fix it."""
+
+    model_config = ConfigDict(defer_build=True)
 
     name: str
     ok: bool

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import random
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -51,6 +52,8 @@ log = logging.getLogger("exo_discovery.node")
 ON_CONNECTION_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
 REDIAL_INITIAL = 0.25
+ANNOUNCE_DELAY = (0.1, 0.3)  # seconds; random, so a mesh's announcements do not all coincide
+EXCHANGE_SECOND_DIAL = 2.0
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Node:
         self._known: dict[str, tuple[Any, ...]] = {}
         self._sources_of: dict[PeerId, frozenset[str]] = {}
         self._exchanged: dict[PeerId, list[PeerCandidate]] = {}
+        self._exchange_heard: dict[PeerId, Any] = {}
         self._announcing = False
         self._local = LocalNetworks()
         self._stack: AsyncExitStack | None = None
@@ -395,6 +399,7 @@ class Node:
         state = self._dial_states.get(str(peer_id))
         if state is not None:
             state.next_at = 0.0  # try again at once, then back off
+        self._exchange_heard.pop(peer_id, None)
         if self._exchanged.pop(peer_id, None) is not None:
             self._replace_exchanged()
         self._announce()
@@ -409,7 +414,8 @@ class Node:
         self._announcing = True
 
         async def send() -> None:
-            await anyio.sleep(0.05)
+            # coalesce a burst of connection changes (a mesh forming) into one announcement
+            await anyio.sleep(random.uniform(*ANNOUNCE_DELAY))
             self._announcing = False
             if self.connections is not None:
                 current = [(pid, conn.address) for pid, conn in self.connections.current.items()]
@@ -420,6 +426,9 @@ class Node:
     def _on_message(self, conn: Connection, message: dict[str, Any]) -> None:
         if message["type"] != "peers" or not self.config.exchange:
             return
+        if self._exchange_heard.get(conn.peer_id) == message.get("peers"):
+            return  # the same list again: nothing to parse, nothing changed
+        self._exchange_heard[conn.peer_id] = message.get("peers")
         self._exchanged[conn.peer_id] = exchange.read(
             message, sender=conn.peer_id, sender_address=conn.address, me=self.peer_id
         )
@@ -469,6 +478,8 @@ class Node:
                 if state is None:
                     backoff = Backoff(REDIAL_INITIAL, self.config.redial_max)
                     state = self._dial_states[key] = _DialState(backoff)
+                    if self._dials_second(peer):
+                        state.next_at = now + EXCHANGE_SECOND_DIAL  # let the peer dial first
                 if state.busy or state.is_self:
                     continue
                 if state.next_at > now:
@@ -479,6 +490,15 @@ class Node:
             with anyio.move_on_after(soonest):
                 await self._wake.wait()
             self._wake = anyio.Event()
+
+    def _dials_second(self, peer: Peer) -> bool:
+        """Peers that heard of each other by exchange both know it: the lower peer id dials, the
+        other only if no connection came in the meantime, so a forming mesh makes no duplicates."""
+        return (
+            peer.sources == {exchange.SOURCE}
+            and peer.peer_id is not None
+            and (str(peer.peer_id) < str(self.peer_id))
+        )
 
     async def _dial(self, peer: Peer, state: _DialState) -> None:
         assert self.connections is not None

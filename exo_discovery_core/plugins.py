@@ -6,6 +6,7 @@ does not exist (a typo), is recorded with its error and left out; the others loa
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as metadata
 import inspect
 import logging
@@ -24,7 +25,7 @@ log = logging.getLogger("exo_discovery.plugins")
 class EmptyConfig(BaseModel):
     """The config model of a plugin that declares none."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 @dataclass
@@ -57,8 +58,12 @@ class PluginInfo:
         }
 
 
+@functools.cache
 def installed_entry_points() -> dict[str, metadata.EntryPoint]:
-    """The plugins installed in this environment, by name, without importing any of them."""
+    """The plugins installed in this environment, by name, without importing any of them.
+
+    Read once per process: scanning every distribution's metadata costs milliseconds.
+    """
     return {ep.name: ep for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)}
 
 

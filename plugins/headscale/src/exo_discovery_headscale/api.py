@@ -38,7 +38,7 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 AUTH_RETRY_AFTER = 60.0
 """A rejected key is not retried sooner: it needs a human, and hammering only fills logs."""
 _UINT64 = Field(ge=0, lt=2**64)
-_WIRE = ConfigDict(extra="ignore", populate_by_name=True, str_max_length=4096)
+_WIRE = ConfigDict(extra="ignore", populate_by_name=True, str_max_length=4096, defer_build=True)
 
 
 @pydantic_dataclass(frozen=True, config=_WIRE)

@@ -54,24 +54,59 @@ def read(
     candidates = []
     for entry in entries[:MAX_PEERS]:
         fields = (entry.get("id"), entry.get("addr")) if isinstance(entry, dict) else None
-        ok = fields is not None and all(isinstance(f, str) for f in fields)
-        parsed = _parse(*fields) if ok and fields is not None else None
-        if parsed is None:
+        if fields is None or not all(isinstance(f, str) for f in fields):
             log.debug("peer %s announced a malformed entry; skipped", sender)
             continue
-        peer_id, address = parsed
-        if peer_id in (me, sender):
-            continue
-        ip, sender_ip = address.ip, sender_address.ip
-        if (
-            ip is not None
-            and ip.is_loopback
-            and sender_ip is not None
-            and not sender_ip.is_loopback
-        ):
-            # the sender reaches that peer on its own host: for us, that is the sender's address
-            address = Address(host=sender_address.host, port=address.port)
-        candidates.append(
-            PeerCandidate(peer_id=peer_id, addresses=(address,), metadata=(("via", str(sender)),))
-        )
+        candidate = _candidate(fields[0], fields[1], str(sender), sender_address.host)
+        if candidate is None:
+            log.debug("peer %s announced a malformed entry; skipped", sender)
+        elif candidate.peer_id not in (me, sender):
+            candidates.append(candidate)
     return candidates
+
+
+@functools.lru_cache(maxsize=8192)
+def _candidate(peer_id: str, addr: str, sender: str, sender_host: str) -> PeerCandidate | None:
+    """One entry as a candidate, built once: in a forming mesh the same entries arrive from
+    every peer, over and over, and building models is what costs."""
+    parsed = _parse(peer_id, addr)
+    if parsed is None:
+        return None
+    peer, address = parsed
+    ip, sender_ip = address.ip, Address(host=sender_host, port=1).ip
+    if ip is not None and ip.is_loopback and sender_ip is not None and not sender_ip.is_loopback:
+        # the sender reaches that peer on its own host: for us, that is the sender's address
+        address = Address(host=sender_host, port=address.port)
+    return PeerCandidate(peer_id=peer, addresses=(address,), metadata=(("via", sender),))
+
+
+class Heard:
+    """Everything connected peers announced, merged incrementally: a frame that only repeats
+    what others already said changes nothing, and costs a set difference, not a re-merge."""
+
+    def __init__(self) -> None:
+        self._by_sender: dict[PeerId, dict[str, PeerCandidate]] = {}
+        self._count: dict[str, int] = {}
+        self._candidates: dict[str, PeerCandidate] = {}
+
+    def update(self, sender: PeerId, candidates: list[PeerCandidate]) -> bool:
+        """``sender``'s new list (empty when it is gone); True if the union changed."""
+        new = {c.key: c for c in candidates}
+        old = self._by_sender.pop(sender, {})
+        if new:
+            self._by_sender[sender] = new
+        changed = False
+        for key in new.keys() - old.keys():
+            self._count[key] = self._count.get(key, 0) + 1
+            if self._count[key] == 1:
+                self._candidates[key] = new[key]
+                changed = True
+        for key in old.keys() - new.keys():
+            self._count[key] -= 1
+            if self._count[key] == 0:
+                del self._count[key], self._candidates[key]
+                changed = True
+        return changed
+
+    def candidates(self) -> list[PeerCandidate]:
+        return list(self._candidates.values())

@@ -101,7 +101,7 @@ class Node:
         self._wake = anyio.Event()
         self._known: dict[str, tuple[Any, ...]] = {}
         self._sources_of: dict[PeerId, frozenset[str]] = {}
-        self._exchanged: dict[PeerId, list[PeerCandidate]] = {}
+        self._exchanged = exchange.Heard()
         self._exchange_heard: dict[PeerId, Any] = {}
         self._announcing = False
         self._local = LocalNetworks()
@@ -400,7 +400,7 @@ class Node:
         if state is not None:
             state.next_at = 0.0  # try again at once, then back off
         self._exchange_heard.pop(peer_id, None)
-        if self._exchanged.pop(peer_id, None) is not None:
+        if self._exchanged.update(peer_id, []):
             self._replace_exchanged()
         self._announce()
         self._wake.set()
@@ -429,14 +429,14 @@ class Node:
         if self._exchange_heard.get(conn.peer_id) == message.get("peers"):
             return  # the same list again: nothing to parse, nothing changed
         self._exchange_heard[conn.peer_id] = message.get("peers")
-        self._exchanged[conn.peer_id] = exchange.read(
+        candidates = exchange.read(
             message, sender=conn.peer_id, sender_address=conn.address, me=self.peer_id
         )
-        self._replace_exchanged()
+        if self._exchanged.update(conn.peer_id, candidates):
+            self._replace_exchanged()
 
     def _replace_exchanged(self) -> None:
-        merged = {c.key: c for cands in self._exchanged.values() for c in cands}
-        self.table.replace(exchange.SOURCE, merged.values())
+        self.table.replace(exchange.SOURCE, self._exchanged.candidates())
         self._table_changed()
 
     def _on_identified(self, address: Address, peer_id: PeerId) -> None:

@@ -84,10 +84,6 @@ class PeerTable:
             self._merged = self._merge()
         return self._merged
 
-    def candidate_count(self, plugin: str) -> int:
-        current = self._sets.get(plugin)
-        return len(current.candidates) if current else 0
-
     def _merge(self) -> dict[str, Peer]:
         peers: dict[str, Peer] = {}
         for plugin, plugin_set in self._sets.items():

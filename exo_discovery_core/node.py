@@ -43,7 +43,7 @@ from .models import (
     PeerCandidate,
 )
 from .peertable import Peer, PeerTable
-from .plugins import PluginHost, PluginInfo
+from .plugins import PluginHost, PluginInfo, installed_entry_points
 from .routes import LocalNetworks, by_preference, local_addresses
 from .supervisor import supervise
 
@@ -122,8 +122,6 @@ class Node:
         if self.host.infos:
             return
         if self._entry_points:
-            from .plugins import installed_entry_points
-
             installed = sorted(set(installed_entry_points()) | set(self._extra_plugins))
             self.host.load_installed(self.source.plugin_selection(installed))
         for name, plugin in self._extra_plugins.items():

@@ -1,7 +1,7 @@
 """Failure detection: a peer dies (``kill -9``) or freezes (``SIGSTOP``) -> ``disconnected``.
 
 Node A listens; node B bootstraps to it. Once they are connected (and after a pause of a varying
-fraction of the 0.5 s heartbeat interval), B is killed or stopped; the figure is A's
+fraction of the heartbeat interval), B is killed or stopped; the figure is A's
 ``disconnected`` (``_mono``) minus the moment the signal was sent. A kill closes the socket (the
 kernel sends FIN/RST), so it is noticed at once; a frozen process keeps its socket open and only
 the missing heartbeats tell, after ``dead_after`` (2.5 s by default, the reference).
@@ -13,12 +13,14 @@ import os
 import signal
 import time
 
+from exo_discovery_core.config import NodeConfig
+
 from .common import Deadline, Fleet, Node, Row, free_port, median, spread
 
 NAME = "failure"
 ROUNDS = 3
-DEAD_AFTER_S = 2.5  # NodeConfig.dead_after default
-HEARTBEAT_S = 0.5
+DEAD_AFTER_S = NodeConfig().dead_after  # the defaults a user gets
+HEARTBEAT_S = NodeConfig().heartbeat_interval
 TARGET_S = 3.0
 
 

@@ -17,11 +17,14 @@ import os
 import time
 
 from exo_discovery_core import exchange
+from exo_discovery_core.config import NodeConfig
 from exo_discovery_core.identity import Identity
 from exo_discovery_core.models import Address
 from exo_discovery_core.peertable import PeerTable
 
 from .common import Deadline, Event, Fleet, Node, Row, free_port, median
+
+HEARTBEAT_S = NodeConfig().heartbeat_interval
 
 NAME = "scale"
 SIZES = (20, 50)
@@ -113,7 +116,7 @@ def _mesh(count: int, deadline: Deadline) -> list[Row]:
         Row(NAME, f"{label}: fleet CPU after the mesh wait" + ("" if meshed else " (still churning)"),
             rest_cpu, "%",
             note=f"% of one core over {REST_WINDOW_S:g} s, all {count} processes together "
-            f"({rest_cpu / count:.2f} % each); heartbeats every 0.5 s on up to "
+            f"({rest_cpu / count:.2f} % each); heartbeats every {HEARTBEAT_S:g} s on up to "
             f"{count * want // 2:,} connections"),
     ]  # fmt: skip
     return rows

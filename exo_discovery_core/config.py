@@ -110,7 +110,7 @@ class NodeConfig(BaseModel):
         env="EXO_DISCOVERY_EXCHANGE",
     )
     heartbeat_interval: float = option(
-        0.5,
+        1.0,
         help="Seconds between heartbeats on a connection",
         gt=0,
         le=60,

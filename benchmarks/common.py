@@ -10,7 +10,6 @@ the benchmark failed half way.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -25,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.netns import Event as Event  # re-exported for the benchmarks
+from tests.support.netns import JsonLines
 
-Event = dict[str, Any]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class BenchSkipped(Exception):
@@ -226,9 +226,6 @@ class Node:
         if "--port" not in args:
             argv += ["--port", "0"]
         self.argv = argv
-        self._cond = threading.Condition()
-        self.events: list[Event] = []
-        self._eof = False
         self._stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.spawned_at = time.monotonic()
         self.proc = track(
@@ -237,28 +234,9 @@ class Node:
                 cwd=str(state_dir),
             )
         )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True, name=f"read-{name}")
-        self._reader.start()
+        self.lines = JsonLines(self.proc, name)  # each event stamped with ``_mono`` on arrival
         self.peer_id = ""
         self.port = 0
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            mono = time.monotonic()
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(event, dict):
-                continue
-            event["_mono"] = mono
-            with self._cond:
-                self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
 
     @property
     def pid(self) -> int:
@@ -273,25 +251,16 @@ class Node:
         self.peer_id, self.port = str(event["peer_id"]), int(event["port"])
         return event
 
+    @property
+    def events(self) -> list[Event]:
+        return self.lines.events
+
     def wait_until(self, pred: Callable[[Event], bool], timeout: float, start: int = 0) -> Event:
         """The first event (from index ``start``) matching ``pred``; TimeoutError otherwise."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            i = start
-            while True:
-                while i < len(self.events):
-                    if pred(self.events[i]):
-                        return self.events[i]
-                    i += 1
-                left = deadline - time.monotonic()
-                if left <= 0 or self._eof:
-                    break
-                self._cond.wait(left)
-        state = "exited" if self.proc.poll() is not None else "running"
-        raise TimeoutError(
-            f"{self.name}: no matching event within {timeout:g} s ({state}); "
-            f"saw {[e.get('event') for e in self.events][-20:]}\n--- log ---\n{self.log_tail()}"
-        )
+        try:
+            return self.lines.wait_for(pred, timeout, start=start)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n--- log ---\n{self.log_tail()}") from None
 
     def wait_for(self, kind: str, timeout: float, start: int = 0, **match: Any) -> Event:
         return self.wait_until(
@@ -302,12 +271,10 @@ class Node:
 
     def mark(self) -> int:
         """Index of the next event: wait from here to see only what comes after now."""
-        with self._cond:
-            return len(self.events)
+        return len(self.lines.snapshot())
 
     def snapshot(self) -> list[Event]:
-        with self._cond:
-            return list(self.events)
+        return self.lines.snapshot()
 
     def connected_peers(self) -> set[str]:
         peers: set[str] = set()

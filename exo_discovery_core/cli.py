@@ -268,18 +268,9 @@ def _state_dir_default(setup: Setup) -> Path:
 
 
 async def _run(node: Node, as_json: bool) -> None:
-    from .events import NodeEvent
-
     view = _JsonView() if as_json else _TextView(node)
-    async with node, node.events() as events:
-        view.show(
-            NodeEvent(
-                event="started",
-                peer_id=str(node.peer_id),
-                port=node.port,
-                namespace=node.config.namespace,
-            )
-        )
+    # replay: the node's own "started" (and anything else since) comes first
+    async with node, node.events(replay=True) as events:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -42,7 +42,7 @@ from .models import (
     NodeInfo,
     PeerCandidate,
 )
-from .peertable import Peer, PeerTable
+from .peertable import Peer, PeerSnapshot, PeerTable
 from .plugins import PluginHost, PluginInfo, installed_entry_points
 from .routes import LocalNetworks, by_preference, local_addresses
 from .supervisor import supervise
@@ -99,7 +99,7 @@ class Node:
         self._contexts: dict[str, DiscoveryContext[Any]] = {}
         self._dial_states: dict[str, _DialState] = {}
         self._wake = anyio.Event()
-        self._known: dict[str, tuple[Any, ...]] = {}
+        self._known: dict[str, PeerSnapshot] = {}
         self._sources_of: dict[PeerId, frozenset[str]] = {}
         self._exchanged = exchange.Heard()
         self._exchange_heard: dict[PeerId, Any] = {}
@@ -314,30 +314,14 @@ class Node:
         now = {key: peer.snapshot() for key, peer in merged.items() if peer.peer_id != me}
         for key, snap in now.items():
             if self._known.get(key) != snap:
-                self._publish(self._peer_event("peer_discovered", merged[key]))
+                self._publish(_peer_event("peer_discovered", snap))
         for key in self._known.keys() - now.keys():
-            peer_id, addresses, sources = self._known[key]
-            if peer_id is None and all(self.table.alias(a) for a in addresses):
+            lost = self._known[key]
+            if lost[0] is None and all(self.table.alias(a) for a in lost[1]):
                 continue  # not lost: a handshake told us who it is, and it merged into that peer
-            self._publish(
-                NodeEvent(
-                    event="peer_lost",
-                    peer_id=peer_id,
-                    addresses=[str(a) for a in addresses],
-                    sources=sorted(sources),
-                )
-            )
+            self._publish(_peer_event("peer_lost", lost))
         self._known = now
         self._wake.set()
-
-    @staticmethod
-    def _peer_event(kind: Any, peer: Peer) -> NodeEvent:
-        return NodeEvent(
-            event=kind,
-            peer_id=peer.peer_id,
-            addresses=[str(a) for a in peer.addresses],
-            sources=sorted(peer.sources),
-        )
 
     async def _housekeeping(self) -> None:
         while True:
@@ -536,3 +520,10 @@ class Node:
 
     def _publish(self, event: NodeEvent) -> None:
         self._hub.publish(event)
+
+
+def _peer_event(kind: Literal["peer_discovered", "peer_lost"], snapshot: PeerSnapshot) -> NodeEvent:
+    peer_id, addresses, sources = snapshot
+    return NodeEvent(
+        event=kind, peer_id=peer_id, addresses=[str(a) for a in addresses], sources=sorted(sources)
+    )

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from .identity import PeerId
 from .models import Address, PeerCandidate
 
+PeerSnapshot = tuple[PeerId | None, tuple[Address, ...], frozenset[str]]
+"""What users are told of a peer: a change to any part is a new ``peer_discovered``."""
+
 
 @dataclass
 class Peer:
@@ -26,7 +29,7 @@ class Peer:
     sources: set[str] = field(default_factory=set)
     metadata: dict[str, str] = field(default_factory=dict)
 
-    def snapshot(self) -> tuple[PeerId | None, tuple[Address, ...], frozenset[str]]:
+    def snapshot(self) -> PeerSnapshot:
         return self.peer_id, tuple(self.addresses), frozenset(self.sources)
 
 

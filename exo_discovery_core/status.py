@@ -18,6 +18,7 @@ from anyio.abc import SocketStream, TaskGroup
 
 if TYPE_CHECKING:
     from .node import Node
+    from .plugins import PluginInfo
 
 SOCKET_NAME = "status.sock"
 log = logging.getLogger("exo_discovery.status")
@@ -32,17 +33,17 @@ def snapshot(node: Node) -> dict[str, Any]:
         "peer_id": str(node.peer_id),
         "namespace": node.config.namespace,
         "port": node.port,
-        "plugins": [
-            {
-                **info.as_dict(),
-                "healthy": node.health.get(info.name).ok  # type: ignore[union-attr]
-                if info.name in node.health
-                else None,
-                "health": node.health[info.name].message if info.name in node.health else None,
-            }
-            for info in node.plugin_infos()
-        ],
+        "plugins": [_plugin_status(node, info) for info in node.plugin_infos()],
         "peers": node.peers(),
+    }
+
+
+def _plugin_status(node: Node, info: PluginInfo) -> dict[str, Any]:
+    health = node.health.get(info.name)  # none for a plugin that is not running
+    return {
+        **info.as_dict(),
+        "healthy": health.ok if health else None,
+        "health": health.message if health else None,
     }
 
 

@@ -12,34 +12,15 @@ from typing import Any
 import anyio
 import pytest
 
-from exo_discovery_core import ConnectionEvent, PeerCandidate, hookimpl
+from exo_discovery_core import PeerCandidate, hookimpl
 from exo_discovery_core.identity import Identity
 from exo_discovery_core.node import Node
 from exo_discovery_core.testing import next_event, run_node
+from tests.support.static import Static
 
 pytestmark = pytest.mark.anyio
 
 FAST = {"plugin_restart_max": 0.5, "handshake_timeout": 1.0, "redial_max": 0.5}
-
-
-class Static:
-    """Yields fixed candidates, then stays; records its on_connection calls."""
-
-    def __init__(self, *candidates: PeerCandidate) -> None:
-        self.candidates = list(candidates)
-        self.connections: list[ConnectionEvent] = []
-
-    @hookimpl
-    def discover_peers(self) -> AsyncIterator[list[PeerCandidate]]:
-        async def stream() -> AsyncIterator[list[PeerCandidate]]:
-            yield self.candidates
-            await anyio.sleep_forever()
-
-        return stream()
-
-    @hookimpl
-    async def on_connection(self, event: ConnectionEvent) -> None:
-        self.connections.append(event)
 
 
 def at(node: Node, peer_id: str | None = None) -> PeerCandidate:

@@ -17,7 +17,7 @@ import struct
 import sys
 import threading
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -28,11 +28,12 @@ from anyio.abc import SocketStream
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from exo_discovery_core import PeerCandidate, hookimpl, wire
+from exo_discovery_core import PeerCandidate, wire
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.node import Node
 from exo_discovery_core.testing import next_event, run_node
 from tests.support.fake_headscale import FakeHeadscale
+from tests.support.static import Static
 
 LOOPBACK = "127.0.0.1"
 CLOSED_ERRORS = (
@@ -65,21 +66,6 @@ def json_frame(value: Any) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-class Static:
-    """A plugin that reports fixed candidates and then stays (used by probe nodes)."""
-
-    def __init__(self, *candidates: PeerCandidate) -> None:
-        self.candidates = list(candidates)
-
-    @hookimpl
-    def discover_peers(self) -> AsyncIterator[list[PeerCandidate]]:
-        async def stream() -> AsyncIterator[list[PeerCandidate]]:
-            yield self.candidates
-            await anyio.sleep_forever()
-
-        return stream()
 
 
 async def read_until_closed(stream: SocketStream, timeout: float) -> bytes:

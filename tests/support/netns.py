@@ -418,6 +418,7 @@ class JsonLines:
     Why: probes report timestamped events; tests wait for one with a timeout
     instead of a blocking ``readline()`` that could hang the suite. Non-JSON
     lines (e.g. stderr merged in, log warnings) are kept as ``{"event": "raw"}``.
+    Each event gets ``_mono``, the monotonic time it arrived (comparable across namespaces).
     """
 
     def __init__(self, proc: subprocess.Popen[Any], label: str = "") -> None:
@@ -435,6 +436,7 @@ class JsonLines:
         assert self.proc.stdout is not None
         try:
             for raw in self.proc.stdout:
+                arrived = time.monotonic()
                 line = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
                 line = line.rstrip("\n")
                 if not line:
@@ -445,6 +447,7 @@ class JsonLines:
                         raise ValueError
                 except ValueError:
                     ev = {"event": "raw", "line": line}
+                ev["_mono"] = arrived
                 with self._cond:
                     self.events.append(ev)
                     self._cond.notify_all()
@@ -480,6 +483,10 @@ class JsonLines:
             lambda e: e.get("event") == event and all(e.get(k) == v for k, v in match.items()),
             timeout,
         )
+
+    def snapshot(self) -> list[Event]:
+        with self._cond:
+            return list(self.events)
 
     def find(self, pred: Callable[[Event], bool]) -> list[Event]:
         with self._cond:

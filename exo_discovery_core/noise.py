@@ -1,0 +1,278 @@
+"""The Noise Protocol Framework (revision 34): handshake and transport, written from the spec.
+
+Supports the DH function 25519, the cipher ChaChaPoly and the hashes SHA256 and BLAKE2s, for the
+interactive patterns NN, KK, XK, IK and XX and any ``psk`` modifiers (``XXpsk0``,
+``XXpsk0+psk3``, ...). The protocol name fixes every choice, as the spec says; the module is
+checked against the published cacophony and snow vectors byte for byte
+(tests/test_noise_vectors.py). Section numbers below are the spec's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from typing import TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+MAX_MESSAGE = 65535  # §3: every Noise message, handshake or transport, is at most this long
+DHLEN = 32
+TAGLEN = 16
+_T = TypeVar("_T")
+_MAX_NONCE = 2**64 - 1  # §5.1: reserved, never used to encrypt
+
+# §7.4 and §7.5: pre-messages (initiator's, responder's) and the message patterns.
+_PATTERNS: dict[str, tuple[tuple[str, str], tuple[tuple[str, ...], ...]]] = {
+    "NN": (("", ""), (("e",), ("e", "ee"))),
+    "KK": (("s", "s"), (("e", "es", "ss"), ("e", "ee", "se"))),
+    "XK": (("", "s"), (("e", "es"), ("e", "ee"), ("s", "se"))),
+    "IK": (("", "s"), (("e", "es", "s", "ss"), ("e", "ee", "se"))),
+    "XX": (("", ""), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
+}
+_HASHES = {"SHA256": "sha256", "BLAKE2s": "blake2s"}  # Noise's names to hashlib's
+_NAME = re.compile(r"Noise_([A-Z]+)(psk\d+(?:\+psk\d+)*)?_25519_ChaChaPoly_(SHA256|BLAKE2s)")
+
+
+class NoiseError(Exception):
+    """A message failed to decrypt or does not fit the pattern: the session cannot go on."""
+
+
+def _need(value: _T | None) -> _T:
+    if value is None:
+        raise ValueError("the pattern needs a key that was not given")
+    return value
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+class CipherState:
+    """§5.1: a key and a nonce counter; without a key it passes plaintext through."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._aead = ChaCha20Poly1305(key) if key is not None else None
+        self.nonce = 0
+
+    @property
+    def has_key(self) -> bool:
+        return self._aead is not None
+
+    def _next_nonce(self) -> bytes:
+        if self.nonce >= _MAX_NONCE:
+            raise NoiseError("nonce space exhausted")
+        return b"\0\0\0\0" + self.nonce.to_bytes(8, "little")
+
+    def encrypt(self, ad: bytes, plaintext: bytes) -> bytes:
+        if self._aead is None:
+            return plaintext
+        ciphertext = self._aead.encrypt(self._next_nonce(), plaintext, ad)
+        self.nonce += 1
+        return ciphertext
+
+    def decrypt(self, ad: bytes, ciphertext: bytes) -> bytes:
+        if self._aead is None:
+            return ciphertext
+        try:
+            plaintext = self._aead.decrypt(self._next_nonce(), ciphertext, ad)
+        except InvalidTag:
+            raise NoiseError("message failed authentication") from None
+        self.nonce += 1
+        return plaintext
+
+
+class SymmetricState:
+    """§5.2: the chaining key and handshake hash, mixed by every token."""
+
+    def __init__(self, protocol_name: bytes, hash_name: str) -> None:
+        self._hash = _HASHES[hash_name]
+        hashlen = hashlib.new(self._hash).digest_size
+        if len(protocol_name) <= hashlen:
+            self.h = protocol_name.ljust(hashlen, b"\0")
+        else:
+            self.h = hashlib.new(self._hash, protocol_name).digest()
+        self.ck = self.h
+        self.cipher = CipherState()
+
+    def _hkdf(self, ikm: bytes, outputs: int) -> list[bytes]:
+        """§4.3: HKDF with HMAC-HASH, chaining key as salt, no info."""
+        temp_key = hmac.digest(self.ck, ikm, self._hash)
+        out = [hmac.digest(temp_key, b"\x01", self._hash)]
+        for i in range(2, outputs + 1):
+            out.append(hmac.digest(temp_key, out[-1] + bytes([i]), self._hash))
+        return out
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, temp_k = self._hkdf(ikm, 2)
+        self.cipher = CipherState(temp_k[:32])
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = hashlib.new(self._hash, self.h + data).digest()
+
+    def mix_key_and_hash(self, ikm: bytes) -> None:
+        self.ck, temp_h, temp_k = self._hkdf(ikm, 3)
+        self.mix_hash(temp_h)
+        self.cipher = CipherState(temp_k[:32])
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        ciphertext = self.cipher.encrypt(self.h, plaintext)
+        self.mix_hash(ciphertext)
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        plaintext = self.cipher.decrypt(self.h, ciphertext)
+        self.mix_hash(ciphertext)
+        return plaintext
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        k1, k2 = self._hkdf(b"", 2)
+        return CipherState(k1[:32]), CipherState(k2[:32])
+
+
+def parse_protocol_name(name: str) -> tuple[tuple[str, str], list[list[str]], str]:
+    """Pre-messages, message patterns with the psk tokens placed (§9.2), and the hash name."""
+    match = _NAME.fullmatch(name)
+    if match is None or match.group(1) not in _PATTERNS:
+        raise ValueError(f"unsupported Noise protocol {name!r}")
+    pre, base = _PATTERNS[match.group(1)]
+    messages = [list(tokens) for tokens in base]
+    modifiers = match.group(2).split("+") if match.group(2) else []
+    for modifier in modifiers:
+        position = int(modifier[3:])
+        if position > len(messages):
+            raise ValueError(f"{name!r}: {modifier} is past the last message")
+        if position == 0:
+            messages[0].insert(0, "psk")
+        else:
+            messages[position - 1].append("psk")
+    return pre, messages, match.group(3)
+
+
+class HandshakeState:
+    """§5.3: one side of a handshake; alternate ``write_message`` and ``read_message``.
+
+    ``ephemeral`` is for test vectors only; a real handshake draws a fresh key each time.
+    """
+
+    def __init__(
+        self,
+        protocol_name: str,
+        *,
+        initiator: bool,
+        prologue: bytes = b"",
+        static: X25519PrivateKey | None = None,
+        remote_static: bytes | None = None,
+        psks: Sequence[bytes] = (),
+        ephemeral: X25519PrivateKey | None = None,
+    ) -> None:
+        pre, self._messages, hash_name = parse_protocol_name(protocol_name)
+        self.initiator = initiator
+        self.s = static
+        self.e = ephemeral
+        self.rs = remote_static
+        self.re: bytes | None = None
+        self._psks = list(psks)
+        self._psk_mode = any("psk" in m for m in self._messages)
+        needed = sum(m.count("psk") for m in self._messages)
+        if len(self._psks) != needed:
+            raise ValueError(f"{protocol_name} needs {needed} psks, got {len(self._psks)}")
+        if any(len(psk) != 32 for psk in self._psks):
+            raise ValueError("a psk is 32 bytes")
+        self._sym = SymmetricState(protocol_name.encode(), hash_name)
+        self._sym.mix_hash(prologue)
+        for side, tokens in zip(("initiator", "responder"), pre, strict=True):
+            if "s" in tokens:
+                mine = (side == "initiator") == initiator
+                key = public_bytes(_need(self.s)) if mine else _need(self.rs)
+                self._sym.mix_hash(key)
+        self._index = 0
+        self.transport: tuple[CipherState, CipherState] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.transport is not None
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """§5.2 GetHandshakeHash: a channel binding once the handshake is done."""
+        return self._sym.h
+
+    @property
+    def my_turn(self) -> bool:
+        return (self._index % 2 == 0) == self.initiator
+
+    def _tokens(self, writing: bool) -> list[str]:
+        if self.finished or self.my_turn != writing:
+            raise NoiseError("out of turn")
+        tokens = self._messages[self._index]
+        self._index += 1
+        return tokens
+
+    def _dh(self, token: str) -> bytes:
+        # §7.3: "es" is DH(e of initiator, s of responder), from whichever side computes it
+        mine, theirs = (token[0], token[1]) if self.initiator else (token[1], token[0])
+        local = _need(self.e if mine == "e" else self.s)
+        remote = _need(self.re if theirs == "e" else self.rs)
+        try:
+            return local.exchange(X25519PublicKey.from_public_bytes(remote))
+        except ValueError:  # a low-order point gives an all-zero secret
+            raise NoiseError("invalid public key") from None
+
+    def write_message(self, payload: bytes = b"") -> bytes:
+        out = bytearray()
+        for token in self._tokens(writing=True):
+            if token == "e":
+                self.e = self.e or X25519PrivateKey.generate()
+                pub = public_bytes(self.e)
+                out += pub
+                self._sym.mix_hash(pub)
+                if self._psk_mode:
+                    self._sym.mix_key(pub)
+            elif token == "s":
+                out += self._sym.encrypt_and_hash(public_bytes(_need(self.s)))
+            elif token == "psk":
+                self._sym.mix_key_and_hash(self._psks.pop(0))
+            else:
+                self._sym.mix_key(self._dh(token))
+        out += self._sym.encrypt_and_hash(payload)
+        if len(out) > MAX_MESSAGE:
+            raise ValueError(f"handshake message of {len(out)} bytes exceeds {MAX_MESSAGE}")
+        self._finish_if_done()
+        return bytes(out)
+
+    def read_message(self, message: bytes) -> bytes:
+        if len(message) > MAX_MESSAGE:
+            raise NoiseError(f"handshake message of {len(message)} bytes exceeds {MAX_MESSAGE}")
+        view = memoryview(message)
+        for token in self._tokens(writing=False):
+            if token == "e":
+                if len(view) < DHLEN:
+                    raise NoiseError("handshake message too short")
+                self.re, view = bytes(view[:DHLEN]), view[DHLEN:]
+                self._sym.mix_hash(self.re)
+                if self._psk_mode:
+                    self._sym.mix_key(self.re)
+            elif token == "s":
+                size = DHLEN + TAGLEN if self._sym.cipher.has_key else DHLEN
+                if len(view) < size:
+                    raise NoiseError("handshake message too short")
+                self.rs = self._sym.decrypt_and_hash(bytes(view[:size]))
+                view = view[size:]
+            elif token == "psk":
+                self._sym.mix_key_and_hash(self._psks.pop(0))
+            else:
+                self._sym.mix_key(self._dh(token))
+        payload = self._sym.decrypt_and_hash(bytes(view))
+        self._finish_if_done()
+        return payload
+
+    def _finish_if_done(self) -> None:
+        if self._index == len(self._messages):
+            first, second = self._sym.split()
+            # (send, receive): the initiator sends with the first CipherState
+            self.transport = (first, second) if self.initiator else (second, first)

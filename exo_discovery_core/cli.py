@@ -22,6 +22,7 @@ import click
 from pydantic import BaseModel
 
 from .config import ConfigError, ConfigSource, NodeConfig, option_meta
+from .identity import IdentityError
 from .plugins import PluginHost, installed_entry_points
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def build(setup: Setup) -> click.Group:
 
             node = Node(config, source=source, host=setup.host)
             anyio.run(_run, node, as_json)
-        except ConfigError as exc:
+        except (ConfigError, IdentityError) as exc:
             _fail(exc)
 
     for option in flag_options:
@@ -250,11 +251,27 @@ def build(setup: Setup) -> click.Group:
         default=None,
         help="Where the node keeps its key",
     )
-    def id_(state_dir: Path | None) -> None:
+    @click.option(
+        "--regenerate",
+        is_flag=True,
+        help="Make a new key (a new peer id), after saying what the old one was",
+    )
+    def id_(state_dir: Path | None, regenerate: bool) -> None:
         """Print this node's peer id (creating its key on first use)."""
         from .identity import Identity
 
-        click.echo(Identity.load_or_create(state_dir or _state_dir_default(setup)).peer_id)
+        state_dir = state_dir or _state_dir_default(setup)
+        try:
+            if not regenerate:
+                click.echo(Identity.load_or_create(state_dir).peer_id)
+                return
+            identity, old = Identity.regenerate(state_dir)
+        except (IdentityError, OSError) as exc:
+            _fail(exc)
+            return
+        if old is not None:
+            click.echo(f"old key: {old}; kept as {state_dir / 'identity.key.old'}", err=True)
+        click.echo(identity.peer_id)
 
     return cli
 

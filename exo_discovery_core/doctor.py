@@ -11,7 +11,7 @@ import anyio
 import click
 
 from .config import ConfigSource
-from .identity import Identity, PeerId
+from .identity import KEY_FILE_NAME, Identity, IdentityError, PeerId
 from .models import Address, CheckResult, DiscoveryContext, NodeInfo
 from .plugins import PluginHost
 
@@ -38,17 +38,15 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
             name="configuration", ok=True, detail=f"{source.file or 'no config file (defaults)'}"
         )
     )
-    key_file = node_config.state_dir / "identity.key"
-    peer_id: PeerId = (
-        Identity.load(key_file).peer_id if key_file.exists() else Identity.generate().peer_id
-    )
+    peer_id, key_check = _identity_check(node_config.state_dir / KEY_FILE_NAME)
+    _print(key_check)
     node = NodeInfo(
         peer_id,
         node_config.namespace,
         node_config.port,
         (Address(host="127.0.0.1", port=node_config.port or 1),),
     )
-    all_ok = True
+    all_ok = key_check.ok
     for info in host.infos_sorted():
         if not info.enabled:
             click.echo(f"- plugin {info.name}: {info.status}")
@@ -79,6 +77,21 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
             _print(check)
             all_ok = all_ok and check.ok
     return all_ok
+
+
+def _identity_check(key_file: Path) -> tuple[PeerId, CheckResult]:
+    """The node's key: its peer id, or why it cannot be used (a stand-in id for the plugins)."""
+    if not key_file.exists():
+        detail = f"no key yet ({key_file} is made on first start)"
+        return Identity.generate().peer_id, CheckResult(name="identity", ok=True, detail=detail)
+    try:
+        peer_id = Identity.load(key_file).peer_id
+    except IdentityError as exc:
+        problem = f"key file {key_file} {exc.problem}"
+        fix = str(exc).removeprefix(problem + "; ")
+        check = CheckResult(name="identity", ok=False, detail=problem, fix=fix)
+        return Identity.generate().peer_id, check
+    return peer_id, CheckResult(name="identity", ok=True, detail=f"peer id {peer_id}")
 
 
 async def _checks(host: PluginHost, name: str, context: DiscoveryContext[Any]) -> list[CheckResult]:

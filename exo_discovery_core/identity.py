@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import base58
 from pydantic_core import core_schema
 
+from .files import write_private
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
@@ -58,9 +60,20 @@ class PeerId(str):
         from cryptography.hazmat.primitives import serialization
 
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return cls(
-            base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX + raw).decode()
-        )
+        return cls.from_key_bytes(_ED25519_PROTO_PREFIX + raw)
+
+    @classmethod
+    def from_key_bytes(cls, data: bytes) -> PeerId:
+        """The id of a libp2p protobuf ``PublicKey`` (what a signed envelope carries)."""
+        if len(data) != len(_ED25519_PROTO_PREFIX) + 32 or not data.startswith(
+            _ED25519_PROTO_PREFIX
+        ):
+            raise InvalidPeerId("not a protobuf-encoded Ed25519 public key")
+        return cls(base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + data).decode())
+
+    def key_bytes(self) -> bytes:
+        """The public key as libp2p's protobuf ``PublicKey``: the id without its multihash prefix."""
+        return _b58decode(str(self))[len(_IDENTITY_MULTIHASH_PREFIX) :]
 
     @classmethod
     def parse(cls, text: str) -> PeerId:
@@ -122,38 +135,84 @@ class Identity:
 
     @classmethod
     def load_or_create(cls, state_dir: Path) -> Identity:
-        """Read the key from ``state_dir``, creating it (mode 0600) on first start."""
+        """Read the key from ``state_dir``, creating it (mode 0600, atomically) on first start."""
         path = state_dir / KEY_FILE_NAME
         if path.exists():
             return cls.load(path)
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        identity = cls.generate()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not write_private(path, identity._seed(), replace=False):
+                return cls.load(path)  # another process created it first: use theirs
+        except OSError as exc:
+            raise IdentityError(path, _unwritable(exc), fix=_FREE_SPACE) from None
+        return identity
 
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        seed = key.private_bytes(
+    @classmethod
+    def regenerate(cls, state_dir: Path) -> tuple[Identity, str | None]:
+        """Replace the key with a new one; also what the old one was (its id, why it was
+        unreadable, or None if there was none).
+
+        The old key file is kept beside it as ``identity.key.old``.
+        """
+        path = state_dir / KEY_FILE_NAME
+        if not path.exists():
+            return cls.load_or_create(state_dir), None
+        try:
+            old = f"peer id {cls.load(path).peer_id}"
+        except IdentityError as exc:
+            old = f"unreadable ({exc.problem})"
+        identity = cls.generate()
+        try:
+            # copied, not moved: at every moment the key file is the old key or the new one
+            write_private(path.with_name(KEY_FILE_NAME + ".old"), path.read_bytes())
+            write_private(path, identity._seed())
+        except OSError as exc:
+            raise IdentityError(
+                path, _unwritable(exc), fix="the old key is unchanged; " + _FREE_SPACE
+            ) from None
+        return identity, old
+
+    def _seed(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.private_bytes(
             serialization.Encoding.Raw,
             serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            return cls.load(path)
-        with os.fdopen(fd, "wb") as out:
-            out.write(seed)
-        return cls(key)
 
     @classmethod
     def load(cls, path: Path) -> Identity:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        seed = path.read_bytes()
+        try:
+            seed = path.read_bytes()
+        except OSError as exc:
+            raise IdentityError(path, f"cannot be read: {exc.strerror}") from None
         if len(seed) != 32:
-            raise ValueError(
-                f"{path}: not an Ed25519 key file (expected 32 bytes, got {len(seed)})"
-            )
+            what = "is empty (0 bytes)" if not seed else f"has {len(seed)} bytes, not 32"
+            raise IdentityError(path, f"{what}: not an Ed25519 key")
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             os.chmod(path, 0o600)
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+
+class IdentityError(ValueError):
+    """The key file cannot be used; one line naming the file and the fix, never replaced silently."""
+
+    def __init__(self, path: Path, problem: str, fix: str | None = None) -> None:
+        self.path, self.problem = path, problem
+        fix = fix or (
+            "restore it from a backup, or make a new key (a new peer id) with "
+            f"`exo-discovery id --regenerate --state-dir {path.parent}`"
+        )
+        super().__init__(f"key file {path} {problem}; {fix}")
+
+
+_FREE_SPACE = "make room (or fix the permissions) in the state dir and start again"
+
+
+def _unwritable(exc: OSError) -> str:
+    return f"cannot be written: {exc.strerror or exc}"

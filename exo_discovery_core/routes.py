@@ -86,3 +86,21 @@ def rank(address: Address, local: LocalNetworks) -> int:
 
 def by_preference(addresses: Iterable[Address], local: LocalNetworks) -> list[Address]:
     return sorted(addresses, key=lambda a: rank(a, local))
+
+
+def usable_from_peer(address: Address, *, sender_on_this_host: bool) -> bool:
+    """Whether an address another node told us (in a signed record) is one we may dial.
+
+    IP literals only (a name from a peer would make us query a resolver for it); no address that
+    names no single host (unspecified, multicast, broadcast, reserved); no IPv4 link-local (cloud
+    metadata lives at 169.254.169.254) and no IPv6 link-local without its zone; loopback only
+    when the node that told us is on this host itself.
+    """
+    ip = address.ip
+    if ip is not None and ip.is_loopback:
+        return sender_on_this_host
+    if ip is None or ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address) and (ip.is_link_local or ip.packed == b"\xff" * 4):
+        return False
+    return not ip.is_link_local or "%" in address.host  # a zone says which link it is on

@@ -75,7 +75,7 @@ class Trigger:
 async def poll(
     fetch: Callable[[], Awaitable[T]],
     *,
-    interval: float,
+    interval: float | Callable[[], float],
     log: logging.Logger,
     what: str,
     max_backoff: float = 60.0,
@@ -85,17 +85,20 @@ async def poll(
 ) -> AsyncGenerator[T, None]:
     """Yield ``await fetch()`` when it differs from the last good one; forever, until closed.
 
-    ``timeout`` bounds a fetch that hangs (default: the interval, at least 5 s). Errors other
-    than cancellation are caught: a bug in ``fetch`` is logged with its traceback, once.
+    ``interval`` may be a function, asked before every wait, for a source that says when to ask
+    again (an HTTP answer's refresh header). ``timeout`` bounds a fetch that hangs (default: the
+    interval, at least 5 s). Errors other than cancellation are caught: a bug in ``fetch`` is
+    logged with its traceback, once.
     """
-    backoff = Backoff(initial=max(interval, 0.05), maximum=max(max_backoff, interval))
+    interval_now = interval if callable(interval) else (lambda: interval)
+    first = interval_now()
+    backoff = Backoff(initial=max(first, 0.05), maximum=max(max_backoff, first))
     trigger = trigger or Trigger()
-    limit = timeout if timeout is not None else max(interval, 5.0)
+    limit = timeout if timeout is not None else max(first, 5.0)
     last: T | None = None
     have_last = False
     failing: str | None = None
     while True:
-        delay = interval
         try:
             with anyio.fail_after(limit):
                 result = await fetch()
@@ -113,6 +116,7 @@ async def poll(
                 log.info("%s is answering again", what)
                 failing = None
             backoff.reset()
+            delay = interval_now()  # asked after the fetch, which may have changed it
             if not have_last or result != last:
                 last, have_last = result, True
                 yield result

@@ -83,6 +83,53 @@ async def discovering(
         yield _nothing() if stream is None else stream
 
 
+class Collected:
+    """Every set a plugin yielded so far, in order; ``wait_for(n)`` until the n-th came."""
+
+    def __init__(self) -> None:
+        self.items: list[frozenset[PeerCandidate]] = []
+        self._changed = anyio.Event()
+
+    def add(self, item: Any) -> None:
+        self.items.append(frozenset(item))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> frozenset[PeerCandidate]:
+        """The ``count``-th set (1-based), once it came; TimeoutError if it does not."""
+        with anyio.fail_after(timeout):
+            while len(self.items) < count:
+                await self._changed.wait()
+        return self.items[count - 1]
+
+
+@asynccontextmanager
+async def collecting(
+    plugin: object,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    context: DiscoveryContext[Any] | None = None,
+    **context_kwargs: Any,
+) -> AsyncIterator[Collected]:
+    """``plugin`` driven as the node drives it, without pause, every set kept: for tests that
+    change the source while the plugin keeps polling (``discovering`` polls only on demand)."""
+    collected = Collected()
+    async with (
+        discovering(plugin, config, context=context, **context_kwargs) as stream,
+        anyio.create_task_group() as group,
+    ):
+
+        async def drive() -> None:
+            async for item in stream:
+                collected.add(item)
+
+        group.start_soon(drive)
+        try:
+            yield collected
+        finally:
+            group.cancel_scope.cancel()
+
+
 async def _nothing() -> AsyncIterator[Any]:
     """What an idle plugin (discover_peers returned None) yields: no sets at all."""
     return

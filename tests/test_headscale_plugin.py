@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
-from contextlib import aclosing, asynccontextmanager
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from exo_discovery_core import Address, NodeInfo, PeerCandidate, PeerId
 from exo_discovery_core.config import ConfigError, ConfigSource
 from exo_discovery_core.identity import Identity
-from exo_discovery_core.testing import make_context, peer_sets
+from exo_discovery_core.testing import collecting, make_context, peer_sets
 from exo_discovery_headscale.api import HeadscaleClient, HeadscaleError
 from exo_discovery_headscale.config import HeadscaleConfig
 from exo_discovery_headscale.plugin import HeadscalePlugin
@@ -100,29 +99,8 @@ async def test_user_filter_all_nodes_of_user_and_legacy_tags() -> None:
     assert {p.peer_id for p in peers} == {None, PeerId.parse(str(peer))}
 
 
-@asynccontextmanager
-async def _driving(plugin: HeadscalePlugin, config: dict[str, Any]) -> AsyncIterator[_Sets]:
-    """Run ``discover_peers`` in a task, collecting every set it yields."""
-    sets = _Sets()
-    context = make_context(plugin, config, name="headscale", node=_node_info())
-    stream = cast(
-        AsyncGenerator[Iterable[PeerCandidate], None] | None, plugin.discover_peers(context)
-    )
-    assert stream is not None
-
-    async def drive() -> None:
-        async with aclosing(stream):
-            async for item in stream:
-                sets.items.append(frozenset(item))
-                sets.changed.set()
-                sets.changed = anyio.Event()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(drive)
-        try:
-            yield sets
-        finally:
-            group.cancel_scope.cancel()
+def _collect(plugin: HeadscalePlugin, config: dict[str, Any]) -> Any:
+    return collecting(plugin, config, name="headscale", node=_node_info())
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -132,18 +110,6 @@ async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
             await anyio.sleep(0.02)
 
 
-class _Sets:
-    def __init__(self) -> None:
-        self.items: list[frozenset[PeerCandidate]] = []
-        self.changed = anyio.Event()
-
-    async def wait_for(self, count: int, timeout: float = 10.0) -> frozenset[PeerCandidate]:
-        with anyio.fail_after(timeout):
-            while len(self.items) < count:
-                await self.changed.wait()
-        return self.items[count - 1]
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_fault_keeps_last_set_and_recovers(
@@ -151,7 +117,7 @@ async def test_fault_keeps_last_set_and_recovers(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with FakeHeadscale(version="0.29.2", key=KEY, nodes=_fleet(), slow_delay=0.05) as fake:
-        async with _driving(_plugin(), _config(fake)) as sets:
+        async with _collect(_plugin(), _config(fake)) as sets:
             first = await sets.wait_for(1)
             assert len(first) == 2
             fake.fault = fault
@@ -215,7 +181,7 @@ async def test_fault_messages_are_clear() -> None:
 async def test_self_register_adds_the_tag_and_keeps_others(version: str) -> None:
     me = FakeNode.numbered(1, tags=("tag:keep",), valid_tags=("tag:advertised",))
     with FakeHeadscale(version=version, key=KEY, nodes=[me, FakeNode.numbered(2, tags=("tag:exo",))]) as fake:
-        async with _driving(_plugin(), _config(fake, self_register=True)) as sets:
+        async with _collect(_plugin(), _config(fake, self_register=True)) as sets:
             await sets.wait_for(1)
             await _until(lambda: bool(fake.tag_calls), 5)
             node_id, tags = fake.tag_calls[0]
@@ -309,7 +275,7 @@ async def test_the_key_never_shows(
         config = {**_config(fake), "api_key": KEY, "self_register": True}
         context = make_context(plugin, config, name="headscale", node=_node_info())
         seen += [repr(context.config), str(context.config), repr(context)]
-        async with _driving(plugin, config) as sets:  # 401 every poll
+        async with _collect(plugin, config) as sets:  # 401 every poll
             await _until(lambda: len(fake.requests) >= 3, 5)
             assert sets.items == []
         for check in await plugin.doctor(context):
@@ -327,7 +293,7 @@ async def test_the_key_never_shows(
         # the key accepted, self-registration and a set_tags failure all logged
         fake.key = KEY
         fake.fault = None
-        async with _driving(plugin, config) as sets:
+        async with _collect(plugin, config) as sets:
             await sets.wait_for(1)
             await _until(lambda: bool(fake.tag_calls), 5)
     with pytest.raises(ConfigError) as bad:

@@ -9,14 +9,15 @@ server or network fails (5xx, 401/403, 404, truncated or misshapen JSON, hanging
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.loopback_http import LoopbackHTTP
 
 SPEC_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "headscale-openapi"
 VERSIONS = ("0.22.3", "0.23.0", "0.26.1", "0.27.1", "0.28.0", "0.29.2")
@@ -208,7 +209,7 @@ def list_answer(version: str, nodes: list[FakeNode]) -> dict[str, Any]:
 
 
 @dataclass
-class FakeHeadscale:
+class FakeHeadscale(LoopbackHTTP):
     """Serve on 127.0.0.1 (free port) in a thread; use as a context manager.
 
     ``fault`` (one of :data:`FAULTS`, or None) can be changed at any time; ``requests`` records
@@ -222,43 +223,6 @@ class FakeHeadscale:
     slow_delay: float = 0.05
     requests: list[tuple[str, str]] = field(default_factory=list)
     tag_calls: list[tuple[int, list[str]]] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
-    stopping: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> FakeHeadscale:
-        fake = self
-
-        class Handler(_Handler):
-            server_state = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = False
-        self._server.block_on_close = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        kwargs={"poll_interval": 0.05})
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()  # releases hanging and crawling handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()  # joins handler threads
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> FakeHeadscale:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def answer(self, user: str | None = None) -> dict[str, Any]:
         with self.lock:
@@ -366,6 +330,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(200, json.dumps({key: node_json(fake.version, node)}).encode())
                     return
         self._error(404, 5, "node not found")
+
+
+FakeHeadscale.handler = _Handler
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> None:

@@ -1,6 +1,7 @@
 """Hostile bootstrap entries through ``parse_entry``: a valid entry or a ``BadEntry`` quoting it.
 
 Never another exception type. A valid entry's canonical multiaddr parses back to the same peer.
+SRV answers (from the network) through the plugin: candidates within bounds, never an error.
 
 Cases per target: ``CASES_PER_TARGET`` (300) for text() and for multiaddr-ish compositions;
 ``BUG_CASES`` (20) for the regression target of a bug this suite found (fixed).
@@ -10,12 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from exo_discovery_bootstrap import BootstrapPlugin
 from exo_discovery_bootstrap.entries import BadEntry, BootstrapEntry, parse_entry
+from exo_discovery_bootstrap.srv import MAX_SRV_RECORDS, best_first
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.testing import peer_sets
 
 CASES_PER_TARGET = 300
 BUG_CASES = 20
@@ -113,7 +118,7 @@ def check(text: Any) -> None:
         assert exc.reason and exc.fix
         return
     assert isinstance(entry, BootstrapEntry)
-    assert 1 <= entry.port <= 65535
+    assert 1 <= entry.port <= 65535 or (entry.is_srv and entry.port == 0)
     again = parse_entry(entry.multiaddr)  # the canonical form is an entry too, the same peer
     assert (again.kind, again.host, again.port, again.peer_id) == (
         entry.kind,
@@ -158,3 +163,35 @@ B6 = (
 def test_fixed_bug_unicode_digit_port(prefix: str, port: str) -> None:
     """Cases: BUG_CASES (20): ports written with digits int() does not read."""
     check(prefix + port)
+
+
+# -- SRV answers ------------------------------------------------------------------------------
+
+SRV_CASES = 100
+SERVICE = "_exo-discovery._tcp.example.com"
+SRV_TARGETS = st.sampled_from(
+    [".", "", "a.example", "A.EXAMPLE.", "127.0.0.1", "::1", "x" * 300, "bad_name.example",
+     "a..b", "-a.example", "\\032.example", "name.with space"]
+) | st.text(max_size=40) | st.from_regex(r"\A[a-z0-9.-]{1,30}\Z")
+SRV_RECORDS = st.lists(
+    st.tuples(st.integers(0, 65535), st.integers(0, 65535), SRV_TARGETS, st.integers(0, 70000)),
+    max_size=400,
+)
+
+
+@settings(max_examples=SRV_CASES, deadline=None)
+@given(SRV_RECORDS)
+def test_hostile_srv_answers_give_bounded_candidates(records: list[tuple[int, int, str, int]]) -> None:
+    """Cases: SRV_CASES (100) answers, as the system resolver hands them on (bounded, best first)."""
+
+    async def srv(name: str) -> list[tuple[str, int]]:
+        return best_first(records[:MAX_SRV_RECORDS])
+
+    async def a(name: str, port: int, family: Any) -> list[str]:
+        return ["10.0.0.1"]
+
+    plugin = BootstrapPlugin(resolver=a, local_addresses=set, srv_resolver=srv)
+    [peers] = anyio.run(lambda: peer_sets(plugin, {"peers": [SERVICE]}, name="bootstrap"))
+    assert len(peers) <= MAX_SRV_RECORDS
+    for peer in peers:
+        assert all(1 <= address.port <= 65535 for address in peer.addresses)

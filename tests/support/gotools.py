@@ -1,7 +1,10 @@
 """Build pinned Go tools (Headscale, Tailscale) from source for integration tests.
 
 Binaries are installed with ``go install module@version`` into a per-version
-cache directory so that they are built once and reused across test runs.
+cache directory so that they are built once and reused across test runs. A tool
+marked ``throwaway_module`` (Headscale 0.22.3, which the module proxy's deprecation
+lookup refuses to ``go install``) is built from a scratch module that requires it,
+with ``go build -mod=mod``.
 
 Run ``python -m tests.support.gotools`` from the repo root to pre-build all of
 them (CI does this before pytest so the build time is visible).
@@ -23,6 +26,8 @@ from pathlib import Path
 
 #: Headscale v0.29.3 is the newest tag on the module proxy; it needs go >= 1.26.5.
 HEADSCALE_VERSION = "v0.29.3"
+#: The oldest Headscale the plugin supports (the ``machine`` API); tailscaled v1.98 joins it.
+HEADSCALE_OLDEST_VERSION = "v0.22.3"
 #: Headscale v0.29.3 supports Tailscale clients v1.80 .. v1.98 (capver 113..138);
 #: v1.98.10 is the newest patch release of the newest supported minor.
 TAILSCALE_VERSION = "v1.98.10"
@@ -39,6 +44,7 @@ class GoTool:
     module: str
     package: str
     version: str
+    throwaway_module: bool = False
 
     @property
     def spec(self) -> str:
@@ -52,6 +58,13 @@ TOOLS: dict[str, GoTool] = {
         "github.com/juanfont/headscale",
         "github.com/juanfont/headscale/cmd/headscale",
         HEADSCALE_VERSION,
+    ),
+    "headscale-0.22": GoTool(
+        "headscale",
+        "github.com/juanfont/headscale",
+        "github.com/juanfont/headscale/cmd/headscale",
+        HEADSCALE_OLDEST_VERSION,
+        throwaway_module=True,
     ),
     "tailscaled": GoTool(
         "tailscaled", "tailscale.com", "tailscale.com/cmd/tailscaled", TAILSCALE_VERSION
@@ -137,6 +150,22 @@ def _is_proxy_list_error(stderr: str) -> bool:
     return "loading deprecation" in stderr or "/@v/list" in stderr
 
 
+def _build_in_throwaway_module(
+    tool: GoTool, env: dict[str, str], out_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    """A scratch module requiring the pinned one, built with ``-mod=mod`` (no ``@v/list``)."""
+    go = _go_executable()
+    work = out_dir / "module"
+    work.mkdir()
+    (work / "go.mod").write_text(
+        f"module exo.test/build\n\ngo 1.20\n\nrequire {tool.module} {tool.version}\n"
+    )
+    (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{tool.package}"\n')
+    cmd = [go, "build", "-mod=mod", "-trimpath", "-tags", "tools", "-o", str(out_dir / tool.name),
+           tool.package]
+    return _run_go(cmd, env, work)
+
+
 def _build_from_module_source(
     tool: GoTool, env: dict[str, str], out_dir: Path
 ) -> subprocess.CompletedProcess[str]:
@@ -173,7 +202,10 @@ def ensure_go_binary(name: str) -> Path:
         env.update({"GOBIN": str(tmp_bin), "CGO_ENABLED": "0"})
         env.pop("GOOS", None)
         env.pop("GOARCH", None)
-        proc = _run_go([_go_executable(), "install", tool.spec], env, bindir)
+        if tool.throwaway_module:
+            proc = _build_in_throwaway_module(tool, env, tmp_bin)
+        else:
+            proc = _run_go([_go_executable(), "install", tool.spec], env, bindir)
         if proc.returncode != 0 and _is_proxy_list_error(proc.stderr):
             # Some proxies refuse `@v/list` (which `go install pkg@version` reads to
             # check deprecation); build from the downloaded module source instead.

@@ -1,4 +1,4 @@
-"""Parsing one bootstrap peer entry: a multiaddr, ``host:port`` or ``[v6]:port``.
+"""Parsing one bootstrap peer entry: a multiaddr, ``host:port``, ``[v6]:port`` or an SRV name.
 
 One parser for every place an entry comes from (config, env, flag, the peers file, ``doctor``),
 so a bad entry gets the same message everywhere: it quotes the entry and says what is wrong.
@@ -20,16 +20,18 @@ from multiaddr.protocols import protocol_with_name
 
 from exo_discovery_core import PeerId
 
-Kind = Literal["ip4", "ip6", "dns", "dns4", "dns6"]
+Kind = Literal["ip4", "ip6", "dns", "dns4", "dns6", "srv"]
 HOST_PROTOCOLS: tuple[Kind, ...] = ("ip4", "ip6", "dns", "dns4", "dns6")
 PEER_PROTOCOLS = ("p2p", "ipfs")  # "ipfs" is the old name of "p2p"
 
 FORMATS = (
     "/ip4/ADDR/tcp/PORT, /ip6/ADDR/tcp/PORT, /dns/NAME/tcp/PORT (or /dns4/, /dns6/), "
-    "each optionally ending in /p2p/PEER_ID; or HOST:PORT, or [IPv6]:PORT"
+    "each optionally ending in /p2p/PEER_ID; or HOST:PORT, or [IPv6]:PORT; or a DNS SRV name "
+    "(_service._tcp.example.com, no port: host and port come from its records)"
 )
 GENERIC_FIX = f"write each peer as one of: {FORMATS}"
 
+_SRV_PREFIX = re.compile(r"^_[a-z0-9][a-z0-9-]{0,62}\._tcp\.", re.IGNORECASE)
 _BRACKETED = re.compile(r"^\[(?P<host>[^\]]*)\](?::(?P<port>.*))?$")
 _LOOKS_IPV4 = re.compile(r"^[0-9.]+$")
 
@@ -51,13 +53,19 @@ class BootstrapEntry:
     text: str
     kind: Kind
     host: str
-    port: int
+    port: int  # 0 for an SRV name: each record has its own
     peer_id: PeerId | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # a file_sd group's labels: metadata hints
 
     @property
     def is_name(self) -> bool:
-        """A DNS name, resolved again every round (its records may change)."""
+        """A DNS name (A/AAAA), resolved again every round (its records may change)."""
         return self.kind.startswith("dns")
+
+    @property
+    def is_srv(self) -> bool:
+        """An SRV name: its records, looked up again every round, name the hosts and ports."""
+        return self.kind == "srv"
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -66,7 +74,10 @@ class BootstrapEntry:
 
     @property
     def multiaddr(self) -> str:
-        """The canonical multiaddr form (what ``doctor`` and the logs show)."""
+        """The canonical multiaddr form (what ``doctor`` and the logs show); an SRV name has
+        none, so it is shown as the name."""
+        if self.is_srv:
+            return self.host
         tail = f"/p2p/{self.peer_id}" if self.peer_id else ""
         return f"/{self.kind}/{self.host}/tcp/{self.port}{tail}"
 
@@ -80,6 +91,8 @@ def parse_entry(text: str) -> BootstrapEntry:
         raise BadEntry(entry, "empty entry")
     if any(ch.isspace() for ch in entry):
         raise BadEntry(entry, "contains whitespace (one peer per entry; separate with commas)")
+    if _SRV_PREFIX.match(entry):
+        return _parse_srv(entry)
     if entry.startswith("/"):
         parsed = _parse_multiaddr(entry)
     elif entry.startswith("["):
@@ -134,6 +147,20 @@ def _unsupported(proto: str, expected: str) -> str:
     except MultiaddrError:  # ProtocolNotFoundError: not a multiaddr protocol at all
         return f"unknown protocol /{proto}/ ({expected})"
     return f"protocol /{proto}/ is not supported here ({expected})"
+
+
+# -- SRV names ----------------------------------------------------------------------------
+
+
+def _parse_srv(entry: str) -> BootstrapEntry:
+    """``_service._tcp.domain``: the domain must be a DNS name; a port is not allowed."""
+    if ":" in entry:
+        raise BadEntry(
+            entry, "an SRV name takes no port (the port comes from each SRV record)"
+        )
+    service, _tcp, domain = entry.split(".", 2)
+    name = _check_host(entry, "dns", domain)
+    return BootstrapEntry(entry, "srv", f"{service.lower()}._tcp.{name}", 0)
 
 
 # -- host:port and [v6]:port ----------------------------------------------------------------

@@ -1,19 +1,36 @@
-"""The peers file: one entry per line (``#`` comments), a JSON list, or TOML ``peers = [...]``.
+"""The peers file: one entry per line (``#`` comments), a JSON or YAML list, TOML
+``peers = [...]``, or Prometheus ``file_sd`` target groups in JSON or YAML.
 
+``file_sd`` is ``[{"targets": ["host:port", ...], "labels": {...}}]``, read by the core's
+target-group reader (the one the http plugin uses): each target is any bootstrap entry, the
+labels are metadata hints on its peers, and a ``peer_id`` label pins the targets' peer id.
 A file is taken whole or not at all: if any entry is bad, the caller keeps the previous good
 version, so one typo while editing never drops every other peer. Errors name the file and line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from exo_discovery_core.targetgroups import (
+    PEER_ID_LABEL,
+    TargetGroup,
+    TargetGroupError,
+    parse_target_groups,
+)
 
 from .entries import BadEntry, BootstrapEntry, parse_entry
 
 MAX_FILE_BYTES = 1 << 20
+MAX_ENTRIES = 100_000
+FORMATS = ("lines", "json", "toml", "yaml")
 
 
 class BadPeersFile(ValueError):
@@ -25,26 +42,49 @@ class BadPeersFile(ValueError):
         self.problems = problems
 
 
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry as the file holds it, not yet parsed; ``line`` is 0 when it cannot be told."""
+
+    line: int
+    text: Any
+    group: TargetGroup | None = None  # the file_sd group it is a target of
+
+    def parse(self) -> BootstrapEntry:
+        """The entry, with its group's labels; :class:`BadEntry` if it or its labels are bad."""
+        entry = parse_entry(self.text)
+        if self.group is None:
+            return entry
+        try:
+            pinned = self.group.peer_id
+        except ValueError as exc:
+            raise BadEntry(str(self.text), f"label {PEER_ID_LABEL!r}: {exc}") from None
+        if pinned is not None and entry.peer_id not in (None, pinned):
+            raise BadEntry(str(self.text), f"its /p2p/ id is not the group's {PEER_ID_LABEL!r}")
+        return dataclasses.replace(
+            entry, peer_id=entry.peer_id or pinned, labels=self.group.metadata
+        )
+
+
 def parse_peers_file(path: Path, content: str) -> list[BootstrapEntry]:
     """Every entry of the file, or :class:`BadPeersFile` listing every bad one."""
-    texts = entry_texts(path, content)
     entries: list[BootstrapEntry] = []
     problems: list[str] = []
-    for line, text in texts:
+    for item in file_entries(path, content):
         try:
-            entries.append(parse_entry(text))
+            entries.append(item.parse())
         except BadEntry as exc:
-            problems.append(f" line {line}: {exc}" if line else f": {exc}")
+            problems.append(f" line {item.line}: {exc}" if item.line else f": {exc}")
     if problems:
         raise BadPeersFile(path, problems)
     return entries
 
 
 def file_format(path: Path, content: str) -> str:
-    """``json``, ``toml`` or ``lines``: by extension, else by the first meaningful line."""
+    """One of :data:`FORMATS`: by extension, else by the first meaningful line."""
     suffix = path.suffix.lower()
-    if suffix in (".json", ".toml"):
-        return suffix[1:]
+    if suffix in (".json", ".toml", ".yaml", ".yml"):
+        return "yaml" if suffix == ".yml" else suffix[1:]
     for raw in content.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -53,14 +93,17 @@ def file_format(path: Path, content: str) -> str:
             return "json"
         if line.startswith("peers") and line[5:].lstrip().startswith("="):
             return "toml"
+        if line.startswith(("- ", "---")) or line == "-":
+            return "yaml"
         return "lines"
     return "lines"
 
 
-def entry_texts(path: Path, content: str) -> list[tuple[int, Any]]:
-    """(line number, raw entry) pairs, not yet parsed; line 0 when it cannot be told.
+def file_entries(path: Path, content: str) -> list[FileEntry]:
+    """The file's entries, not yet parsed.
 
-    Raises :class:`BadPeersFile` only when the file as a whole is unreadable (bad JSON/TOML).
+    Raises :class:`BadPeersFile` only when the file as a whole is unusable (bad JSON, TOML or
+    YAML, or not a list of peers or of target groups).
     """
     fmt = file_format(path, content)
     if fmt == "lines":
@@ -68,34 +111,67 @@ def entry_texts(path: Path, content: str) -> list[tuple[int, Any]]:
         for number, raw in enumerate(content.splitlines(), start=1):
             text = raw.split("#", 1)[0].strip()  # '#' never occurs in a multiaddr or host:port
             if text:
-                pairs.append((number, text))
+                pairs.append(FileEntry(number, text))
         return pairs
-    if fmt == "json":
-        try:
-            data: Any = json.loads(content)
-        except json.JSONDecodeError as exc:
-            raise BadPeersFile(path, [f" line {exc.lineno}: not valid JSON: {exc.msg}"]) from None
-        if not isinstance(data, list):
-            raise BadPeersFile(path, [": a JSON peers file must be a list of strings"])
-    else:
-        try:
-            table = tomllib.loads(content)
-        except tomllib.TOMLDecodeError as exc:
-            raise BadPeersFile(path, [f": not valid TOML: {exc}"]) from None
-        unknown = sorted(set(table) - {"peers"})
+    data = _load(path, fmt, content)
+    if fmt == "toml":
+        unknown = sorted(set(data) - {"peers"})
         if unknown:
             raise BadPeersFile(path, [f": unknown key(s) {', '.join(unknown)} (only 'peers')"])
-        data = table.get("peers", [])
+        data = data.get("peers", [])
         if not isinstance(data, list):
             raise BadPeersFile(path, [": 'peers' must be a list of strings"])
-    return [(_line_of(content, item), item) for item in data]
+    elif data is None:  # an empty YAML document
+        data = []
+    if not isinstance(data, list):
+        raise BadPeersFile(path, [f": a {fmt.upper()} peers file must be a list"])
+    if data and all(isinstance(item, dict) for item in data):
+        return _group_entries(path, content, data)
+    return [FileEntry(_line_of(content, item), item) for item in data]
+
+
+def _load(path: Path, fmt: str, content: str) -> Any:
+    if fmt == "json":
+        try:
+            return json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise BadPeersFile(path, [f" line {exc.lineno}: not valid JSON: {exc.msg}"]) from None
+    if fmt == "toml":
+        try:
+            return tomllib.loads(content)
+        except tomllib.TOMLDecodeError as exc:
+            raise BadPeersFile(path, [f": not valid TOML: {exc}"]) from None
+    try:
+        # no anchors or aliases: a handful of them can make a small file cost a lot to walk
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(content, yaml.SafeLoader)):
+            raise BadPeersFile(path, [": YAML aliases (*name) are not allowed in a peers file"])
+        return yaml.safe_load(content)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise BadPeersFile(path, [f"{where}: not valid YAML: {problem}"]) from None
+
+
+def _group_entries(path: Path, content: str, data: list[Any]) -> list[FileEntry]:
+    """A ``file_sd`` list: every target of every group, each with its group."""
+    try:
+        groups = parse_target_groups(data, max_targets=MAX_ENTRIES)
+    except TargetGroupError as exc:
+        raise BadPeersFile(path, [f": {exc} (file_sd: [{{targets: [...], labels: {{...}}}}])"]) from None
+    return [
+        FileEntry(_line_of(content, target), target, group)
+        for group in groups
+        for target in group.targets
+    ]
 
 
 def _line_of(content: str, item: Any) -> int:
-    """The line a JSON/TOML string sits on, so an error can point at it."""
+    """The line a JSON/TOML/YAML string sits on, so an error can point at it."""
     if not isinstance(item, str):
         return 0
+    quoted = (f'"{item}"', f"'{item}'", f"- {item}")
     for number, raw in enumerate(content.splitlines(), start=1):
-        if f'"{item}"' in raw or f"'{item}'" in raw:
+        if any(q in raw for q in quoted):
             return number
     return 0

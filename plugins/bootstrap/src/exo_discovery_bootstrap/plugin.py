@@ -1,17 +1,19 @@
 """The bootstrap plugin: report the configured peers, every round, as the node should dial them.
 
-Each round (``refresh_interval``) re-reads the peers file, re-resolves every DNS name and yields
-the whole candidate set when it changed (the core's ``poll`` does the loop). Dialing, backoff and
+Each round (``refresh_interval``) re-reads the peers file, looks every SRV name up again,
+re-resolves every DNS name and yields the whole candidate set when it changed (the core's ``poll`` does the loop). Dialing, backoff and
 reconnecting to a peer that comes up later are the node's job: this plugin only keeps reporting.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +34,8 @@ from exo_discovery_core import (
 )
 
 from .entries import FORMATS, BadEntry, BootstrapEntry, parse_entry
-from .peersfile import MAX_FILE_BYTES, BadPeersFile, entry_texts, parse_peers_file
+from .peersfile import MAX_FILE_BYTES, BadPeersFile, FileEntry, file_entries, parse_peers_file
+from .srv import SrvRecord, SrvResolver, system_srv_resolver
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int, socket.AddressFamily], Awaitable[list[str]]]
@@ -119,9 +122,11 @@ class BootstrapPlugin:
         self,
         resolver: Resolver | None = None,
         local_addresses: LocalAddresses | None = None,
+        srv_resolver: SrvResolver | None = None,
     ) -> None:
         self.resolver = resolver or system_resolver
         self.local_addresses = local_addresses or system_local_addresses
+        self.srv_resolver = srv_resolver or system_srv_resolver
 
     @hookimpl
     def config_model(self) -> type[BaseModel]:
@@ -167,7 +172,7 @@ class BootstrapPlugin:
         name = f"bootstrap: peers_file {path}"
         try:
             content = (await anyio.Path(path).read_bytes()).decode("utf-8")
-            texts = entry_texts(path, content)
+            texts = file_entries(path, content)
         except (OSError, UnicodeDecodeError, BadPeersFile) as exc:
             detail = f"cannot read: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
             return [
@@ -176,26 +181,29 @@ class BootstrapPlugin:
                     ok=False,
                     detail=detail,
                     fix="create the file or correct peers_file / --bootstrap-peers-file / "
-                    "EXO_BOOTSTRAP_PEERS_FILE; it must be UTF-8: one peer per line, a JSON list "
-                    "or TOML peers = [...]",
+                    "EXO_BOOTSTRAP_PEERS_FILE; it must be UTF-8: one peer per line, a JSON or "
+                    "YAML list, TOML peers = [...], or file_sd target groups",
                 )
             ]
         checks = [CheckResult(name=name, ok=True, detail=f"readable, {len(texts)} entries")]
-        for line, text in texts:
-            where = f"{path} line {line}" if line else str(path)
-            checks.append(await self._check_entry(context, text, where))
+        for item in texts:
+            where = f"{path} line {item.line}" if item.line else str(path)
+            checks.append(await self._check_entry(context, item, where))
         return checks
 
     async def _check_entry(
-        self, context: DiscoveryContext[Any], text: Any, where: str
+        self, context: DiscoveryContext[Any], item: FileEntry | str, where: str
     ) -> CheckResult:
+        text = item.text if isinstance(item, FileEntry) else item
         name = f"bootstrap peer {text!r} ({where})"
         try:
-            entry = parse_entry(text)
+            entry = item.parse() if isinstance(item, FileEntry) else parse_entry(item)
         except BadEntry as exc:
             return CheckResult(name=name, ok=False, detail=str(exc), fix=exc.fix)
         if entry.peer_id is not None and entry.peer_id == context.node.peer_id:
             return CheckResult(name=name, ok=True, detail="this node's own peer id; skipped")
+        if entry.is_srv:
+            return await self._check_srv(context, name, entry)
         if not entry.is_name:
             detail = f"{entry.kind} address, port {entry.port}"
             return CheckResult(name=name, ok=True, detail=detail)
@@ -215,6 +223,29 @@ class BootstrapPlugin:
             ok=bool(ips),
             detail=f"{entry.host!r} resolves to {len(ips)} address(es): {', '.join(ips)}",
             fix="" if ips else f"give {entry.host!r} an A/AAAA record",
+        )
+
+
+    async def _check_srv(
+        self, context: DiscoveryContext[Any], name: str, entry: BootstrapEntry
+    ) -> CheckResult:
+        try:
+            with anyio.fail_after(_config(context).dns_timeout):
+                records = await self.srv_resolver(entry.host)
+        except (OSError, TimeoutError) as exc:
+            return CheckResult(
+                name=name,
+                ok=False,
+                detail=f"SRV {entry.host!r}: {_why(exc)}",
+                fix="check the name and this host's DNS servers (/etc/resolv.conf); until it "
+                "answers the plugin asks again every round and reports the other peers",
+            )
+        shown = ", ".join(f"{host}:{port}" for host, port in records)
+        return CheckResult(
+            name=name,
+            ok=bool(records),
+            detail=f"SRV {entry.host!r}: {len(records)} record(s): {shown}",
+            fix="" if records else f"give {entry.host!r} SRV records (priority weight port host)",
         )
 
 
@@ -253,7 +284,21 @@ class _Round:
 
     async def fetch(self) -> frozenset[PeerCandidate]:
         entries = self.config.entries + await self._file_entries()
-        resolved = await self._resolve_all([e for e in entries if e.is_name])
+        srv_names = {e.host for e in entries if e.is_srv}
+        srv = await self._lookup_all(
+            {_srv_label(n): functools.partial(self.plugin.srv_resolver, n) for n in srv_names}
+        )
+        entries = [t for e in entries for t in self._srv_targets(e, srv)]
+        wanted = {(e.host, e.family): e.port for e in entries if e.is_name}
+        resolved = await self._lookup_all(
+            {
+                _label(name, family): functools.partial(self.plugin.resolver, name, port, family)
+                for (name, family), port in wanted.items()
+            }
+        )
+        labels = {_srv_label(n) for n in srv_names} | {_label(n, f) for n, f in wanted}
+        for gone in set(self.unresolved) - labels:  # removed from the file: no longer a problem
+            del self.unresolved[gone]
         peers = self._candidates(entries, resolved)
         problems = [p for p in (self.read_problem, self.content_problem) if p] + [
             f"{name}: {why}" for name, why in sorted(self.unresolved.items())
@@ -315,59 +360,70 @@ class _Round:
 
     # -- DNS --------------------------------------------------------------------------------
 
-    async def _resolve_all(
-        self, entries: Sequence[BootstrapEntry]
-    ) -> dict[tuple[str, socket.AddressFamily], list[str]]:
-        """Every name at once, each bounded by ``dns_timeout``; a failing name resolves to []."""
-        wanted = {(e.host, e.family): e.port for e in entries}
-        results: dict[tuple[str, socket.AddressFamily], list[str]] = {}
-        labels = {_label(name, family) for name, family in wanted}
-        for gone in set(self.unresolved) - labels:  # removed from the file: no longer a problem
-            del self.unresolved[gone]
+    async def _lookup_all(
+        self, lookups: Mapping[str, Callable[[], Awaitable[list[Any]]]]
+    ) -> dict[str, list[Any]]:
+        """Every lookup at once (``label: lookup``), each bounded by ``dns_timeout``; a
+        failing one gives [] and is logged once until it answers again."""
+        results: dict[str, list[Any]] = {}
 
-        async def resolve(key: tuple[str, socket.AddressFamily], port: int) -> None:
-            name, family = key
-            label = _label(name, family)
+        async def run(label: str, lookup: Callable[[], Awaitable[list[Any]]]) -> None:
             try:
                 with anyio.fail_after(self.config.dns_timeout):
-                    ips = await self.plugin.resolver(name, port, family)
-                if not ips:
+                    found = await lookup()
+                if not found:
                     raise OSError(0, "no addresses")
             except (OSError, TimeoutError) as exc:
                 why = _why(exc)
                 if self.unresolved.get(label) != why:
-                    self.log.warning("cannot resolve %r: %s; retrying every round", name, why)
+                    self.log.warning("cannot resolve %s: %s; retrying every round", label, why)
                 self.unresolved[label] = why
-                results[key] = []
+                results[label] = []
                 return
             if self.unresolved.pop(label, None) is not None:
-                self.log.info("%r resolves again: %s", name, ", ".join(ips))
-            results[key] = ips
+                self.log.info("%s resolves again", label)
+            results[label] = found
 
         async with anyio.create_task_group() as group:
-            for key, port in wanted.items():
-                group.start_soon(resolve, key, port)
+            for label, lookup in lookups.items():
+                group.start_soon(run, label, lookup)
         return results
+
+    def _srv_targets(
+        self, entry: BootstrapEntry, records: Mapping[str, list[SrvRecord]]
+    ) -> list[BootstrapEntry]:
+        """An SRV entry as one entry per record (host and port from it); others as they are."""
+        if not entry.is_srv:
+            return [entry]
+        targets = []
+        for host, port in records.get(_srv_label(entry.host), []):
+            try:
+                target = parse_entry(f"{host}:{port}")
+            except BadEntry as exc:
+                self._skip(entry, f"its SRV record {host}:{port} is not usable ({exc.reason})")
+                continue
+            targets.append(dataclasses.replace(target, text=entry.text, labels=entry.labels))
+        return targets
 
     # -- candidates -------------------------------------------------------------------------
 
     def _candidates(
         self,
         entries: Sequence[BootstrapEntry],
-        resolved: dict[tuple[str, socket.AddressFamily], list[str]],
+        resolved: Mapping[str, list[str]],
     ) -> frozenset[PeerCandidate]:
         """One candidate per known peer id (all its addresses), else one per address."""
         node = self.context.node
         local = self.plugin.local_addresses() | {
             ip for a in node.listen_addresses if (ip := _ip(a.host)) is not None
         }
-        by_id: dict[PeerId, tuple[set[Address], set[str]]] = {}
-        by_addr: dict[Address, set[str]] = {}
+        by_id: dict[PeerId, tuple[set[Address], set[BootstrapEntry]]] = {}
+        by_addr: dict[Address, set[BootstrapEntry]] = {}
         for entry in entries:
             if entry.peer_id is not None and entry.peer_id == node.peer_id:
                 self._skip(entry, "it is this node's own peer id")
                 continue
-            ips = resolved.get((entry.host, entry.family), []) if entry.is_name else [entry.host]
+            ips = resolved.get(_label(entry.host, entry.family), []) if entry.is_name else [entry.host]
             addresses = set()
             for text in ips:
                 if entry.port == node.port and _is_own(_ip(text), local):
@@ -378,10 +434,10 @@ class _Round:
                 addrs, texts = by_id.setdefault(entry.peer_id, (set(), set()))
                 addrs |= addresses
                 if addresses:
-                    texts.add(entry.text)
+                    texts.add(entry)
             else:
                 for address in addresses:
-                    by_addr.setdefault(address, set()).add(entry.text)
+                    by_addr.setdefault(address, set()).add(entry)
         pinned = {a for addrs, _ in by_id.values() for a in addrs}
         peers = [
             _candidate(peer_id, addrs, texts) for peer_id, (addrs, texts) in by_id.items() if addrs
@@ -400,18 +456,27 @@ class _Round:
 
 
 def _label(name: str, family: socket.AddressFamily) -> str:
-    return name if family == socket.AF_UNSPEC else f"{name} ({family.name})"
+    return repr(name) if family == socket.AF_UNSPEC else f"{name!r} ({family.name})"
+
+
+def _srv_label(name: str) -> str:
+    return f"{name!r} (SRV)"
 
 
 def _is_own(ip: IP | None, local: set[IP]) -> bool:
     return ip is not None and (ip.is_loopback or ip.is_unspecified or ip in local)
 
 
-def _candidate(peer_id: PeerId | None, addresses: set[Address], texts: set[str]) -> PeerCandidate:
+def _candidate(
+    peer_id: PeerId | None, addresses: set[Address], entries: set[BootstrapEntry]
+) -> PeerCandidate:
+    """The entries' texts under ``bootstrap``, and their file_sd labels, as the metadata."""
+    labels = dict(label for entry in sorted(entries, key=lambda e: e.text) for label in entry.labels)
+    labels["bootstrap"] = ", ".join(sorted({e.text for e in entries}))
     return PeerCandidate(
         peer_id=peer_id,
         addresses=tuple(sorted(addresses, key=lambda a: (a.ip is None, str(a)))),
-        metadata=(("bootstrap", ", ".join(sorted(texts))),),
+        metadata=tuple(sorted(labels.items())),
     )
 
 

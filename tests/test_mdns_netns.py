@@ -293,3 +293,31 @@ def test_doctor_says_whether_multicast_works_and_what_to_do(
         offline.stdout
     )
     assert "fix: connect this host to the LAN" in offline.stdout
+
+
+def test_two_nodes_with_one_instance_name_are_both_found_at_their_own_addresses(
+    netns_lab: LabFactory, nodes: Nodes
+) -> None:
+    """The second ``twin`` is renamed ``twin-2`` and, with it, announces its addresses under a
+    host name of its own: a third node records each twin at its own host's addresses only (no
+    dial of the wrong one), and the rename is logged once."""
+    lab = netns_lab(3)
+    observer = nodes.start(lab.hosts[2], name="observer")
+    first = nodes.start(lab.hosts[0], "--mdns-instance-name", "twin", name="twin")
+    _connected(observer, first)
+    second = nodes.start(lab.hosts[1], "--mdns-instance-name", "twin", name="twin2")
+    _connected(observer, second)
+    _connected(first, second)
+    for twin, host in ((first, lab.hosts[0]), (second, lab.hosts[1])):
+        _discovered_with(observer, twin, {f"{host.ipv4}:{twin.port}", f"[{host.ipv6}]:{twin.port}"})
+    observer.drain()
+    for twin, other in ((first, lab.hosts[1]), (second, lab.hosts[0])):
+        for event in observer.events:
+            if event.get("event") == "peer_discovered" and event.get("peer_id") == twin.peer_id:
+                shown = " ".join(_addresses(event))
+                assert other.ipv4 not in shown and other.ipv6 not in shown, (twin.name, shown)
+    assert "answered as" not in observer.log_tail(400)
+    renamed = [line for line in second.log_tail(400).splitlines() if "is taken" in line]
+    assert len(renamed) == 1, renamed
+    assert "'twin-2'" in renamed[0] and "twin-2.local" in renamed[0]
+    assert "is taken" not in first.log_tail(400)

@@ -35,7 +35,7 @@ from .records import (
 PeerSets = AsyncIterator[Iterable[PeerCandidate]]
 RESOLVE_TIMEOUT_MS = 3000
 GOODBYE_BUDGET_S = 2.0
-REGISTER_ATTEMPTS = 4
+REGISTER_ATTEMPTS = 10
 
 
 @hookimpl
@@ -75,6 +75,7 @@ class MdnsRun:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._registering: asyncio.Task[None] | None = None
+        self._renamed: str | None = None  # the instance we were renamed to, once logged
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -169,8 +170,10 @@ class MdnsRun:
         )
 
     async def _register(self) -> None:
-        """Register; a name taken by another host gets a new one (zeroconf's ``-2`` suffix, or
-        ours if that fails too), never an error."""
+        """Register; a name another node holds gets ``-2``, ``-3``... and with it a host name of
+        its own (``twin-2.local.``), never an error. zeroconf's own renaming is not used: it
+        renames the instance but keeps the host name, so two nodes would announce their
+        addresses under one host name and peers would record both nodes' addresses for each."""
         assert self.azc is not None and self.snap is not None
         snap = self.snap
         base = self.config.instance_name or default_instance_name(self.context.node.peer_id)
@@ -178,18 +181,27 @@ class MdnsRun:
             instance = base if attempt == 0 else f"{base}-{attempt + 1}"
             info = self._service_info(instance, snap)
             try:
-                await self.azc.async_register_service(info, allow_name_change=True)
+                await self.azc.async_register_service(info, allow_name_change=False)
             except NonUniqueNameException:
-                self.log.warning("mDNS name %r is taken; trying another", info.name)
                 continue
             self.info = info
-            if info.name != f"{base}.{self.type}":
-                self.log.info("mDNS name %r was taken; announced as %r", base, info.name)
+            if instance != base and self._renamed != instance:  # said once, not per re-register
+                self.log.warning(
+                    "mDNS instance name %r is taken on this LAN by another node; announced as "
+                    "%r with host name %s (give each node its own --mdns-instance-name)",
+                    base,
+                    instance,
+                    info.server,
+                )
+            self._renamed = instance if instance != base else None
             self.log.info("announced %s on %s", info.name, ", ".join(snap.announce) or "no address")
             if self.snap is not None and self.snap.announce != snap.announce:
                 await self._update_addresses(self.snap)  # they changed while we were probing
             return
-        raise NonUniqueNameException(f"no free mDNS name for {base!r}")
+        raise NonUniqueNameException(
+            f"no free mDNS name for {base!r} ({REGISTER_ATTEMPTS} tried); set another "
+            "--mdns-instance-name"
+        )
 
     async def _check_interfaces(self) -> None:
         """Follow interfaces that came or went: rebind zeroconf, re-announce our addresses."""

@@ -41,7 +41,7 @@ BENCHES = [
     Bench("mdns", "bench_mdns", 300, "start -> discovered, goodbye -> lost, vs bare zeroconf"),
     Bench("headscale", "bench_headscale", 240, "parse+compare vs json.loads; polling CPU"),
     Bench("failure", "bench_failure", 180, "kill -9 / SIGSTOP -> disconnected"),
-    Bench("scale", "bench_scale", 240, "20 and 50 nodes on loopback: mesh time, RSS, CPU"),
+    Bench("scale", "bench_scale", 600, "N members beside serf: mesh, CPU, RSS, failure"),
 ]
 
 

@@ -1,20 +1,29 @@
-"""Scale: N node processes on loopback, each told only the first one's address (N = 20, then 50).
+"""Scale: N members on loopback, each told only the first one's address, beside serf's N agents.
 
-Node 0 starts first (``--port P``); then the other N-1 are spawned at once, every one with
-``--plugins bootstrap --bootstrap-peers 127.0.0.1:P``. Peer exchange should bring every node to
-N-1 connected peers. Figure: from the last node's ``started`` to the moment the last node reached
-N-1 connected peers (replayed from each node's connected/disconnected events, ``_mono``), checked
-to still hold one second later. Reference: the start-up cost, i.e. the wall time from node 0's
-spawn to the last of the N printing ``started`` (node 0 alone, then N-1 in parallel).
-Also: RSS per node (/proc/<pid>/status VmRSS), the CPU the fleet burns while meshing and at rest,
-and (in this process) what reading one peer-exchange announcement costs a node.
+For each N (20, then 50) the same measurement runs twice in one run, on exo-discovery nodes
+(``--plugins bootstrap --bootstrap-peers 127.0.0.1:P``) and on hashicorp serf agents
+(``-retry-join 127.0.0.1:P``, see ``benchmarks/serf.py``): member 0 starts first, then the other
+N-1 at once. Figures, each beside serf's from the same run:
+
+- last started -> every member sees all N-1 others (replayed from each member's
+  connected/disconnected events, stamped ``_mono`` on arrival; checked to still hold 1 s later);
+- fleet CPU at rest, over 10 s after that, all N processes together (% of one core);
+- RSS per member (VmRSS, median);
+- disconnects of live peers while meshing and at rest (every member is alive until the kill);
+- ``kill -9`` of one member, then ``SIGSTOP`` of another -> every other member reports it gone
+  (the worst of the N-1 reports; serf reports ``EventMemberFailed``).
+
+Also (in this process) what reading one peer-exchange announcement costs a node.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from exo_discovery_core import exchange
 from exo_discovery_core.config import NodeConfig
@@ -22,15 +31,67 @@ from exo_discovery_core.identity import Identity
 from exo_discovery_core.models import Address
 from exo_discovery_core.peertable import PeerTable
 
-from .common import Deadline, Event, Fleet, Node, Row, free_port, median
+from . import serf
+from .common import Deadline, Event, Fleet, Member, Row, free_port, median
 
 HEARTBEAT_S = NodeConfig().heartbeat_interval
 
 NAME = "scale"
 SIZES = (20, 50)
-TARGET_S = 2.0  # for 50 nodes
+MESH_TARGET_S = 2.0  # for 50 members, and <= 2x serf's
 MESH_WAIT_S = {20: 45.0, 50: 75.0}
-REST_WINDOW_S = 5.0
+REST_WINDOW_S = 10.0
+KILL_TARGET_S = 0.1
+STOP_TARGET_S = 3.0  # and <= 0.5x serf's
+GONE_WAIT_S = 40.0  # serf's suspicion timeout grows with log(N); ours is dead_after
+
+
+@dataclass
+class Outcome:
+    """What one system showed at one size."""
+
+    system: str
+    count: int
+    startup: float  # member 0 spawned -> all N started
+    mesh: float | None  # last started -> every member sees all (None: not within the wait)
+    mesh_cpu: float  # % of one core while meshing
+    rss: list[float]
+    rest_cpu: float
+    disconnects: dict[str, int]  # reason -> count, before the kill: every peer was alive
+    killed: float | None  # kill -9 -> the last of the others reports it gone
+    stopped: float | None  # SIGSTOP -> the same
+    progress: list[str] = field(default_factory=list)
+    ends: tuple[int, int] = (0, 0)  # peers per member at the end: min, max
+
+
+@dataclass(frozen=True)
+class System:
+    """How to start a member: the first one listens at ``address``; the rest join it."""
+
+    label: str
+    first: Callable[[Fleet, str], Member]
+    join: Callable[[Fleet, str, str], Member]
+
+
+def _exo() -> System:
+    def first(fleet: Fleet, name: str) -> Member:
+        port = free_port()
+        return fleet.start(name, "--port", str(port), "--bootstrap-peers", f"127.0.0.1:{port}",
+                           plugins="bootstrap")  # fmt: skip
+
+    def join(fleet: Fleet, name: str, address: str) -> Member:
+        return fleet.start(name, "--bootstrap-peers", address, plugins="bootstrap")
+
+    return System("exo-discovery", first, join)
+
+
+def _serf() -> System:
+    key = serf.cluster_key()
+    return System(
+        f"serf {serf.version()}",
+        lambda fleet, name: serf.start(fleet, name, key),
+        lambda fleet, name, address: serf.start(fleet, name, key, join=address),
+    )
 
 
 def _full_at(events: list[Event], want: int) -> float | None:
@@ -52,30 +113,41 @@ def _full_at(events: list[Event], want: int) -> float | None:
     return full_at
 
 
-def _fleet_cpu(nodes: list[Node]) -> float:
-    return sum(n.cpu_seconds() for n in nodes)
+def _fleet_cpu(members: list[Member]) -> float:
+    return sum(m.cpu_seconds() for m in members)
 
 
-def _mesh(count: int, deadline: Deadline) -> list[Row]:
+def _gone(victim: Member, others: list[Member], sig: int, deadline: Deadline) -> float | None:
+    """Send ``sig`` to ``victim``; seconds until the last of ``others`` reports it gone."""
+    marks = [m.mark() for m in others]
+    sent = time.monotonic()
+    os.kill(victim.pid, sig)
+    until = sent + deadline.left(GONE_WAIT_S)
+    worst = 0.0
+    for member, mark in zip(others, marks, strict=True):
+        try:
+            event = member.wait_for("disconnected", max(0.0, until - time.monotonic()),
+                                    start=mark, peer_id=victim.peer_id)  # fmt: skip
+        except TimeoutError:
+            return None
+        worst = max(worst, float(event["_mono"]) - sent)
+    return worst
+
+
+def _measure(system: System, count: int, deadline: Deadline) -> Outcome:
     want = count - 1
-    label = f"{count} nodes"
     with Fleet(f"{NAME}{count}") as fleet:
-        port = free_port()
-        args = ("--bootstrap-peers", f"127.0.0.1:{port}")
-        first = fleet.start("n00", "--port", str(port), *args, plugins="bootstrap")
+        first = system.first(fleet, "n00")
         first.wait_started(deadline.left(30))
-        rest = [fleet.start(f"n{i:02}", *args, plugins="bootstrap") for i in range(1, count)]
-        nodes: list[Node] = [first, *rest]
-        started = [n.wait_started(deadline.left(120))["_mono"] for n in nodes]
-        last_started = max(started)
-        startup = last_started - first.spawned_at
-        batch_startup = last_started - min(n.spawned_at for n in rest)
-        cpu0, wall0 = _fleet_cpu(nodes), time.monotonic()
+        rest = [system.join(fleet, f"n{i:02}", first.address) for i in range(1, count)]
+        members = [first, *rest]
+        last_started = max(m.wait_started(deadline.left(120))["_mono"] for m in members)
+        cpu0, wall0 = _fleet_cpu(members), time.monotonic()
         progress: list[str] = []
         next_report = wall0
         mesh_end = time.monotonic() + deadline.left(MESH_WAIT_S[count])
         while time.monotonic() < mesh_end:
-            counts = sorted(len(n.connected_peers()) for n in nodes)
+            counts = sorted(len(m.connected_peers()) for m in members)
             if time.monotonic() >= next_report:
                 progress.append(f"+{time.monotonic() - wall0:.0f}s: min {counts[0]}, "
                                 f"median {counts[len(counts) // 2]}, max {counts[-1]}")  # fmt: skip
@@ -83,43 +155,76 @@ def _mesh(count: int, deadline: Deadline) -> list[Row]:
             if counts[0] >= want:
                 break
             time.sleep(0.2)
-        mesh_cpu = 100 * (_fleet_cpu(nodes) - cpu0) / (time.monotonic() - wall0)
-        load = os.getloadavg()[0]
+        mesh_cpu = 100 * (_fleet_cpu(members) - cpu0) / (time.monotonic() - wall0)
         time.sleep(1.0)  # a duplicate settled late would show as a disconnect by now
-        full = [_full_at(n.snapshot(), want) for n in nodes]
-        counts = sorted(len(n.connected_peers()) for n in nodes)
-        rss = [n.rss_mib() for n in nodes]
-        cpu1, wall1 = _fleet_cpu(nodes), time.monotonic()
+        full = [_full_at(m.snapshot(), want) for m in members]
+        counts = sorted(len(m.connected_peers()) for m in members)
+        rss = [m.rss_mib() for m in members]
+        cpu1, wall1 = _fleet_cpu(members), time.monotonic()
         time.sleep(REST_WINDOW_S)
-        rest_cpu = 100 * (_fleet_cpu(nodes) - cpu1) / (time.monotonic() - wall1)
-        reasons: dict[str, int] = {}
-        for node in nodes:
-            for event in node.snapshot():
+        rest_cpu = 100 * (_fleet_cpu(members) - cpu1) / (time.monotonic() - wall1)
+        disconnects: dict[str, int] = {}
+        for member in members:
+            for event in member.snapshot():
                 if event.get("event") == "disconnected":
                     reason = str(event.get("reason"))
-                    reasons[reason] = reasons.get(reason, 0) + 1
+                    disconnects[reason] = disconnects.get(reason, 0) + 1
+        killed = _gone(members[-1], members[:-1], signal.SIGKILL, deadline)
+        stopped = _gone(members[-2], members[:-2], signal.SIGSTOP, deadline)
     meshed = all(f is not None for f in full)
     mesh = max(f for f in full if f is not None) - last_started if meshed else None
-    waited = MESH_WAIT_S[count]
-    churn = ", ".join(f"{n} x {r!r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
-    rows = [
-        Row(NAME, f"{label}: last started -> every node has all {want} peers", mesh, "s",
-            f"start-up: node 0 spawned -> all {count} started", startup,
-            max_value=TARGET_S if count == 50 else None,
-            status="ok" if meshed else f"not meshed within {waited:g} s (❌ target missed)",
-            note=(f"{count - 1} spawned at once took {batch_startup:.2f} s to all print 'started'; "
-                  f"fleet CPU while meshing {mesh_cpu:.0f} % of one core (load avg {load:.1f}); "
-                  f"disconnects: {churn or 'none'}; peers per node at the end: min {counts[0]}, "
-                  f"max {counts[-1]}; progress: {'; '.join(progress)}")),
-        Row(NAME, f"{label}: RSS per node, median", median(rss), "MiB",
-            note=f"VmRSS, min {min(rss):.1f} MiB, max {max(rss):.1f} MiB"),
-        Row(NAME, f"{label}: fleet CPU after the mesh wait" + ("" if meshed else " (still churning)"),
-            rest_cpu, "%",
-            note=f"% of one core over {REST_WINDOW_S:g} s, all {count} processes together "
-            f"({rest_cpu / count:.2f} % each); heartbeats every {HEARTBEAT_S:g} s on up to "
-            f"{count * want // 2:,} connections"),
+    return Outcome(system.label, count, last_started - first.spawned_at, mesh, mesh_cpu, rss,
+                   rest_cpu, disconnects, killed, stopped, progress, (counts[0], counts[-1]))  # fmt: skip
+
+
+def _churn(disconnects: dict[str, int]) -> str:
+    ordered = sorted(disconnects.items(), key=lambda x: -x[1])
+    return ", ".join(f"{n} x {r!r}" for r, n in ordered) or "none"
+
+
+def _rows(ours: Outcome, ref: Outcome | None, why_no_ref: str) -> list[Row]:
+    """One row per figure: ours, with serf's from the same run as the reference."""
+    count = ours.count
+    big = count >= 50
+    reference = ref.system if ref else f"serf: not run ({why_no_ref})"
+
+    def ref_of(value: Callable[[Outcome], float | None]) -> float | None:
+        return value(ref) if ref else None
+
+    def status(value: float | None, what: str) -> str:
+        return "ok" if value is not None else f"{what} (❌ target missed)"
+
+    label = f"{count} members"
+    ref_note = (f"serf: start-up {ref.startup:.2f} s, CPU while meshing {ref.mesh_cpu:.0f} %, "
+                f"disconnects {_churn(ref.disconnects)}") if ref else ""  # fmt: skip
+    return [
+        Row(NAME, f"{label}: last started -> every member sees all {count - 1} others",
+            ours.mesh, "s", reference, ref_of(lambda o: o.mesh),
+            max_value=MESH_TARGET_S if big else None, max_ratio=2.0 if big else None,
+            status=status(ours.mesh, f"not meshed within {MESH_WAIT_S[count]:g} s"),
+            note=(f"start-up (member 0 spawned -> all {count} started) {ours.startup:.2f} s; "
+                  f"fleet CPU while meshing {ours.mesh_cpu:.0f} % of one core; peers per member "
+                  f"at the end: min {ours.ends[0]}, max {ours.ends[1]}; progress: "
+                  f"{'; '.join(ours.progress)}. {ref_note}")),
+        Row(NAME, f"{label}: fleet CPU at rest ({REST_WINDOW_S:g} s)", ours.rest_cpu, "%",
+            reference, ref_of(lambda o: o.rest_cpu), max_ratio=1.0 if big else None,
+            note=f"% of one core, all {count} processes together ({ours.rest_cpu / count:.2f} % "
+            f"each); heartbeats every {HEARTBEAT_S:g} s on up to {count * (count - 1) // 2:,} "
+            "connections"),
+        Row(NAME, f"{label}: RSS per member, median", median(ours.rss), "MiB", reference,
+            ref_of(lambda o: median(o.rss)), max_value=40.0,
+            note=f"VmRSS, min {min(ours.rss):.1f} MiB, max {max(ours.rss):.1f} MiB"),
+        Row(NAME, f"{label}: disconnects of live peers, meshing and at rest",
+            float(sum(ours.disconnects.values())), "", reference,
+            ref_of(lambda o: float(sum(o.disconnects.values()))), max_value=0.0 if big else None,
+            note=f"ours: {_churn(ours.disconnects)}"),
+        Row(NAME, f"{label}: kill -9 -> every other member reports it gone", ours.killed, "s",
+            reference, ref_of(lambda o: o.killed), max_value=KILL_TARGET_S,
+            status=status(ours.killed, f"not all reported within {GONE_WAIT_S:g} s")),
+        Row(NAME, f"{label}: SIGSTOP -> every other member reports it gone", ours.stopped, "s",
+            reference, ref_of(lambda o: o.stopped), max_value=STOP_TARGET_S, max_ratio=0.5,
+            status=status(ours.stopped, f"not all reported within {GONE_WAIT_S:g} s")),
     ]  # fmt: skip
-    return rows
 
 
 def _exchange_cost(peers: int = 49, runs: int = 200) -> Row:
@@ -153,8 +258,16 @@ def _exchange_cost(peers: int = 49, runs: int = 200) -> Row:
 
 
 def run() -> list[Row]:
-    deadline = Deadline(230, NAME)
+    deadline = Deadline(590, NAME)
+    try:
+        serf.binary()
+        reference: System | None = _serf()
+        why = ""
+    except serf.SerfMissing as exc:
+        reference, why = None, str(exc)
     rows: list[Row] = []
     for count in SIZES:
-        rows += _mesh(count, deadline)
+        ours = _measure(_exo(), count, deadline)
+        theirs = _measure(reference, count, deadline) if reference else None
+        rows += _rows(ours, theirs, why)
     return [*rows, _exchange_cost()]

@@ -42,7 +42,8 @@ class Row:
     """One figure, its reference measured in the same run, and the target.
 
     ``max_ratio``: the target is ``value / ref_value <= max_ratio``; ``max_value``: the target is
-    ``value <= max_value``. Neither: informational. ``status`` other than "ok" means not measured.
+    ``value <= max_value``; both: both. Neither: informational. ``status`` other than "ok" means
+    not measured.
     """
 
     bench: str
@@ -65,22 +66,23 @@ class Row:
 
     @property
     def target(self) -> str:
-        if self.max_ratio is not None:
-            return f"≤ {self.max_ratio:g}x ref"
+        targets = []
         if self.max_value is not None:
-            return f"≤ {fmt(self.max_value, self.unit)}"
-        return ""
+            targets.append(f"≤ {fmt(self.max_value, self.unit)}")
+        if self.max_ratio is not None:
+            targets.append(f"≤ {self.max_ratio:g}x ref")
+        return " and ".join(targets)
 
     @property
     def met(self) -> bool | None:
         if self.status != "ok" or self.value is None:
             return None
+        if self.max_value is not None and self.value > self.max_value:
+            return False
         if self.max_ratio is not None:
             ratio = self.ratio
             return None if ratio is None else ratio <= self.max_ratio
-        if self.max_value is not None:
-            return self.value <= self.max_value
-        return None
+        return True if self.max_value is not None else None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -190,53 +192,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Node:
-    """A node process; events arrive in a thread, each stamped with ``_mono`` on arrival."""
+class Member:
+    """A cluster member's process; its events arrive in a thread, each stamped with ``_mono``.
+
+    Subclasses say how to start it and how to read its stdout; every member reports the same
+    events: ``started`` and, per other member, ``connected`` / ``disconnected`` with ``peer_id``.
+    """
 
     def __init__(
         self,
         state_dir: Path,
-        args: Sequence[str] = (),
-        *,
-        plugins: str | None = None,
-        env: dict[str, str] | None = None,
-        prefix: Sequence[str] = (),
-        name: str = "node",
-        listen_host: str | None = "127.0.0.1",
-        verbosity: int = 1,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        parse: Callable[[str], Event | None] | None = None,
     ) -> None:
-        """``plugins``: ``--plugins`` value; None means no plugin at all (not even mdns).
-        ``verbosity``: 1 logs INFO to the node's stderr log, 2 DEBUG (for diagnosis)."""
         self.name = name
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = state_dir / f"{name}.stderr.log"
-        extra = dict(env or {})
-        argv = [*prefix, sys.executable, "-m", "exo_discovery_core"]
-        argv += ["-" + "v" * verbosity] if verbosity else []
-        argv += ["run", "--json"]
-        argv += ["--state-dir", str(state_dir)]
-        if listen_host:
-            argv += ["--listen-host", listen_host]
-        if plugins is None:
-            extra["EXO_DISCOVERY_PLUGINS"] = ""
-        else:
-            argv += ["--plugins", plugins]
-        argv += list(args)
-        if "--port" not in args:
-            argv += ["--port", "0"]
         self.argv = argv
         self._stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.spawned_at = time.monotonic()
         self.proc = track(
             subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=self._stderr, env=clean_env(extra),
-                cwd=str(state_dir),
+                argv, stdout=subprocess.PIPE, stderr=self._stderr, env=env, cwd=str(state_dir)
             )
-        )  # fmt: skip
-        self.lines = JsonLines(self.proc, name)  # each event stamped with ``_mono`` on arrival
+        )
+        self.lines = JsonLines(self.proc, name, parse)  # each event stamped with ``_mono``
         self.peer_id = ""
-        self.port = 0
 
     @property
     def pid(self) -> int:
@@ -244,11 +228,12 @@ class Node:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """``host:port`` where the other members can join this one."""
+        raise NotImplementedError
 
     def wait_started(self, timeout: float = 30.0) -> Event:
         event = self.wait_for("started", timeout)
-        self.peer_id, self.port = str(event["peer_id"]), int(event["port"])
+        self.peer_id = str(event["peer_id"])
         return event
 
     @property
@@ -311,6 +296,50 @@ class Node:
         self._stderr.close()
 
 
+class Node(Member):
+    """An exo-discovery node process (``python -m exo_discovery_core -v run --json``)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        args: Sequence[str] = (),
+        *,
+        plugins: str | None = None,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        name: str = "node",
+        listen_host: str | None = "127.0.0.1",
+        verbosity: int = 1,
+    ) -> None:
+        """``plugins``: ``--plugins`` value; None means no plugin at all (not even mdns).
+        ``verbosity``: 1 logs INFO to the node's stderr log, 2 DEBUG (for diagnosis)."""
+        extra = dict(env or {})
+        argv = [*prefix, sys.executable, "-m", "exo_discovery_core"]
+        argv += ["-" + "v" * verbosity] if verbosity else []
+        argv += ["run", "--json"]
+        argv += ["--state-dir", str(state_dir)]
+        if listen_host:
+            argv += ["--listen-host", listen_host]
+        if plugins is None:
+            extra["EXO_DISCOVERY_PLUGINS"] = ""
+        else:
+            argv += ["--plugins", plugins]
+        argv += list(args)
+        if "--port" not in args:
+            argv += ["--port", "0"]
+        super().__init__(state_dir, name, argv, clean_env(extra))
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_started(self, timeout: float = 30.0) -> Event:
+        event = super().wait_started(timeout)
+        self.port = int(event["port"])
+        return event
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (its own threads; /proc/<pid>/stat fields 14 and 15)."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -325,7 +354,7 @@ class Fleet:
     def __init__(self, label: str) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix=f"exo-bench-{label}-")
         self.root = Path(self._tmp.name)
-        self.nodes: list[Node] = []
+        self.nodes: list[Member] = []
         self._count = 0
 
     def start(self, name: str | None = None, *args: str, **kwargs: Any) -> Node:
@@ -334,6 +363,11 @@ class Fleet:
         node = Node(self.root / name, args, name=name, **kwargs)
         self.nodes.append(node)
         return node
+
+    def adopt(self, member: Member) -> Member:
+        """End ``member`` (started elsewhere, e.g. a serf agent) with the rest of the fleet."""
+        self.nodes.append(member)
+        return member
 
     def close(self) -> None:
         threads = [threading.Thread(target=n.stop, args=(3.0,)) for n in self.nodes]

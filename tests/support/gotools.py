@@ -1,4 +1,4 @@
-"""Build pinned Go tools (Headscale, Tailscale) from source for integration tests.
+"""Build pinned Go tools (Headscale, Tailscale, serf) from source for tests and benchmarks.
 
 Binaries are installed with ``go install module@version`` into a per-version
 cache directory so that they are built once and reused across test runs. A tool
@@ -31,6 +31,8 @@ HEADSCALE_OLDEST_VERSION = "v0.22.3"
 #: Headscale v0.29.3 supports Tailscale clients v1.80 .. v1.98 (capver 113..138);
 #: v1.98.10 is the newest patch release of the newest supported minor.
 TAILSCALE_VERSION = "v1.98.10"
+#: serf, the reference the scale benchmarks measure our nodes against (gossip over memberlist).
+SERF_VERSION = "v0.10.4"
 
 BUILD_TIMEOUT_S = 1800.0
 LOCK_TIMEOUT_S = 1900.0
@@ -71,6 +73,9 @@ TOOLS: dict[str, GoTool] = {
     ),
     "tailscale": GoTool(
         "tailscale", "tailscale.com", "tailscale.com/cmd/tailscale", TAILSCALE_VERSION
+    ),
+    "serf": GoTool(
+        "serf", "github.com/hashicorp/serf", "github.com/hashicorp/serf/cmd/serf", SERF_VERSION
     ),
 }
 

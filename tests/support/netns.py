@@ -421,11 +421,19 @@ class JsonLines:
     Each event gets ``_mono``, the monotonic time it arrived (comparable across namespaces).
     """
 
-    def __init__(self, proc: subprocess.Popen[Any], label: str = "") -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[Any],
+        label: str = "",
+        parse: Callable[[str], Event | None] | None = None,
+    ) -> None:
+        """``parse`` turns a line that is not JSON into an event (None: keep it as "raw");
+        for a program that prints log lines, such as a serf agent."""
         if proc.stdout is None:
             raise ValueError("start the process with stdout=subprocess.PIPE")
         self.proc = proc
         self.label = label
+        self._parse = parse
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self._eof = False
@@ -446,7 +454,8 @@ class JsonLines:
                     if not isinstance(ev, dict):
                         raise ValueError
                 except ValueError:
-                    ev = {"event": "raw", "line": line}
+                    parsed = self._parse(line) if self._parse else None
+                    ev = parsed if parsed is not None else {"event": "raw", "line": line}
                 ev["_mono"] = arrived
                 with self._cond:
                     self.events.append(ev)

@@ -62,6 +62,15 @@ class Outcome:
     stopped: float | None  # SIGSTOP -> the same
     progress: list[str] = field(default_factory=list)
     ends: tuple[int, int] = (0, 0)  # peers per member at the end: min, max
+    complaints: list[str] = field(default_factory=list)  # the first warnings any member logged
+
+    def summary(self) -> str:
+        """Start-up, meshing and what went wrong, for a row's note."""
+        said = f"; first warnings: {' | '.join(self.complaints)}" if self.complaints else ""
+        return (f"{self.system}: start-up (member 0 spawned -> all {self.count} started) "
+                f"{self.startup:.2f} s; fleet CPU while meshing {self.mesh_cpu:.0f} % of one core; "
+                f"peers per member at the end: min {self.ends[0]}, max {self.ends[1]}; "
+                f"progress: {'; '.join(self.progress)}{said}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,12 +178,14 @@ def _measure(system: System, count: int, deadline: Deadline) -> Outcome:
                 if event.get("event") == "disconnected":
                     reason = str(event.get("reason"))
                     disconnects[reason] = disconnects.get(reason, 0) + 1
+        complaints = [line.strip()[:200] for m in members for line in m.complaints()][:3]
         killed = _gone(members[-1], members[:-1], signal.SIGKILL, deadline)
         stopped = _gone(members[-2], members[:-2], signal.SIGSTOP, deadline)
     meshed = all(f is not None for f in full)
     mesh = max(f for f in full if f is not None) - last_started if meshed else None
     return Outcome(system.label, count, last_started - first.spawned_at, mesh, mesh_cpu, rss,
-                   rest_cpu, disconnects, killed, stopped, progress, (counts[0], counts[-1]))  # fmt: skip
+                   rest_cpu, disconnects, killed, stopped, progress, (counts[0], counts[-1]),
+                   complaints)  # fmt: skip
 
 
 def _churn(disconnects: dict[str, int]) -> str:
@@ -195,17 +206,13 @@ def _rows(ours: Outcome, ref: Outcome | None, why_no_ref: str) -> list[Row]:
         return "ok" if value is not None else f"{what} (❌ target missed)"
 
     label = f"{count} members"
-    ref_note = (f"serf: start-up {ref.startup:.2f} s, CPU while meshing {ref.mesh_cpu:.0f} %, "
-                f"disconnects {_churn(ref.disconnects)}") if ref else ""  # fmt: skip
+    ref_note = f" {ref.summary()}; disconnects: {_churn(ref.disconnects)}" if ref else ""
     return [
         Row(NAME, f"{label}: last started -> every member sees all {count - 1} others",
             ours.mesh, "s", reference, ref_of(lambda o: o.mesh),
             max_value=MESH_TARGET_S if big else None, max_ratio=2.0 if big else None,
             status=status(ours.mesh, f"not meshed within {MESH_WAIT_S[count]:g} s"),
-            note=(f"start-up (member 0 spawned -> all {count} started) {ours.startup:.2f} s; "
-                  f"fleet CPU while meshing {ours.mesh_cpu:.0f} % of one core; peers per member "
-                  f"at the end: min {ours.ends[0]}, max {ours.ends[1]}; progress: "
-                  f"{'; '.join(ours.progress)}. {ref_note}")),
+            note=f"{ours.summary()}.{ref_note}"),
         Row(NAME, f"{label}: fleet CPU at rest ({REST_WINDOW_S:g} s)", ours.rest_cpu, "%",
             reference, ref_of(lambda o: o.rest_cpu), max_ratio=1.0 if big else None,
             note=f"% of one core, all {count} processes together ({ours.rest_cpu / count:.2f} % "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import statistics
@@ -276,6 +277,15 @@ class Member:
         except OSError:
             return ""
 
+    def complaints(self) -> list[str]:
+        """Warning and error lines it logged (stderr log, or stdout lines that are not events)."""
+        try:
+            logged = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            logged = []
+        raw = [str(e.get("line")) for e in self.snapshot() if e.get("event") == "raw"]
+        return [line for line in logged + raw if _COMPLAINT.search(line)]
+
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -338,6 +348,9 @@ class Node(Member):
         event = super().wait_started(timeout)
         self.port = int(event["port"])
         return event
+
+
+_COMPLAINT = re.compile(r"\b(WARN|WARNING|ERR|ERROR)\b")
 
 
 def cpu_seconds(pid: int) -> float:

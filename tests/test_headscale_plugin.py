@@ -263,6 +263,28 @@ async def test_doctor_reports_and_fixes() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_wrong_key_is_a_rejected_key_on_every_version(version: str) -> None:
+    """0.22 answers an unknown key with HTTP 500 "Unauthorized" (later versions with 401): the
+    doctor and the poll both call it a rejected key, with the key's fix, not a server fault."""
+    plugin = _plugin()
+    with FakeHeadscale(version=version, key=KEY, nodes=_fleet()) as fake:
+        config = {**_config(fake), "api_key": "hskey-wrong"}
+        checks = {
+            c.name: c
+            for c in await plugin.doctor(make_context(plugin, config, name="headscale"))
+        }
+        async with HeadscaleClient(fake.url, HeadscaleConfig(api_key="hskey-wrong").api_key) as client:
+            with pytest.raises(HeadscaleError) as info:
+                await client.list_wire_nodes()
+    assert checks["headscale: server reachable"].ok
+    key = checks["headscale: API key"]
+    assert not key.ok and key.detail.startswith("API key rejected"), key.detail
+    assert "apikeys create" in key.fix
+    assert info.value.kind == "auth" and info.value.retry_after == 60
+
+
+@pytest.mark.anyio
 async def test_the_key_never_shows(
     caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -266,8 +266,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         fake.requests.append((method, parts.path))
         fault = fake.fault
-        if self.headers.get("Authorization") != f"Bearer {fake.key}":
-            self._send(401, b"Unauthorized")
+        auth = self.headers.get("Authorization") or ""
+        if auth != f"Bearer {fake.key}":
+            # as the real 0.22 does: a key it has no record of is HTTP 500 "Unauthorized"
+            legacy = is_machine_api(fake.version) and auth.startswith("Bearer ")
+            self._send(500 if legacy else 401, b"Unauthorized")
             return
         if fault in ("401", "403"):
             self._send(int(fault), b"Unauthorized" if fault == "401" else b"Forbidden")

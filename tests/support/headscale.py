@@ -3,7 +3,9 @@
 Everything runs as unprivileged child processes with state in temp dirs:
 
 * :class:`HeadscaleServer` - ``headscale serve`` with SQLite, a HuJSON policy, an
-  embedded DERP server on 127.0.0.1 and no outbound internet dependencies.
+  embedded DERP server on 127.0.0.1 and no outbound internet dependencies; the newest
+  release by default, or with ``tool="headscale-0.22"`` the oldest supported (0.22.3), whose
+  config file, policy syntax and CLI differ (written and called here in its own dialect).
 * :class:`TailscaleClient` - ``tailscaled --tun=userspace-networking`` joined to
   that server with a pre-auth key.
 
@@ -201,7 +203,9 @@ class HeadscaleServer(_Service):
         workdir: Path | None = None,
         startup_timeout: float = 30.0,
         log_level: str = "info",
+        tool: str = "headscale",
     ) -> None:
+        self.tool = tool
         self.tags = list(tags)
         self.tag_owners = list(tag_owners)
         self.startup_timeout = startup_timeout
@@ -231,11 +235,17 @@ class HeadscaleServer(_Service):
         """PID of ``headscale serve`` while running."""
         return self._proc.pid if self._proc else None
 
+    @property
+    def legacy(self) -> bool:
+        """Headscale 0.22: the ``machine`` API, the old config keys, users by name."""
+        return self.tool == "headscale-0.22"
+
     # -- config -------------------------------------------------------------------
 
     def policy(self) -> dict[str, Any]:
-        """The ACL policy: allow-all, with ``tagOwners`` for every configured tag."""
-        owners = [f"{u}@" for u in self.tag_owners]
+        """The ACL policy: allow-all, with ``tagOwners`` for every configured tag (0.22 names
+        users bare, later versions as ``user@``)."""
+        owners = [u if self.legacy else f"{u}@" for u in self.tag_owners]
         return {
             "tagOwners": {tag: owners for tag in self.tags},
             "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
@@ -243,6 +253,8 @@ class HeadscaleServer(_Service):
 
     def config(self) -> dict[str, Any]:
         """Headscale config (JSON is valid YAML) with loopback-only, offline settings."""
+        if self.legacy:
+            return self._config_v022()
         w = self.workdir
         return {
             "server_url": self.url,
@@ -299,6 +311,52 @@ class HeadscaleServer(_Service):
             "auto_update": {"enabled": False},
         }
 
+    def _config_v022(self) -> dict[str, Any]:
+        """The same server in 0.22's config dialect (flat db and policy keys, ``ip_prefixes``,
+        ``dns_config``; the embedded DERP region is added by the server itself)."""
+        w = self.workdir
+        return {
+            "server_url": self.url,
+            "listen_addr": f"127.0.0.1:{self.port}",
+            "metrics_listen_addr": f"127.0.0.1:{self.metrics_port}",
+            "grpc_listen_addr": f"127.0.0.1:{self.grpc_port}",
+            "grpc_allow_insecure": False,
+            "private_key_path": str(w / "private.key"),
+            "noise": {"private_key_path": str(w / "noise_private.key")},
+            "ip_prefixes": ["fd7a:115c:a1e0::/48", "100.64.0.0/10"],
+            "derp": {
+                "server": {
+                    "enabled": True,
+                    "region_id": 999,
+                    "region_code": "headscale",
+                    "region_name": "Headscale Embedded DERP",
+                    "stun_listen_addr": f"127.0.0.1:{self.stun_port}",
+                },
+                "urls": [],
+                "paths": [],
+                "auto_update_enabled": False,
+                "update_frequency": "24h",
+            },
+            "disable_check_updates": True,
+            "ephemeral_node_inactivity_timeout": "30m",
+            "node_update_check_interval": "1s",
+            "db_type": "sqlite3",
+            "db_path": str(w / "db.sqlite"),
+            "log": {"level": self.log_level, "format": "text"},
+            "acl_policy_path": str(self.policy_path),
+            "dns_config": {
+                "override_local_dns": False,
+                "nameservers": [],
+                "domains": [],
+                "magic_dns": True,
+                "base_domain": "exo.test",
+            },
+            "unix_socket": str(w / "headscale.sock"),
+            "unix_socket_permission": "0770",
+            "logtail": {"enabled": False},
+            "randomize_client_port": False,
+        }
+
     def write_config(self) -> None:
         """Write ``config.yaml`` and ``policy.hujson`` into the work dir."""
         self.policy_path.write_text(json.dumps(self.policy(), indent=2) + "\n")
@@ -308,7 +366,7 @@ class HeadscaleServer(_Service):
 
     def start(self) -> Self:
         """Build/get the binary, write config, start ``headscale serve`` and wait for health."""
-        self.binary = ensure_go_binary("headscale")
+        self.binary = ensure_go_binary(self.tool)
         self.write_config()
         env = dict(os.environ)
         env.setdefault("HOME", str(self.workdir))
@@ -390,7 +448,7 @@ class HeadscaleServer(_Service):
         """
         args = ["preauthkeys", "create", "--expiration", expiration]
         if user is not None:
-            args += ["--user", str(self.user_id(user))]
+            args += ["--user", user if self.legacy else str(self.user_id(user))]
         if reusable:
             args.append("--reusable")
         if ephemeral:

@@ -344,7 +344,10 @@ class HeadscaleClient:
 
     def _status_error(self, status: int, detail: str) -> HeadscaleError:
         said = f" ({self._redact(detail)})" if detail else ""
-        if status in (401, 403):
+        # Headscale 0.22 answers a key it has no record of with HTTP 500 "Unauthorized"
+        # (hscontrol/app.go: ValidateAPIKey fails): a rejected key, not a server fault.
+        legacy_reject = status == 500 and detail.strip().lower() == "unauthorized"
+        if status in (401, 403) or legacy_reject:
             what = (
                 "no API key configured and the server wants one"
                 if self._key is None

@@ -1,23 +1,69 @@
 """exo-discovery core: the hook contract, the data models and the node that runs discovery plugins.
 
 Plugin authors need only what is exported here (and :mod:`exo_discovery_core.testing`).
+
+The names are imported on first use (PEP 562), so importing the package costs nothing: the
+``exo-discovery`` command can take over Ctrl-C before pydantic and the rest are loaded.
 """
 
-from .config import ConfigError, NodeConfig, option
-from .hookspecs import hookimpl
-from .identity import PeerId
-from .models import (
-    TAILSCALE_NETWORKS,
-    Address,
-    CheckResult,
-    ConnectionEvent,
-    ConnectionState,
-    DiscoveryContext,
-    NodeInfo,
-    PeerCandidate,
-)
-from .polling import SourceError, Trigger, poll
-from .routes import is_tailscale, local_addresses
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False  # not typing's: importing typing costs milliseconds of start-up
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .config import ConfigError, NodeConfig, option
+    from .hookspecs import hookimpl
+    from .identity import PeerId
+    from .models import (
+        TAILSCALE_NETWORKS,
+        Address,
+        CheckResult,
+        ConnectionEvent,
+        ConnectionState,
+        DiscoveryContext,
+        NodeInfo,
+        PeerCandidate,
+    )
+    from .polling import SourceError, Trigger, poll
+    from .routes import is_tailscale, local_addresses
+
+_EXPORTS = {
+    "ConfigError": "config",
+    "NodeConfig": "config",
+    "option": "config",
+    "hookimpl": "hookspecs",
+    "PeerId": "identity",
+    "TAILSCALE_NETWORKS": "models",
+    "Address": "models",
+    "CheckResult": "models",
+    "ConnectionEvent": "models",
+    "ConnectionState": "models",
+    "DiscoveryContext": "models",
+    "NodeInfo": "models",
+    "PeerCandidate": "models",
+    "SourceError": "polling",
+    "Trigger": "polling",
+    "poll": "polling",
+    "is_tailscale": "routes",
+    "local_addresses": "routes",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "TAILSCALE_NETWORKS",

@@ -1,5 +1,5 @@
 """``python -m exo_discovery_core`` is ``exo-discovery``."""
 
-from .cli import main
+from .console import main
 
 main()

@@ -8,12 +8,17 @@ there is never imported), and each field declared with a ``flag`` becomes an opt
 
 from __future__ import annotations
 
+import errno
+import importlib.metadata as metadata
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,41 +27,58 @@ import click
 from pydantic import BaseModel
 
 from .config import ConfigError, ConfigSource, NodeConfig, option_meta
+from .console import EXIT_INTERRUPTED
+from .explain import UserError, key_file_error, listen_error, state_dir_error
 from .identity import IdentityError
 from .plugins import PluginHost, installed_entry_points
 
 if TYPE_CHECKING:
     from .events import NodeEvent
+    from .identity import Identity
     from .node import Node
 
 # The node, its status socket and the key are imported by the commands that use them, so that
 # `plugins` and `id` start fast.
 
 EXIT_CONFIG = 2
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 COMMANDS_WITHOUT_PLUGINS = {"id", "peers"}
 
 
 class Prescan:
-    """What must be known before the command line can be built."""
+    """What must be known before the command line can be built (and before it is parsed)."""
 
     def __init__(self, argv: Sequence[str]) -> None:
-        self.command = next((a for a in argv if not a.startswith("-")), None)
+        self.command: str | None = None
         self.config: Path | None = None
         self.enable: list[str] | None = None
         self.disable: list[str] = []
+        self.verbosity = 0  # -vv (or --log-level debug) shows tracebacks
         args = list(argv)
         for i, arg in enumerate(args):
             name, _, value = arg.partition("=")
             if not value and i + 1 < len(args):
                 value = args[i + 1]
+            after_log_level = i > 0 and args[i - 1] == "--log-level"  # its value, not a command
+            if self.command is None and not arg.startswith("-") and not after_log_level:
+                self.command = arg
             if name == "--config":
                 self.config = Path(value)
             elif name == "--plugins":
                 self.enable = [v.strip() for v in value.split(",") if v.strip()]
             elif name == "--disable-plugin":
                 self.disable.append(value)
+            elif name == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+                self.verbosity += 1 if name == "--verbose" else len(arg) - 1
+            elif name == "--log-level" and value.lower() == "debug":
+                self.verbosity = 2
 
 
 class Setup:
@@ -151,33 +173,136 @@ def _fail(exc: Exception) -> None:
     sys.exit(EXIT_CONFIG)
 
 
+def _log_option(ctx: click.Context, param: click.Parameter, value: int | str | None) -> None:
+    """-v, -q and --log-level, before or after the command: all count, the last level wins."""
+    root = ctx.find_root().meta.setdefault("exo_logging", {"verbose": 0, "quiet": 0, "level": 0})
+    if param.name in ("verbose", "quiet") and isinstance(value, int):
+        root[param.name] += value
+    elif param.name == "log_level" and isinstance(value, str):
+        root["level"] = LOG_LEVELS[value.lower()]
+    level = root["level"] or (
+        [logging.WARNING, logging.INFO, logging.DEBUG][min(root["verbose"], 2)]
+        if root["verbose"] or not root["quiet"]
+        else logging.ERROR
+    )
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
+def _log_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in (
+        click.option(
+            "--log-level",
+            type=click.Choice(list(LOG_LEVELS), case_sensitive=False),
+            default=None,
+            expose_value=False,
+            callback=_log_option,
+            help="Log level (overrides -v and -q)",
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            count=True,
+            expose_value=False,
+            callback=_log_option,
+            help="Only errors in the log",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            count=True,
+            expose_value=False,
+            callback=_log_option,
+            help="More log output (-vv: debug, and tracebacks)",
+        ),
+    ):
+        func = decorator(func)
+    return func
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"exo-discovery {metadata.version('exo-discovery-core')} (exo-discovery-core)")
+    plugins = sorted(installed_entry_points().items())
+    if plugins:
+        click.echo("plugins:")
+        rows = [
+            (name, ep.dist.name if ep.dist else "?", ep.dist.version if ep.dist else "?")
+            for name, ep in plugins
+        ]
+        click.echo(_columns(rows, indent="  "))
+    ctx.exit()
+
+
+def _columns(rows: Sequence[Sequence[str]], indent: str = "") -> str:
+    """Rows as aligned columns (the last one unpadded)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        indent + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+def _identity(state_dir: Path) -> Identity:
+    """The node's key, or a one-line error naming the state dir or the key file at fault."""
+    from .identity import Identity
+
+    with _key_errors(state_dir):
+        return Identity.load_or_create(state_dir)
+
+
+@contextmanager
+def _key_errors(state_dir: Path) -> Iterator[None]:
+    """The state dir made and checked first, so that an unwritable one is named as such."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(state_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(state_dir))
+        yield
+    except OSError as exc:
+        raise state_dir_error(state_dir, exc) from exc
+    except IdentityError as exc:
+        raise key_file_error(exc) from exc
+
+
 def build(setup: Setup) -> click.Group:
     flag_options = _flag_options(setup)
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug)")
-    def cli(verbose: int) -> None:
+    @click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_print_version,
+        help="The version of the core and of each installed plugin",
+    )
+    @_log_options
+    def cli() -> None:
         """Find the other nodes of your cluster: mDNS on the LAN, Headscale across networks,
         bootstrap addresses where neither works."""
-        level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-        logging.basicConfig(
-            level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
 
     @cli.command()
     @_common
     @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout")
+    @_log_options
     def run(as_json: bool, **params: Any) -> None:
         """Start the node and show its peers as they come and go."""
-        try:
-            source = setup.with_flags(_flags_by_name(setup, params))
-            config = source.node_config()
-            from .node import Node
+        source = setup.with_flags(_flags_by_name(setup, params))
+        config = source.node_config()
+        _warn(source)
+        identity = _identity(config.state_dir)
+        from .node import Node
 
-            node = Node(config, source=source, host=setup.host)
-            anyio.run(_run, node, as_json)
-        except (ConfigError, IdentityError) as exc:
-            _fail(exc)
+        node = Node(config, source=source, host=setup.host, identity=identity)
+        try:
+            signum = anyio.run(_run, node, as_json)
+        except OSError as exc:
+            if exc.filename and Path(exc.filename).is_relative_to(config.state_dir):
+                raise state_dir_error(config.state_dir, exc) from exc
+            raise listen_error(config, exc) or exc from exc
+        sys.exit(EXIT_INTERRUPTED if signum == signal.SIGINT else 0)
 
     for option in flag_options:
         run.params.append(option)
@@ -185,10 +310,13 @@ def build(setup: Setup) -> click.Group:
     @cli.command()
     @_common
     @click.option("--json", "as_json", is_flag=True, help="JSON output")
+    @_log_options
     def plugins(as_json: bool, **_: Any) -> None:
         """List installed plugins: distribution, version, enabled, load errors."""
         if setup.error:
             _fail(setup.error)
+        if setup.source is not None:
+            _warn(setup.source)
         infos = setup.host.infos_sorted()
         if as_json:
             click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
@@ -197,11 +325,14 @@ def build(setup: Setup) -> click.Group:
             click.echo(
                 "no plugins installed (pip install exo-discovery-mdns, -bootstrap, -headscale)"
             )
+            return
+        rows = [("NAME", "DISTRIBUTION", "VERSION", "STATE")]
         for info in infos:
             state = "enabled" if info.enabled else f"disabled ({info.status})"
             if info.error:
                 state = f"ERROR: {info.error}"
-            click.echo(f"{info.name:<12} {info.distribution} {info.version:<10} {state}")
+            rows.append((info.name, info.distribution, info.version, state))
+        click.echo(_columns(rows))
 
     @cli.command()
     @click.option(
@@ -211,6 +342,7 @@ def build(setup: Setup) -> click.Group:
         help="State dir of the running node",
     )
     @click.option("--json", "as_json", is_flag=True, help="JSON output")
+    @_log_options
     def peers(state_dir: Path | None, as_json: bool) -> None:
         """Show the peer table of the node running with this state dir."""
         state_dir = state_dir or _state_dir_default(setup)
@@ -229,10 +361,13 @@ def build(setup: Setup) -> click.Group:
 
     @cli.command()
     @_common
+    @_log_options
     def doctor(**params: Any) -> None:
         """Check the configuration and whether each enabled plugin can work here."""
         try:
             source = setup.with_flags(_flags_by_name(setup, params))
+            for warning in source.warnings:
+                click.echo(f"! {warning}")
             from .doctor import run_doctor
 
             ok = anyio.run(run_doctor, setup.host, source)
@@ -256,24 +391,27 @@ def build(setup: Setup) -> click.Group:
         is_flag=True,
         help="Make a new key (a new peer id), after saying what the old one was",
     )
+    @_log_options
     def id_(state_dir: Path | None, regenerate: bool) -> None:
         """Print this node's peer id (creating its key on first use)."""
         from .identity import Identity
 
         state_dir = state_dir or _state_dir_default(setup)
-        try:
-            if not regenerate:
-                click.echo(Identity.load_or_create(state_dir).peer_id)
-                return
-            identity, old = Identity.regenerate(state_dir)
-        except (IdentityError, OSError) as exc:
-            _fail(exc)
+        if not regenerate:
+            click.echo(_identity(state_dir).peer_id)
             return
+        with _key_errors(state_dir):
+            identity, old = Identity.regenerate(state_dir)
         if old is not None:
             click.echo(f"old key: {old}; kept as {state_dir / 'identity.key.old'}", err=True)
         click.echo(identity.peer_id)
 
     return cli
+
+
+def _warn(source: ConfigSource) -> None:
+    for warning in source.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _state_dir_default(setup: Setup) -> Path:
@@ -284,21 +422,26 @@ def _state_dir_default(setup: Setup) -> Path:
         raise
 
 
-async def _run(node: Node, as_json: bool) -> None:
+async def _run(node: Node, as_json: bool) -> int:
+    """Show the node's events until SIGINT or SIGTERM; the signal that stopped it."""
     view = _JsonView() if as_json else _TextView(node)
+    received = 0
     # replay: the node's own "started" (and anything else since) comes first
     async with node, node.events(replay=True) as events:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
 
                 async def stop_on_signal() -> None:
-                    async for _ in signals:
+                    nonlocal received
+                    async for signum in signals:
+                        received = signum
                         tg.cancel_scope.cancel()
                         return
 
                 tg.start_soon(stop_on_signal)
                 async for event in events:
                     view.show(event)
+    return received
 
 
 class _JsonView:
@@ -370,6 +513,50 @@ def _peer_rows(peers: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``exo-discovery`` command: every failure a user can cause ends in one line and a
+    non-zero exit code; tracebacks only with -vv."""
     args = list(sys.argv[1:] if argv is None else argv)
-    setup = Setup(Prescan(args))
-    build(setup).main(args=args, prog_name="exo-discovery")
+    pre = Prescan(args)
+    setup: Setup | None = None
+    try:
+        setup = Setup(pre)
+        code = build(setup).main(args=args, prog_name="exo-discovery", standalone_mode=False)
+    except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes as a traceback
+        sys.exit(_exit_code(exc, pre, setup))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_code(exc: BaseException, pre: Prescan, setup: Setup | None) -> int:
+    """Say what went wrong (a line, a fix) and return the exit code."""
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if _interrupted(exc):
+        return EXIT_INTERRUPTED
+    if pre.verbosity >= 2:
+        traceback.print_exception(exc)
+    if isinstance(exc, click.ClickException):
+        exc.show()
+        if isinstance(exc, click.NoSuchOption) and not exc.possibilities and setup is not None:
+            unloaded = sorted(i.name for i in setup.host.infos_sorted() if not i.loaded)
+            if unloaded:  # the flag may be one of a plugin that is not loaded
+                click.echo(f"(flags of plugins not loaded here: {', '.join(unloaded)})", err=True)
+        return exc.exit_code
+    if isinstance(exc, ConfigError):
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_CONFIG
+    if isinstance(exc, UserError):
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    click.echo(
+        f"error: unexpected {type(exc).__name__}: {exc} (a bug: run with -vv and report the "
+        "traceback)",
+        err=True,
+    )
+    return 1
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C before the node took over SIGINT (click turns it into Abort), perhaps in a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup((KeyboardInterrupt, click.Abort)) is not None
+    return isinstance(exc, KeyboardInterrupt | click.Abort)

@@ -8,6 +8,7 @@ from: the file and key, the env var, or the flag.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 import types
@@ -33,6 +34,12 @@ _RESERVED_PLUGIN_KEYS = ("enabled", "disabled")
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the file, key, env var or flag at fault."""
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def option(
@@ -166,6 +173,8 @@ class ConfigSource:
     flags: dict[str, Any] = field(default_factory=dict)
     enable_flag: list[str] | None = None
     disable_flag: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Problems that do not stop the node (a disabled plugin that is not installed)."""
 
     @classmethod
     def load(
@@ -207,7 +216,8 @@ class ConfigSource:
         for key, value in self.file_data.items():
             if key not in ("node", "plugins"):
                 raise ConfigError(
-                    f"{self.file_label}: unknown top-level key {key!r} (expected [node] or [plugins])"
+                    f"{self.file_label}: unknown top-level key {key!r}"
+                    f"{did_you_mean(key, ('node', 'plugins'))} (expected [node] or [plugins])"
                 )
             if not isinstance(value, dict):
                 raise ConfigError(f"{self.file_label}: {key!r} must be a table ([{key}])")
@@ -217,6 +227,9 @@ class ConfigSource:
                 if not _is_str_list(value):
                     raise ConfigError(f"{self.file_label}: [plugins] {key} must be a list of names")
             elif not isinstance(value, dict):
+                hint = did_you_mean(key, _RESERVED_PLUGIN_KEYS)
+                if hint:
+                    raise ConfigError(f"{self.file_label}: [plugins] unknown key {key!r}{hint}")
                 raise ConfigError(
                     f"{self.file_label}: [plugins] {key} must be a table ([plugins.{key}]); "
                     f"to turn it off write `enabled = false` in it or list it in disabled"
@@ -227,43 +240,82 @@ class ConfigSource:
     def plugin_selection(self, installed: list[str]) -> dict[str, str]:
         """Which installed plugins run: name -> 'enabled' or why it is disabled.
 
-        Unknown names are errors that list what is installed. Precedence: file < env < flags.
+        Precedence: file < env < flags. Each layer may name the only plugins to run (``enabled``,
+        ``EXO_DISCOVERY_PLUGINS``, ``--plugins``) and plugins to leave out; a later layer's choice
+        replaces an earlier one's for the plugins it names. Naming a plugin to run that is not
+        installed is an error; one to leave out is a warning (one config serves machines with
+        different plugins installed).
         """
+        self._check_plugin_tables(installed)
+        selection = {name: "enabled" for name in installed}
+        for only, off in self._selection_layers():
+            if only is not None:
+                names, origin = only
+                self._check_installed(names, origin, installed)
+                for name in installed:
+                    selection[name] = "enabled" if name in names else f"not in {origin}"
+            for name, origin in off:
+                if name in installed:
+                    selection[name] = f"disabled by {origin}"
+                else:
+                    listing = ", ".join(sorted(installed)) or "none"
+                    self.warnings.append(
+                        f"{origin}: plugin {name!r} is not installed, nothing to disable"
+                        f"{did_you_mean(name, installed)} (installed: {listing})"
+                    )
+        return selection
+
+    def _selection_layers(
+        self,
+    ) -> list[tuple[tuple[list[str], str] | None, list[tuple[str, str]]]]:
+        """For the file, the env and the flags: (the only plugins to run, plugins to leave out)."""
         plugins = self.file_data.get("plugins", {})
-        only: tuple[list[str], str] | None = None
-        off: list[tuple[str, str]] = []
+        file_only = None
         if "enabled" in plugins:
-            only = (plugins["enabled"], f"{self.file_label} [plugins] enabled")
-        off += [(n, f"{self.file_label} [plugins] disabled") for n in plugins.get("disabled", [])]
+            file_only = (plugins["enabled"], f"{self.file_label} [plugins] enabled")
+        file_off = [
+            (n, f"{self.file_label} [plugins] disabled") for n in plugins.get("disabled", [])
+        ]
         for name, table in plugins.items():
             if isinstance(table, dict) and table.get("enabled") is False:
-                off.append((name, f"{self.file_label} [plugins.{name}] enabled = false"))
+                file_off.append((name, f"{self.file_label} [plugins.{name}] enabled = false"))
             elif isinstance(table, dict) and "enabled" in table and table["enabled"] is not True:
                 raise ConfigError(
                     f"{self.file_label}: [plugins.{name}] enabled must be true or false"
                 )
+        env_only = None
         if PLUGINS_ENV in self.env:
-            only = (_split(self.env[PLUGINS_ENV]), f"env {PLUGINS_ENV}")
-        off += [(n, f"env {DISABLE_ENV}") for n in _split(self.env.get(DISABLE_ENV, ""))]
-        if self.enable_flag is not None:
-            only = (self.enable_flag, "flag --plugins")
-        off += [(n, "flag --disable-plugin") for n in self.disable_flag]
+            env_only = (_split(self.env[PLUGINS_ENV]), f"env {PLUGINS_ENV}")
+        env_off = [(n, f"env {DISABLE_ENV}") for n in _split(self.env.get(DISABLE_ENV, ""))]
+        flag_only = (self.enable_flag, "flag --plugins") if self.enable_flag is not None else None
+        flag_off = [(n, "flag --disable-plugin") for n in self.disable_flag]
+        return [(file_only, file_off), (env_only, env_off), (flag_only, flag_off)]
 
-        named = [(n, only[1]) for n in only[0]] if only else []
-        for name, origin in named + off:
+    def _check_plugin_tables(self, installed: list[str]) -> None:
+        """A ``[plugins.NAME]`` table for no installed plugin is a typo or a missing install."""
+        for name, table in self.file_data.get("plugins", {}).items():
+            if isinstance(table, dict) and name not in installed:
+                listing = ", ".join(sorted(installed)) or "none"
+                close = difflib.get_close_matches(name, installed, n=1)
+                fix = (
+                    f"did you mean [plugins.{close[0]}]?"
+                    if close
+                    else f"install exo-discovery-{name} or remove the table"
+                )
+                raise ConfigError(
+                    f"{self.file_label}: [plugins.{name}] is not an installed plugin; {fix} "
+                    f"(installed: {listing})"
+                )
+
+    @staticmethod
+    def _check_installed(names: list[str], origin: str, installed: list[str]) -> None:
+        for name in names:
             if name not in installed:
                 listing = ", ".join(sorted(installed)) or "none"
                 raise ConfigError(
-                    f"{origin}: plugin {name!r} is not installed (installed: {listing})"
+                    f"{origin}: plugin {name!r} is not installed"
+                    f"{did_you_mean(name, installed)} (installed: {listing})"
                 )
-        selection = {name: "enabled" for name in installed}
-        if only:
-            for name in installed:
-                if name not in only[0]:
-                    selection[name] = f"not in {only[1]}"
-        for name, origin in off:
-            selection[name] = f"disabled by {origin}"
-        return selection
 
     # -- validation ------------------------------------------------------------------------
 
@@ -296,7 +348,10 @@ class ConfigSource:
                 layer.set(key, value, origin)
             else:
                 known = ", ".join(fields) or "none"
-                raise ConfigError(f"{origin}: unknown key (known keys in {table_name}: {known})")
+                raise ConfigError(
+                    f"{origin}: unknown key{did_you_mean(key, fields)} "
+                    f"(known keys in {table_name}: {known})"
+                )
         for name, info in fields.items():
             flag, env, secret = option_meta(info)
             if env and env in self.env:
@@ -327,9 +382,21 @@ def _describe(
             origin = f"{file_label} {table_name}"
         # a list item is named as people count (item 1 is the first), not by its index
         where = "".join(f" item {p + 1}" if isinstance(p, int) else f".{p}" for p in err["loc"][1:])
-        message = str(err["msg"]).removeprefix("Value error, ")
+        message = _PLAIN_MESSAGES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] in ("list_type", "tuple_type", "set_type") and isinstance(
+            layer.values.get(key), str
+        ):
+            message = f'a list is needed, not one string: write {key} = ["..."]'
         lines.append(f"{origin}{where}: {message} ({owner})")
     return "\n".join(lines)
+
+
+_PLAIN_MESSAGES = {  # pydantic's wording for text that is not what the field needs
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_parsing": "expected a number",
+    "bool_parsing": "expected true or false",
+}
 
 
 def _read_secret(path: str, origin: str) -> str:

@@ -204,11 +204,11 @@ class IdentityError(ValueError):
 
     def __init__(self, path: Path, problem: str, fix: str | None = None) -> None:
         self.path, self.problem = path, problem
-        fix = fix or (
+        self.fix = fix or (
             "restore it from a backup, or make a new key (a new peer id) with "
             f"`exo-discovery id --regenerate --state-dir {path.parent}`"
         )
-        super().__init__(f"key file {path} {problem}; {fix}")
+        super().__init__(f"key file {path} {problem}; {self.fix}")
 
 
 _FREE_SPACE = "make room (or fix the permissions) in the state dir and start again"

@@ -116,10 +116,13 @@ def group_candidates(
             continue
         if peer_id is not None:
             unique = tuple(dict.fromkeys(addresses))
-            candidates.append(PeerCandidate(peer_id=peer_id, addresses=unique, metadata=group.metadata))
+            candidates.append(
+                PeerCandidate(peer_id=peer_id, addresses=unique, metadata=group.metadata)
+            )
         else:
             candidates += [
-                PeerCandidate(addresses=(address,), metadata=group.metadata) for address in addresses
+                PeerCandidate(addresses=(address,), metadata=group.metadata)
+                for address in addresses
             ]
     return candidates, problems
 

@@ -64,13 +64,13 @@ def test_config_file_found_through_env_var(tmp_path: Path) -> None:
             "",
             {},
             {"--demo-interval": "soon"},
-            "flag --demo-interval: Input should be a valid number",
+            "flag --demo-interval: expected a number (plugin 'demo')",
         ),
         (
             "[plugins.demo]\nurll = 1\n",
             {},
             {},
-            "[plugins.demo] urll: unknown key (known keys in [plugins.demo]: url, interval, peers, key)",
+            "[plugins.demo] urll: unknown key (did you mean 'url'?) (known keys in [plugins.demo]: url, interval, peers, key)",
         ),
         (
             "[node]\nport = 70000\n",
@@ -82,7 +82,7 @@ def test_config_file_found_through_env_var(tmp_path: Path) -> None:
             "",
             {"EXO_DISCOVERY_PORT": "http"},
             {},
-            "env EXO_DISCOVERY_PORT: Input should be a valid integer",
+            "env EXO_DISCOVERY_PORT: expected a whole number (node)",
         ),
         ("[nodes]\nport = 1\n", {}, {}, "unknown top-level key 'nodes'"),
         ("[node\n", {}, {}, "not valid TOML"),
@@ -149,10 +149,49 @@ def test_plugin_selection_precedence_and_unknown_names(tmp_path: Path) -> None:
     ).plugin_selection(installed)
     assert [n for n, s in flags.items() if s == "enabled"] == ["bootstrap"]
     with pytest.raises(ConfigError) as caught:
-        ConfigSource.load(None, env={"EXO_DISCOVERY_DISABLE_PLUGINS": "tailscal"}).plugin_selection(
-            installed
-        )
+        ConfigSource.load(None, env={"EXO_DISCOVERY_PLUGINS": "mdsn"}).plugin_selection(installed)
     assert str(caught.value) == (
-        "env EXO_DISCOVERY_DISABLE_PLUGINS: plugin 'tailscal' is not installed "
+        "env EXO_DISCOVERY_PLUGINS: plugin 'mdsn' is not installed (did you mean 'mdns'?) "
         "(installed: bootstrap, headscale, mdns)"
+    )
+
+
+def test_disabling_a_plugin_that_is_not_installed_is_a_warning() -> None:
+    installed = ["bootstrap", "mdns"]
+    source = ConfigSource.load(None, env={"EXO_DISCOVERY_DISABLE_PLUGINS": "tailscale"})
+    selection = source.plugin_selection(installed)
+    assert selection == {"bootstrap": "enabled", "mdns": "enabled"}
+    assert source.warnings == [
+        "env EXO_DISCOVERY_DISABLE_PLUGINS: plugin 'tailscale' is not installed, nothing to "
+        "disable (installed: bootstrap, mdns)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "enable", "disable", "expected"),
+    [
+        ({}, None, [], "disabled by"),
+        ({"EXO_DISCOVERY_PLUGINS": "headscale"}, None, [], "enabled"),
+        ({}, ["headscale"], [], "enabled"),
+        ({"EXO_DISCOVERY_DISABLE_PLUGINS": "headscale"}, ["headscale"], [], "enabled"),
+        ({"EXO_DISCOVERY_PLUGINS": "headscale"}, None, ["headscale"], "disabled by flag"),
+        ({"EXO_DISCOVERY_PLUGINS": "mdns"}, None, [], "not in env"),
+    ],
+)
+def test_plugin_selection_file_then_env_then_flags(
+    tmp_path: Path, env: dict[str, str], enable: list[str] | None, disable: list[str], expected: str
+) -> None:
+    """Each layer overrides the one before for the plugins it names, as the README says."""
+    path = write(tmp_path, '[plugins]\ndisabled = ["headscale"]\n')
+    source = ConfigSource.load(path, env=env, enable=enable, disable=disable)
+    assert source.plugin_selection(["headscale", "mdns"])["headscale"].startswith(expected)
+
+
+def test_a_table_of_no_installed_plugin_is_an_error_naming_the_installed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[plugins.bootstrp]\npeers = ["10.0.0.2:52417"]\n')
+    with pytest.raises(ConfigError) as caught:
+        ConfigSource.load(path, env={}).plugin_selection(["bootstrap", "mdns"])
+    assert str(caught.value) == (
+        f"{path}: [plugins.bootstrp] is not an installed plugin; did you mean "
+        "[plugins.bootstrap]? (installed: bootstrap, mdns)"
     )

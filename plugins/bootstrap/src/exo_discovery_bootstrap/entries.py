@@ -91,6 +91,7 @@ def parse_entry(text: str) -> BootstrapEntry:
         raise BadEntry(entry, "empty entry")
     if any(ch.isspace() for ch in entry):
         raise BadEntry(entry, "contains whitespace (one peer per entry; separate with commas)")
+    _check_not_url(entry)
     if _SRV_PREFIX.match(entry):
         return _parse_srv(entry)
     if entry.startswith("/"):
@@ -101,6 +102,15 @@ def parse_entry(text: str) -> BootstrapEntry:
         parsed = _parse_host_port(entry)
     _cross_check(parsed)
     return parsed
+
+
+def _check_not_url(entry: str) -> None:
+    """``http://host:port`` is what people copy from a browser: say to drop the scheme."""
+    scheme, sep, rest = entry.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return
+    address = rest.split("/", 1)[0].rpartition("@")[2] or "HOST:PORT"
+    raise BadEntry(entry, f"a URL, not a peer address: drop the {scheme}://, write {address}")
 
 
 # -- multiaddr ------------------------------------------------------------------------------

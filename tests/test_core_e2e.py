@@ -80,8 +80,16 @@ def test_two_nodes_connect_notice_a_kill_and_reconnect_with_the_same_id(
     )
     assert again.peer_id == b.peer_id, "the peer id changed across a restart"
     assert a.wait_for("connected", timeout=10, peer_id=b.peer_id)
-    assert on_connection_lines(a.log_path)[-1].endswith("CONNECTED")
-    assert len(on_connection_lines(a.log_path)) == 3  # up, down, up: one per real transition
+    # on_connection runs after the event is published: wait for its line, then count them all
+    deadline = time.monotonic() + 10
+    while len(on_connection_lines(a.log_path)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = on_connection_lines(a.log_path)
+    assert [line.rsplit(" ", 1)[-1] for line in lines] == [
+        "CONNECTED",
+        "DISCONNECTED",
+        "CONNECTED",
+    ], lines  # up, down, up: one per real transition
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

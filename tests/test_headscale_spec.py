@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,7 @@ from tests.support.fake_headscale import (
     spec_path,
     validate,
 )
+from tests.support.gotools import HEADSCALE_VERSION
 
 pytestmark = pytest.mark.skipif(
     not spec_path(VERSIONS[0]).exists(), reason="shared/headscale-openapi not beside the clone"
@@ -132,3 +136,29 @@ def test_empty_and_null_fields_are_tolerated() -> None:
     )
     node = HeadscaleNode.from_wire(wire[0])
     assert (node.id, node.user, node.addresses, node.tags) == (3, None, (), frozenset())
+
+
+def _module_spec(version: str) -> Path | None:
+    """The swagger a Headscale release ships in its Go module (downloaded when it was built)."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    cache = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, check=False)
+    path = (
+        Path(cache.stdout.strip())
+        / f"github.com/juanfont/headscale@{version}/gen/openapiv2/headscale/v1/headscale.swagger.json"
+    )
+    return path if path.is_file() else None
+
+
+def test_the_newest_release_has_the_api_of_the_newest_spec_here() -> None:
+    """The newest Headscale (the one the real-server tests build) against the newest spec in
+    these tests: the same API, so every test above of that spec covers the release too. When a
+    release changes its API this fails: add its spec to shared/headscale-openapi and VERSIONS."""
+    published = _module_spec(HEADSCALE_VERSION)
+    if published is None:
+        pytest.skip(f"Headscale {HEADSCALE_VERSION}'s module is not in the Go module cache")
+    newest = load_spec(VERSIONS[-1])
+    release = json.loads(published.read_text(encoding="utf-8"))
+    assert release["paths"] == newest["paths"], f"{HEADSCALE_VERSION} changed its paths"
+    assert release["definitions"] == newest["definitions"], f"{HEADSCALE_VERSION} changed its models"

@@ -9,6 +9,7 @@ server or network fails (5xx, 401/403, 404, truncated or misshapen JSON, hanging
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.loopback_http import LoopbackHTTP
 
-SPEC_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "headscale-openapi"
+SPEC_DIR = Path(
+    os.environ.get("EXO_HEADSCALE_SPECS")  # a git worktree is not beside shared/
+    or Path(__file__).resolve().parents[2].parent / "shared" / "headscale-openapi"
+)
 VERSIONS = ("0.22.3", "0.23.0", "0.26.1", "0.27.1", "0.28.0", "0.29.2")
 FAULTS = ("500", "401", "403", "404", "truncated", "shape", "hang", "slow", "huge")
 

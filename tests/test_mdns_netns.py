@@ -9,6 +9,7 @@ bare python-zeroconf reference in the same kind of lab.
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -146,6 +147,15 @@ def test_namespaces_on_one_lan_never_see_each_other(netns_lab: LabFactory, nodes
     log = blue[0].log_tail(400)
     assert log.count("bad peer id") == 1, "a bad record is logged once, not every refresh"
     assert "record version '2'" in log
+    # the other cluster is counted, not silently invisible: said once, and in the plugin's status
+    assert log.count("ignoring nodes of namespace 'green' on this LAN") == 1, log
+    status = subprocess.run(
+        [sys.executable, "-m", "exo_discovery_core", "peers", "--json",
+         "--state-dir", str(blue[0].state_dir)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    [mdns] = [p for p in json.loads(status.stdout)["plugins"] if p["name"] == "mdns"]
+    assert mdns["health"].endswith("; ignoring 2 nodes of other namespaces (green)"), mdns
 
 
 def test_a_node_started_before_its_network_comes_up_is_found(

@@ -76,6 +76,8 @@ class MdnsRun:
         self._warned: set[tuple[str, str]] = set()
         self._registering: asyncio.Task[None] | None = None
         self._renamed: str | None = None  # the instance we were renamed to, once logged
+        self.foreign: dict[str, str] = {}  # service name -> namespace, of other clusters' nodes
+        self._foreign_logged: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -254,7 +256,33 @@ class MdnsRun:
         elif not snap.announce and not self.config.browse_only:
             self.context.report_health(False, "no usable address to announce (not on a network?)")
         else:
-            self.context.report_health(True, f"announcing {', '.join(snap.announce) or 'nothing'}")
+            seen = f"announcing {', '.join(snap.announce) or 'nothing'}"
+            self.context.report_health(True, seen + self._foreign_note())
+
+    def _foreign_note(self) -> str:
+        """``; ignoring 2 nodes of other namespaces (lab)``, or nothing."""
+        if not self.foreign:
+            return ""
+        count, names = len(self.foreign), ", ".join(sorted(set(self.foreign.values())))
+        return f"; ignoring {count} node{'s' if count > 1 else ''} of other namespaces ({names})"
+
+    def _foreign_changed(self, name: str, namespace: str | None) -> None:
+        """Count a node of another namespace (or one that left or joined ours)."""
+        before = dict(self.foreign)
+        if namespace is None:
+            self.foreign.pop(name, None)
+        else:
+            self.foreign[name] = namespace
+            if namespace not in self._foreign_logged:  # once per namespace, not per node
+                self._foreign_logged.add(namespace)
+                self.log.info(
+                    "mDNS: ignoring nodes of namespace %r on this LAN (this node's is %r; "
+                    "--namespace or EXO_DISCOVERY_NAMESPACE joins them)",
+                    namespace,
+                    self.context.node.namespace,
+                )
+        if self.foreign != before and self.snap is not None:
+            self._report_unmatched(self.snap)
 
     # -- browsing ------------------------------------------------------------------------------
 
@@ -270,6 +298,7 @@ class MdnsRun:
         if pending is not None:
             pending.cancel()  # a newer state of this service wins
         if state_change is ServiceStateChange.Removed:
+            self._foreign_changed(name, None)
             if self.peers.pop(name, None) is not None:
                 self.log.debug("mDNS service %s left", name)
                 self._notify()
@@ -295,6 +324,7 @@ class MdnsRun:
             ip_version=self.config.ip_version,
             server=info.server,
         )
+        self._foreign_changed(name, result.namespace if isinstance(result, Rejected) else None)
         if isinstance(result, Rejected):
             self._rejected(name, result)
             if self.peers.pop(name, None) is not None:

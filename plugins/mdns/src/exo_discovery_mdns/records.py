@@ -43,10 +43,15 @@ def server_name(instance: str) -> str:
 
 @dataclass(frozen=True)
 class Rejected:
-    """Why an announcement is not a peer; ``quiet`` ones are normal (ourselves, another cluster)."""
+    """Why an announcement is not a peer; ``quiet`` ones are normal (ourselves, another cluster).
+
+    ``namespace`` is set when the node belongs to another namespace: the plugin counts those, so
+    a user who sees no peers learns that the nodes are there but in another cluster.
+    """
 
     reason: str
     quiet: bool = False
+    namespace: str | None = None
 
 
 def _decode(properties: Mapping[bytes, bytes | None] | Mapping[str, str | None]) -> dict[str, str]:
@@ -96,7 +101,9 @@ def candidate_from_service(
     if version != PROTOCOL_VERSION:
         return Rejected(f"record version {version!r}, not {PROTOCOL_VERSION!r}")
     if txt.get("ns") != namespace:
-        return Rejected(f"namespace {txt.get('ns')!r}, not ours", quiet=True)
+        return Rejected(
+            f"namespace {txt.get('ns')!r}, not ours", quiet=True, namespace=txt.get("ns") or "?"
+        )
     try:
         peer_id = PeerId.parse(txt.get("id", ""))
     except ValueError as exc:

@@ -285,6 +285,28 @@ async def test_a_wrong_key_is_a_rejected_key_on_every_version(version: str) -> N
 
 
 @pytest.mark.anyio
+async def test_answer_size_limit_is_an_option_named_in_the_message() -> None:
+    """A node list over max_answer_bytes: the server is reachable and the key accepted; the size
+    line fails and names the option to raise; raising it takes the list."""
+    plugin = _plugin()
+    with FakeHeadscale(version="0.29.2", key=KEY, nodes=_fleet()) as fake:
+        small = {**_config(fake), "max_answer_bytes": 64 * 1024}
+        fake.fault = "huge"  # the real fleet plus ~10 MB of offline nodes
+        checks = {c.name: c for c in await plugin.doctor(make_context(plugin, small, name="headscale"))}
+        assert checks["headscale: server reachable"].ok
+        assert checks["headscale: API key"].ok
+        size = checks["headscale: node list size"]
+        assert not size.ok
+        assert "is larger than max_answer_bytes (65536 bytes); refused" in size.detail
+        assert size.fix.startswith("raise max_answer_bytes in [plugins.headscale]")
+        big = {**small, "max_answer_bytes": 64 * 1024 * 1024}
+        [peers] = await peer_sets(plugin, big, name="headscale", node=_node_info(), timeout=30)
+        assert len(peers) == 2
+    with pytest.raises(ConfigError, match="max_answer_bytes"):
+        ConfigSource(env={}).plugin_config_from("headscale", HeadscaleConfig, {"max_answer_bytes": 10})
+
+
+@pytest.mark.anyio
 async def test_the_key_never_shows(
     caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from pydantic import ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from exo_discovery_core import SourceError
+from exo_discovery_core.remote import TooLarge, read_limited, short_reason
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Api = Literal["node", "machine"]
@@ -34,7 +34,7 @@ TagField = Literal["tags", "forcedTags"]
 ErrorKind = Literal["auth", "not_found", "server", "timeout", "connect", "shape", "too_large"]
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
-"""A node list larger than this is refused (10,000 nodes are about 10 MB)."""
+"""The default of ``max_answer_bytes``: a larger node list is refused (10,000 nodes: ~10 MB)."""
 AUTH_RETRY_AFTER = 60.0
 """A rejected key is not retried sooner: it needs a human, and hammering only fills logs."""
 _UINT64 = Field(ge=0, lt=2**64)
@@ -200,7 +200,8 @@ class HeadscaleError(SourceError):
         "timeout": "check the server is up and not overloaded, or raise timeout",
         "connect": "check api_url's host and port and that Headscale is running and reachable",
         "shape": "check api_url points at Headscale itself, not a proxy or another service",
-        "too_large": "filter with user, or raise the limit (a bug report is welcome)",
+        "too_large": "raise max_answer_bytes in [plugins.headscale] (about 800 bytes a node), or "
+        "set user to list fewer nodes",
     }
 
     def __init__(self, message: str, *, kind: ErrorKind, retry_after: float | None = None) -> None:
@@ -316,9 +317,13 @@ class HeadscaleClient:
                     method, url, params=params, content=content, headers=headers
                 ) as response:
                     if response.status_code >= 300:
-                        detail = _server_message(await _read(response, 4096, self.max_bytes))
-                        raise self._status_error(response.status_code, detail)
-                    return await _read(response, self.max_bytes, self.max_bytes)
+                        page = await read_limited(response.aiter_bytes(), 4096, truncate=True)
+                        raise self._status_error(response.status_code, _server_message(page))
+                    return await read_limited(
+                        response.aiter_bytes(),
+                        self.max_bytes,
+                        declared_length=response.headers.get("content-length"),
+                    )
         except TimeoutError:
             raise HeadscaleError(
                 f"no answer from {self.base_url} within {self.timeout:g} s", kind="timeout"
@@ -327,15 +332,15 @@ class HeadscaleClient:
             raise HeadscaleError(
                 f"no answer from {self.base_url} within {self.timeout:g} s", kind="timeout"
             ) from None
-        except _TooLarge as exc:
+        except TooLarge as exc:
             raise HeadscaleError(
-                f"answer from {self.base_url} is larger than {exc.limit // (1024 * 1024)} MiB; "
-                "refused",
+                f"node list from {self.base_url} is larger than max_answer_bytes "
+                f"({_size(exc.limit)}); refused, the last good list is kept",
                 kind="too_large",
             ) from None
         except (httpx.ConnectError, httpx.NetworkError, httpx.ProtocolError) as exc:
             raise HeadscaleError(
-                f"cannot reach {self.base_url}: {_why(exc)}", kind="connect"
+                f"cannot reach {self.base_url}: {short_reason(exc)}", kind="connect"
             ) from None
         except httpx.HTTPError as exc:
             raise HeadscaleError(
@@ -388,28 +393,9 @@ class HeadscaleClient:
         return text
 
 
-class _TooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
-
-
-async def _read(response: httpx.Response, keep: int, limit: int) -> bytes:
-    """Up to ``keep`` bytes of the body; raise :class:`_TooLarge` past ``limit``."""
-    declared = response.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(limit)
-        if size - len(chunk) < keep:
-            chunks.append(chunk)
-        if size >= keep and keep < limit:
-            break
-    return b"".join(chunks)[:keep]
+def _size(limit: int) -> str:
+    mib = limit / (1024 * 1024)
+    return f"{mib:g} MiB" if mib >= 1 else f"{limit} bytes"
 
 
 def _server_message(body: bytes) -> str:
@@ -422,19 +408,6 @@ def _server_message(body: bytes) -> str:
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         return " ".join(data["message"].split())[:200]
     return ""
-
-
-def _why(exc: httpx.HTTPError) -> str:
-    """A short reason from the exception's cause (e.g. "connection refused"), never its request."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno).lower()
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror.lower()
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc).strip()
-    return text[:200] if text else type(exc).__name__
 
 
 __all__ = [

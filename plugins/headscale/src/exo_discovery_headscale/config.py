@@ -94,6 +94,13 @@ class HeadscaleConfig(BaseModel):
         gt=0,
         le=300,
     )
+    max_answer_bytes: int = option(
+        64 * 1024 * 1024,
+        help="Largest node list accepted, in bytes (about 800 a node: 64 MiB is ~80,000 nodes); "
+        "a larger answer is refused and the last good list kept",
+        ge=64 * 1024,
+        le=4 * 1024 * 1024 * 1024,
+    )
 
     _empty_url = field_validator("api_url", "user", mode="before")(_empty_is_none)
 

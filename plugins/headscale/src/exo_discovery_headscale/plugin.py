@@ -73,6 +73,7 @@ class HeadscalePlugin:
             config.api_url,
             config.api_key,
             timeout=config.timeout,
+            max_bytes=config.max_answer_bytes,
             auth_retry_after=self.auth_retry_after,
             transport=self.transport,
         )
@@ -366,12 +367,21 @@ async def _doctor(
         try:
             nodes = await client.list_wire_nodes(config.user)
         except HeadscaleError as exc:
-            if exc.kind == "auth":
+            if exc.kind in ("auth", "too_large"):  # it answered: the key or the size is wrong
                 checks.append(
                     CheckResult(
                         name="headscale: server reachable", ok=True, detail=f"{url} answers"
                     )
                 )
+            if exc.kind == "too_large":  # a 200: the key was accepted
+                if config.api_key is not None:
+                    checks.append(CheckResult(name="headscale: API key", ok=True, detail="accepted"))
+                checks.append(
+                    CheckResult(
+                        name="headscale: node list size", ok=False, detail=str(exc), fix=exc.fix
+                    )
+                )
+            elif exc.kind == "auth":
                 if config.api_key is not None:
                     checks.append(
                         CheckResult(

@@ -17,8 +17,17 @@ if TYPE_CHECKING:
     from .config import ConfigError, NodeConfig, option
     from .hookspecs import hookimpl
     from .identity import PeerId
-    from .models import (
+    from .ip import (
+        IP,
         TAILSCALE_NETWORKS,
+        interface_addresses,
+        is_tailscale,
+        local_addresses,
+        parse_ip,
+        parse_ips,
+    )
+    from .logonce import LogOnce
+    from .models import (
         Address,
         CheckResult,
         ConnectionEvent,
@@ -26,9 +35,9 @@ if TYPE_CHECKING:
         DiscoveryContext,
         NodeInfo,
         PeerCandidate,
+        PeerSets,
     )
     from .polling import SourceError, Trigger, poll
-    from .routes import is_tailscale, local_addresses
 
 _EXPORTS = {
     "ConfigError": "config",
@@ -36,7 +45,14 @@ _EXPORTS = {
     "option": "config",
     "hookimpl": "hookspecs",
     "PeerId": "identity",
-    "TAILSCALE_NETWORKS": "models",
+    "IP": "ip",
+    "TAILSCALE_NETWORKS": "ip",
+    "interface_addresses": "ip",
+    "is_tailscale": "ip",
+    "local_addresses": "ip",
+    "parse_ip": "ip",
+    "parse_ips": "ip",
+    "LogOnce": "logonce",
     "Address": "models",
     "CheckResult": "models",
     "ConnectionEvent": "models",
@@ -44,11 +60,10 @@ _EXPORTS = {
     "DiscoveryContext": "models",
     "NodeInfo": "models",
     "PeerCandidate": "models",
+    "PeerSets": "models",
     "SourceError": "polling",
     "Trigger": "polling",
     "poll": "polling",
-    "is_tailscale": "routes",
-    "local_addresses": "routes",
 }
 
 
@@ -66,6 +81,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "IP",
     "TAILSCALE_NETWORKS",
     "Address",
     "CheckResult",
@@ -73,15 +89,20 @@ __all__ = [
     "ConnectionEvent",
     "ConnectionState",
     "DiscoveryContext",
+    "LogOnce",
     "NodeConfig",
     "NodeInfo",
     "PeerCandidate",
     "PeerId",
+    "PeerSets",
     "SourceError",
     "Trigger",
     "hookimpl",
+    "interface_addresses",
     "is_tailscale",
     "local_addresses",
     "option",
+    "parse_ip",
+    "parse_ips",
     "poll",
 ]

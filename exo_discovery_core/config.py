@@ -49,14 +49,23 @@ def option(
     flag: str | None = None,
     env: str | None = None,
     secret: bool = False,
+    needed: bool = False,
     **field_kwargs: Any,
 ) -> Any:
     """A config field that may also be set by ``env`` and ``flag``.
 
     ``secret=True`` also accepts ``<key>_file`` in the file and ``<ENV>_FILE`` in the environment
     (the value is the file's content); declare such fields as ``SecretStr`` so they never print.
+    ``needed=True`` marks what a user must set for the plugin to run: an idle plugin's message
+    and ``doctor`` name these options (with their flag and env var), so no plugin writes that text.
+    An empty env var or flag value counts as unset.
     """
-    extra: dict[str, Any] = {"exo_flag": flag, "exo_env": env, "exo_secret": secret}
+    extra: dict[str, Any] = {
+        "exo_flag": flag,
+        "exo_env": env,
+        "exo_secret": secret,
+        "exo_needed": needed,
+    }
     return Field(default, description=help, json_schema_extra=extra, **field_kwargs)
 
 
@@ -354,12 +363,12 @@ class ConfigSource:
                 )
         for name, info in fields.items():
             flag, env, secret = option_meta(info)
-            if env and env in self.env:
+            if env and _is_set(self.env.get(env)):
                 layer.set(name, _from_text(self.env[env], info), f"env {env}")
-            if secret and env and self.env.get(f"{env}_FILE"):
+            if secret and env and _is_set(self.env.get(f"{env}_FILE")):
                 origin = f"env {env}_FILE"
                 layer.set(name, _read_secret(self.env[f"{env}_FILE"], origin), origin)
-            if flag and self.flags.get(flag) is not None:
+            if flag and _is_set(self.flags.get(flag)):
                 value = self.flags[flag]
                 text = isinstance(value, str)
                 layer.set(name, _from_text(value, info) if text else value, f"flag {flag}")
@@ -406,6 +415,11 @@ def _read_secret(path: str, origin: str) -> str:
         raise ConfigError(f"{origin}: cannot read {path!r}: {exc.strerror}") from None
     except ValueError as exc:  # a NUL in the path, a file that is not UTF-8
         raise ConfigError(f"{origin}: cannot read {path!r}: {exc}") from None
+
+
+def _is_set(value: Any) -> bool:
+    """An env var or flag that is absent, empty or only white space leaves the option unset."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
 
 
 def _split(text: str) -> list[str]:

@@ -40,12 +40,9 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
     )
     peer_id, key_check = _identity_check(node_config.state_dir / KEY_FILE_NAME)
     _print(key_check)
-    node = NodeInfo(
-        peer_id,
-        node_config.namespace,
-        node_config.port,
-        (Address(host="127.0.0.1", port=node_config.port or 1),),
-    )
+    port = node_config.port  # 0 (any free port): no address to tell the plugins yet
+    listen = (Address(host="127.0.0.1", port=port),) if port else ()
+    node = NodeInfo(peer_id, node_config.namespace, port, listen)
     all_ok = key_check.ok
     for info in host.infos_sorted():
         if not info.enabled:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .identity import InvalidPeerId, PeerId
+from .ip import parse_ip
 from .models import Address, PeerCandidate
 
 SOURCE = "exchange"
@@ -73,7 +74,7 @@ def _candidate(peer_id: str, addr: str, sender: str, sender_host: str) -> PeerCa
     if parsed is None:
         return None
     peer, address = parsed
-    ip, sender_ip = address.ip, Address(host=sender_host, port=1).ip
+    ip, sender_ip = address.ip, parse_ip(sender_host)
     if ip is not None and ip.is_loopback and sender_ip is not None and not sender_ip.is_loopback:
         # the sender reaches that peer on its own host: for us, that is the sender's address
         address = Address(host=sender_host, port=address.port)

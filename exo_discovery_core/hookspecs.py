@@ -8,12 +8,12 @@ Only ``discover_peers`` is needed; the rest are optional.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Iterable
+from collections.abc import Awaitable
 
 import pluggy
 from pydantic import BaseModel
 
-from .models import CheckResult, ConnectionEvent, DiscoveryContext, PeerCandidate
+from .models import CheckResult, ConnectionEvent, DiscoveryContext, PeerSets
 
 PROJECT = "exo_discovery"
 ENTRY_POINT_GROUP = "exo_discovery"
@@ -21,7 +21,17 @@ ENTRY_POINT_GROUP = "exo_discovery"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-PeerSets = AsyncGenerator[Iterable[PeerCandidate], None]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PROJECT",
+    "PeerSets",
+    "config_model",
+    "discover_peers",
+    "doctor",
+    "hookimpl",
+    "hookspec",
+    "on_connection",
+]
 
 
 @hookspec

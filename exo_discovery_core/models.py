@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -13,13 +12,13 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .identity import PeerId
+from .ip import IP, LocalNetworks, parse_ip
+from .optionhelp import how_to_set
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
-TAILSCALE_NETWORKS = (
-    ipaddress.ip_network("100.64.0.0/10"),
-    ipaddress.ip_network("fd7a:115c:a1e0::/48"),
-)
+OWN_ADDRESSES_MAX_AGE = 2.0
+"""How long this host's interface addresses are reused before they are read again."""
 
 
 class Address(BaseModel):
@@ -33,22 +32,17 @@ class Address(BaseModel):
     @field_validator("host")
     @classmethod
     def _normalise_host(cls, value: str) -> str:
-        text = value.strip().removeprefix("[").removesuffix("]")
-        try:
-            ip = ipaddress.ip_address(text)
-        except ValueError:
-            return text.lower().rstrip(".")
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)  # a dual-stack listener's view of an IPv4 peer
+        ip = parse_ip(value)
+        if ip is None:
+            return value.strip().removeprefix("[").removesuffix("]").lower().rstrip(".")
+        if ip.version == 6 and "%" in value:  # a scoped address keeps its zone: needed to dial
+            return f"{ip}%{value.strip().removesuffix(']').split('%', 1)[1]}"
         return str(ip)
 
     @property
-    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    def ip(self) -> IP | None:
         """The IP when ``host`` is a literal, else None (a DNS name)."""
-        try:
-            return ipaddress.ip_address(self.host.split("%", 1)[0])
-        except ValueError:
-            return None
+        return parse_ip(self.host)
 
     def __str__(self) -> str:
         ip = self.ip
@@ -113,14 +107,39 @@ class ConnectionEvent(BaseModel):
         return self.state is ConnectionState.CONNECTED
 
 
+PeerSets = AsyncIterator[Iterable[PeerCandidate]]
+"""What ``discover_peers`` returns: an async iterator of peer sets, each the whole set seen now."""
+
+
 @dataclass(frozen=True)
 class NodeInfo:
-    """The node itself, as a plugin needs to know it (to announce itself, to skip itself)."""
+    """The node itself, as a plugin needs to know it (to announce itself, to skip itself).
+
+    ``local`` is this host's interfaces (a test gives its own); :meth:`is_own` is the one answer
+    to "is this address mine".
+    """
 
     peer_id: PeerId
     namespace: str
     port: int
     listen_addresses: tuple[Address, ...]
+    local: LocalNetworks = field(
+        default_factory=lambda: LocalNetworks(max_age=OWN_ADDRESSES_MAX_AGE),
+        repr=False,
+        compare=False,
+    )
+
+    def own_ips(self) -> frozenset[IP]:
+        """This node's IPs: every address of this host's interfaces and each listen address."""
+        listen = {a.ip for a in self.listen_addresses if a.ip is not None}
+        return self.local.addresses | {ip for ip in listen if not ip.is_unspecified}
+
+    def is_own(self, address: IP | str | Address) -> bool:
+        """True when ``address`` is this host: loopback, unspecified or one of :meth:`own_ips`."""
+        ip = address.ip if isinstance(address, Address) else address
+        if isinstance(ip, str):
+            ip = parse_ip(ip)
+        return ip is not None and (ip.is_loopback or ip.is_unspecified or ip in self.own_ips())
 
 
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
@@ -146,6 +165,11 @@ class DiscoveryContext(Generic[ConfigT]):
     log: logging.Logger
     report_health: Callable[[bool, str], None] = field(default=lambda ok, message: None)
     start_soon: Callable[[BackgroundTask], None] = field(default=_no_background)
+
+    def how_to_set(self, *keys: str) -> str:
+        """How a user sets ``keys`` of this plugin's config (default: its ``needed`` options),
+        rendered from their ``option`` declarations: for idle messages and ``doctor`` fixes."""
+        return how_to_set(type(self.config), f"[plugins.{self.plugin_name}]", keys)
 
 
 class CheckResult(BaseModel):

@@ -19,6 +19,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from .backoff import Backoff
+from .logonce import LogOnce
 
 T = TypeVar("T")
 
@@ -95,42 +96,42 @@ async def poll(
     backoff = Backoff(initial=max(first, 0.05), maximum=max(max_backoff, first))
     trigger = trigger or Trigger()
     limit = timeout if timeout is not None else max(first, 5.0)
+    said = LogOnce(log)
     last: T | None = None
     have_last = False
     failing: str | None = None
     while True:
+        problem: str | None = None
+        retry_after: float | None = None
         try:
             with anyio.fail_after(limit):
                 result = await fetch()
         except TimeoutError:
-            failing, delay = _failed(log, what, f"no answer within {limit:g} s", failing, backoff)
+            problem = f"no answer within {limit:g} s"
         except SourceError as exc:
-            failing, delay = _failed(log, what, str(exc), failing, backoff)
-            delay = exc.retry_after if exc.retry_after is not None else delay
+            problem, retry_after = str(exc), exc.retry_after
         except Exception as exc:  # a bug in fetch must not end discovery
-            if failing != repr(exc):
+            problem = repr(exc)
+            if said.changed(what, problem):
                 log.exception("%s failed unexpectedly; will retry", what)
-            failing, delay = _failed(log, what, repr(exc), repr(exc), backoff)
         else:
-            if failing is not None:
+            if said.clear(what):
                 log.info("%s is answering again", what)
-                failing = None
             backoff.reset()
             delay = interval_now()  # asked after the fetch, which may have changed it
             if not have_last or result != last:
                 last, have_last = result, True
                 yield result
+        if problem is not None:
+            if said.changed(what, problem):
+                kept = "keeping the last good result; " if failing is None else ""
+                log.warning("%s failed: %s (%sretrying with backoff)", what, problem, kept)
+            else:
+                log.debug("%s still failing: %s", what, problem)
+            delay = backoff.next()  # the backoff grows even while retry_after overrides it
+            if retry_after is not None:
+                delay = retry_after
+        failing = problem
         if report_health is not None:
             report_health(failing is None, failing or "ok")
         await trigger.wait(delay)
-
-
-def _failed(
-    log: logging.Logger, what: str, message: str, previous: str | None, backoff: Backoff
-) -> tuple[str, float]:
-    if message != previous:
-        kept = "keeping the last good result; " if previous is None else ""
-        log.warning("%s failed: %s (%sretrying with backoff)", what, message, kept)
-    else:
-        log.debug("%s still failing: %s", what, message)
-    return message, backoff.next()

@@ -7,68 +7,19 @@ IPv6 are treated alike; within a rank the order the plugin gave is kept.
 
 from __future__ import annotations
 
-import ipaddress
-import time
 from collections.abc import Iterable
 
-import ifaddr
+from .ip import LocalNetworks, is_tailscale, local_addresses, local_interfaces
+from .models import Address
 
-from .models import TAILSCALE_NETWORKS, Address
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def local_interfaces() -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
-    """Every address of this host's interfaces with its network (``ifaddr``, zone ids dropped)."""
-    found: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            try:
-                found.append(ipaddress.ip_interface(f"{text.split('%')[0]}/{ip.network_prefix}"))
-            except ValueError:
-                continue
-    return found
-
-
-def local_addresses() -> set[IPAddress]:
-    """This host's interface addresses, loopback included: what "our own address" means."""
-    return {iface.ip for iface in local_interfaces()}
-
-
-def is_tailscale(ip: IPAddress) -> bool:
-    return any(ip in net for net in TAILSCALE_NETWORKS)
-
-
-class LocalNetworks:
-    """This host's addresses and networks, re-read at most every ``max_age`` seconds."""
-
-    def __init__(self, max_age: float = 30.0) -> None:
-        self.max_age = max_age
-        self._read_at = -max_age
-        self._networks: list[IPNetwork] = []
-        self._addresses: set[IPAddress] = set()
-
-    def _refresh(self) -> None:
-        if time.monotonic() - self._read_at < self.max_age:
-            return
-        interfaces = local_interfaces()
-        self._addresses = {iface.ip for iface in interfaces}
-        self._networks = [
-            iface.network
-            for iface in interfaces
-            if not iface.ip.is_loopback and not iface.ip.is_link_local
-        ]
-        self._read_at = time.monotonic()
-
-    def is_local_address(self, ip: IPAddress) -> bool:
-        self._refresh()
-        return ip.is_loopback or ip.is_unspecified or ip in self._addresses
-
-    def on_same_lan(self, ip: IPAddress) -> bool:
-        self._refresh()
-        return any(ip in net for net in self._networks)
+__all__ = [
+    "LocalNetworks",
+    "by_preference",
+    "is_tailscale",
+    "local_addresses",
+    "local_interfaces",
+    "rank",
+]
 
 
 def rank(address: Address, local: LocalNetworks) -> int:

@@ -60,7 +60,6 @@ async def supervise(
         try:
             async with running(host, context) as stream:
                 if stream is None:
-                    context.log.info("plugin %r is idle (discover_peers returned None)", name)
                     return
                 async for item in stream:
                     on_set(name, _as_set(name, item))
@@ -101,6 +100,12 @@ async def running(host: PluginHost, context: DiscoveryContext[Any]) -> AsyncIter
         try:
             stream = await _call_hook(host, context.plugin_name, run_context)
             if stream is None:
+                how = context.how_to_set()
+                context.log.info(
+                    "plugin %r is idle%s",
+                    context.plugin_name,
+                    f"; to use it, {how}" if how else " (discover_peers returned None)",
+                )
                 yield None
             else:
                 async with aclosing(stream):

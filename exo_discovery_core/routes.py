@@ -7,6 +7,7 @@ IPv6 are treated alike; within a rank the order the plugin gave is kept.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from .ip import LocalNetworks, is_tailscale, local_addresses, local_interfaces

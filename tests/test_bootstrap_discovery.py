@@ -22,10 +22,11 @@ import anyio
 import pytest
 
 from exo_discovery_bootstrap import BootstrapPlugin
-from exo_discovery_bootstrap import plugin as bootstrap_module
-from exo_discovery_bootstrap.plugin import system_local_addresses, system_resolver
-from exo_discovery_core import Address, DiscoveryContext, NodeInfo, PeerCandidate
+from exo_discovery_bootstrap.plugin import plugin as bootstrap_plugin
+from exo_discovery_bootstrap.plugin import system_resolver
+from exo_discovery_core import Address, DiscoveryContext, NodeInfo, PeerCandidate, local_addresses
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.ip import LocalNetworks, local_interfaces
 from exo_discovery_core.testing import make_context, peer_sets
 
 LOGGER = "exo_discovery.plugin.bootstrap"
@@ -38,17 +39,18 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def node_info(port: int = NODE_PORT) -> NodeInfo:
+def node_info(port: int = NODE_PORT, local: LocalNetworks | None = None) -> NodeInfo:
     return NodeInfo(
         peer_id=Identity.generate().peer_id,
         namespace="test",
         port=port,
         listen_addresses=(Address(host="0.0.0.0", port=port),),
+        local=local or LocalNetworks(),
     )
 
 
 def context(
-    config: dict[str, Any], plugin: object = bootstrap_module, node: NodeInfo | None = None
+    config: dict[str, Any], plugin: object = bootstrap_plugin, node: NodeInfo | None = None
 ) -> DiscoveryContext[Any]:
     return make_context(plugin, config, name="bootstrap", node=node or node_info())
 
@@ -98,7 +100,7 @@ class Running:
 
 @asynccontextmanager
 async def running(
-    ctx: DiscoveryContext[Any], plugin: Any = bootstrap_module
+    ctx: DiscoveryContext[Any], plugin: Any = bootstrap_plugin
 ) -> AsyncIterator[Running]:
     stream = plugin.discover_peers(ctx)
     assert stream is not None
@@ -128,7 +130,7 @@ async def test_ip_entries_are_candidates_with_their_peer_ids() -> None:
         "10.0.0.3:6000",
         "[fd00::3]:6001",
     ]
-    [first] = await peer_sets(bootstrap_module, context=context({"peers": peers}))
+    [first] = await peer_sets(bootstrap_plugin, context=context({"peers": peers}))
     assert shape(first) == {
         cand("10.0.0.2", 52417),
         cand("fd00::2", 52417, OTHER),
@@ -141,7 +143,7 @@ async def test_ip_entries_are_candidates_with_their_peer_ids() -> None:
 
 @pytest.mark.anyio
 async def test_no_peers_configured_means_idle() -> None:
-    assert await peer_sets(bootstrap_module, context=context({})) == []
+    assert await peer_sets(bootstrap_plugin, context=context({})) == []
 
 
 @pytest.mark.anyio
@@ -154,7 +156,7 @@ async def test_same_peer_twice_is_one_candidate() -> None:
         "10.0.0.5:1",
         "/ip4/10.0.0.5/tcp/1",
     ]
-    [first] = await peer_sets(bootstrap_module, context=context({"peers": peers}))
+    [first] = await peer_sets(bootstrap_plugin, context=context({"peers": peers}))
     assert shape(first) == {
         (OTHER, ("10.0.0.2:1", "10.0.0.9:1")),
         cand("10.0.0.5", 1),
@@ -169,7 +171,7 @@ async def test_localhost_resolves_to_its_loopback_addresses() -> None:
     expected = localhost_ips()
     assert "127.0.0.1" in expected
     [first] = await peer_sets(
-        bootstrap_module, context=context({"peers": ["/dns/localhost/tcp/6001", "localhost:6002"]})
+        bootstrap_plugin, context=context({"peers": ["/dns/localhost/tcp/6001", "localhost:6002"]})
     )
     assert shape(first) == {cand(ip, port) for ip in expected for port in (6001, 6002)}
 
@@ -177,11 +179,11 @@ async def test_localhost_resolves_to_its_loopback_addresses() -> None:
 @pytest.mark.anyio
 async def test_dns4_asks_only_a_and_dns6_only_aaaa() -> None:
     [v4] = await peer_sets(
-        bootstrap_module, context=context({"peers": ["/dns4/localhost/tcp/6001"]})
+        bootstrap_plugin, context=context({"peers": ["/dns4/localhost/tcp/6001"]})
     )
     assert shape(v4) == {cand("127.0.0.1", 6001)}
     [v6] = await peer_sets(
-        bootstrap_module, context=context({"peers": ["/dns6/localhost/tcp/6001", "10.0.0.2:1"]})
+        bootstrap_plugin, context=context({"peers": ["/dns6/localhost/tcp/6001", "10.0.0.2:1"]})
     )
     # ::1 only if this host maps localhost to it; either way no IPv4 address comes from /dns6.
     assert shape(v6) == {cand(ip, 6001) for ip in localhost_ips(socket.AF_INET6)} | {
@@ -270,10 +272,9 @@ async def test_names_are_resolved_again_every_round() -> None:
 @pytest.mark.anyio
 async def test_own_address_and_own_peer_id_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    node = node_info(NODE_PORT)
-    lan = sorted(
-        str(ip) for ip in system_local_addresses() if ip.version == 4 and not ip.is_loopback
-    )
+    injected = ipaddress.ip_interface("10.1.2.3/32")
+    node = node_info(NODE_PORT, LocalNetworks(read=lambda: [*local_interfaces(), injected]))
+    lan = sorted(str(ip) for ip in local_addresses() if ip.version == 4 and not ip.is_loopback)
     own = [
         f"127.0.0.1:{NODE_PORT}",
         f"[::1]:{NODE_PORT}",
@@ -284,10 +285,7 @@ async def test_own_address_and_own_peer_id_are_skipped(caplog: pytest.LogCapture
         *(f"{ip}:{NODE_PORT}" for ip in lan[:1]),  # a real interface address of this host
     ]
     kept = [f"127.0.0.1:{NODE_PORT + 1}", f"10.1.2.3:{NODE_PORT + 1}", f"10.1.2.4:{NODE_PORT}"]
-    plugin = BootstrapPlugin(
-        local_addresses=lambda: system_local_addresses() | {ipaddress.ip_address("10.1.2.3")}
-    )
-    [first] = await peer_sets(plugin, context=context({"peers": own + kept}, plugin, node))
+    [first] = await peer_sets(bootstrap_plugin, context=context({"peers": own + kept}, node=node))
     assert shape(first) == {
         cand("127.0.0.1", NODE_PORT + 1),
         cand("10.1.2.3", NODE_PORT + 1),
@@ -314,7 +312,7 @@ async def test_peers_file_formats(tmp_path: Path, name: str, content: str) -> No
     path = tmp_path / name
     path.write_text(content)
     [first] = await peer_sets(
-        bootstrap_module, context=context({"peers": ["10.0.0.4:3"], "peers_file": str(path)})
+        bootstrap_plugin, context=context({"peers": ["10.0.0.4:3"], "peers_file": str(path)})
     )
     assert shape(first) == {cand("10.0.0.2", 1), cand("10.0.0.3", 2), cand("10.0.0.4", 3)}
 
@@ -402,7 +400,7 @@ async def test_doctor_reports_entries_names_and_file(tmp_path: Path) -> None:
     path = tmp_path / "peers.txt"
     path.write_text("10.0.0.2:1\n/ip4/10.0.0.3/udp/1\ndoes-not-exist.invalid:5\n")
     ctx = context({"peers": ["localhost:6001"], "peers_file": str(path)})
-    checks = await bootstrap_module.doctor(ctx)
+    checks = await bootstrap_plugin.doctor(ctx)
     by_name = {c.name: c for c in checks}
     local = by_name["bootstrap peer 'localhost:6001' (config)"]
     assert local.ok and f"resolves to {len(localhost_ips())} address(es)" in local.detail
@@ -414,8 +412,8 @@ async def test_doctor_reports_entries_names_and_file(tmp_path: Path) -> None:
     assert not dns.ok and "does not resolve" in dns.detail and dns.fix
 
     path.unlink()
-    [missing] = await bootstrap_module.doctor(context({"peers_file": str(path)}))
+    [missing] = await bootstrap_plugin.doctor(context({"peers_file": str(path)}))
     assert not missing.ok and "cannot read" in missing.detail and "peers_file" in missing.fix
 
-    [idle] = await bootstrap_module.doctor(context({}))
+    [idle] = await bootstrap_plugin.doctor(context({}))
     assert idle.ok and "idle" in idle.detail

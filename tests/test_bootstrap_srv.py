@@ -16,6 +16,7 @@ from exo_discovery_bootstrap.peersfile import parse_peers_file
 from exo_discovery_bootstrap.srv import best_first
 from exo_discovery_core import Address, NodeInfo
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.ip import LocalNetworks
 from exo_discovery_core.testing import collecting, make_context
 
 SERVICE = "_exo-discovery._tcp.example.com"
@@ -25,6 +26,7 @@ NODE = NodeInfo(
     namespace="test",
     port=40001,
     listen_addresses=(Address(host="0.0.0.0", port=40001),),
+    local=LocalNetworks(read=list),  # no interfaces: no record is this node by accident
 )
 
 
@@ -71,7 +73,7 @@ async def fixed_a(name: str, port: int, family: Any) -> list[str]:
 
 
 def _plugin(srv: Srv) -> BootstrapPlugin:
-    return BootstrapPlugin(resolver=fixed_a, local_addresses=set, srv_resolver=srv)
+    return BootstrapPlugin(resolver=fixed_a, srv_resolver=srv)
 
 
 def _shown(peers: frozenset[Any]) -> set[tuple[str, ...]]:

@@ -14,6 +14,7 @@ import pytest
 from exo_discovery_core import Address, NodeInfo, PeerCandidate, PeerId
 from exo_discovery_core.config import ConfigError, ConfigSource
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.ip import LocalNetworks
 from exo_discovery_core.testing import collecting, make_context, peer_sets
 from exo_discovery_headscale.api import HeadscaleClient, HeadscaleError
 from exo_discovery_headscale.config import HeadscaleConfig
@@ -30,16 +31,18 @@ def anyio_backend() -> str:
 
 
 def _node_info(port: int = 52417) -> NodeInfo:
+    """This node: its one interface address is ME, the Tailscale IP of node 1 of the fleet."""
     return NodeInfo(
         peer_id=Identity.generate().peer_id,
         namespace="test",
         port=port,
         listen_addresses=(Address(host="127.0.0.1", port=port),),
+        local=LocalNetworks(read=lambda: [ipaddress.ip_interface(ME)]),
     )
 
 
 def _plugin() -> HeadscalePlugin:
-    return HeadscalePlugin(local_addresses=lambda: {ME}, auth_retry_after=0.2, register_retry=0.2)
+    return HeadscalePlugin(auth_retry_after=0.2, register_retry=0.2)
 
 
 def _config(fake: FakeHeadscale, **extra: Any) -> dict[str, Any]:
@@ -157,7 +160,7 @@ async def test_fault_messages_are_clear() -> None:
             async with HeadscaleClient(fake.url, HeadscaleConfig(api_key=KEY).api_key,
                                        timeout=0.5) as client:
                 with pytest.raises(HeadscaleError) as info:
-                    await client.list_nodes()
+                    await client.list_wire_nodes()
             assert text in str(info.value), (fault, str(info.value))
             assert info.value.fix
             if fault in ("401", "403"):
@@ -165,14 +168,14 @@ async def test_fault_messages_are_clear() -> None:
         fake.fault = None
         async with HeadscaleClient(fake.url, None) as client:
             with pytest.raises(HeadscaleError, match="no API key configured"):
-                await client.list_nodes()
+                await client.list_wire_nodes()
         async with HeadscaleClient(fake.url, HeadscaleConfig(api_key=KEY).api_key,
                                    max_bytes=1000) as client:
             with pytest.raises(HeadscaleError, match="larger than"):
-                await client.list_nodes()
+                await client.list_wire_nodes()
     async with HeadscaleClient(fake.url, None, timeout=2) as client:  # server gone
         with pytest.raises(HeadscaleError, match="cannot reach .*refused") as refused:
-            await client.list_nodes()
+            await client.list_wire_nodes()
     assert refused.value.kind == "connect"
 
 
@@ -203,7 +206,7 @@ async def test_self_register_adds_the_tag_and_keeps_others(version: str) -> None
 @pytest.mark.anyio
 async def test_idle_without_url_says_how(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    assert await peer_sets(_plugin(), {}, name="headscale") == []
+    assert await peer_sets(_plugin(), {}, name="headscale", node=_node_info()) == []
     [line] = [r.getMessage() for r in caplog.records if "idle" in r.getMessage()]
     assert "HEADSCALE_API_URL" in line and "api_key" in line
 
@@ -248,7 +251,7 @@ async def test_doctor_reports_and_fixes() -> None:
         assert "6 visible, 4 members (tag:exo), 3 of them online" in checks["headscale: nodes"].detail
         assert "node 1" in checks["headscale: this node"].detail
 
-        bad = make_context(plugin, {**_config(fake), "api_key": "wrong"}, name="headscale")
+        bad = make_context(plugin, {**_config(fake), "api_key": "wrong"}, name="headscale", node=_node_info())
         checks = {c.name: c for c in await plugin.doctor(bad)}
         assert not checks["headscale: API key"].ok and checks["headscale: API key"].fix
 
@@ -258,7 +261,7 @@ async def test_doctor_reports_and_fixes() -> None:
     checks = {c.name: c for c in await plugin.doctor(context)}  # server gone
     assert not checks["headscale: server reachable"].ok
     assert checks["headscale: server reachable"].fix
-    idle = make_context(plugin, {}, name="headscale")
+    idle = make_context(plugin, {}, name="headscale", node=_node_info())
     assert [c.ok for c in await plugin.doctor(idle)] == [True]
 
 
@@ -331,7 +334,7 @@ async def test_the_key_never_shows(
             for fault in ("500", "404", "truncated", None):
                 fake.fault = fault
                 try:
-                    await client.list_nodes()
+                    await client.list_wire_nodes()
                 except HeadscaleError as exc:
                     seen += [str(exc), repr(exc), exc.fix]
         # the key accepted, self-registration and a set_tags failure all logged

@@ -32,7 +32,9 @@ import anyio
 import httpx
 import pytest
 
-from exo_discovery_core import PeerCandidate
+from exo_discovery_core import Address, NodeInfo, PeerCandidate
+from exo_discovery_core.identity import Identity
+from exo_discovery_core.ip import LocalNetworks
 from exo_discovery_core.testing import make_context, peer_sets
 from exo_discovery_headscale.plugin import HeadscalePlugin
 from tests.support.gotools import TOOLS, binary_path
@@ -134,8 +136,18 @@ def tailnet() -> Iterator[Tailnet]:
 
 
 def _plugin() -> HeadscalePlugin:
-    """The plugin with no interface lookup: this node is only what self_addresses says."""
-    return HeadscalePlugin(local_addresses=set, register_retry=1.0)
+    return HeadscalePlugin(register_retry=1.0)
+
+
+def _node() -> NodeInfo:
+    """A node without interfaces: which tailnet node it is, only self_addresses says."""
+    return NodeInfo(
+        peer_id=Identity.generate().peer_id,
+        namespace="test",
+        port=PORT,
+        listen_addresses=(Address(host="127.0.0.1", port=PORT),),
+        local=LocalNetworks(read=list),
+    )
 
 
 def _expected(*members: tuple[TailscaleClient, int]) -> Expected:
@@ -162,7 +174,7 @@ def _hosts(peers: Iterable[PeerCandidate]) -> set[str]:
 
 async def test_discovers_exactly_the_other_online_tagged_nodes(tailnet: Tailnet) -> None:
     """b and c (c at its port tag's port), with both Tailscale IPs; not u, not a itself."""
-    [peers] = await peer_sets(_plugin(), tailnet.config(), name="headscale", timeout=20)
+    [peers] = await peer_sets(_plugin(), tailnet.config(), name="headscale", node=_node(), timeout=20)
     assert _summary(peers) == _expected((tailnet.b, PORT), (tailnet.c, TAG_PORT))
     server = tailnet.nodes()
     for peer in peers:
@@ -176,22 +188,22 @@ async def test_discovers_exactly_the_other_online_tagged_nodes(tailnet: Tailnet)
 
 async def test_each_node_sees_the_others(tailnet: Tailnet) -> None:
     """From c's seat: a and b; from u's seat (untagged, not a member): all three tagged."""
-    [from_c] = await peer_sets(_plugin(), tailnet.config(tailnet.c), name="headscale", timeout=20)
+    [from_c] = await peer_sets(_plugin(), tailnet.config(tailnet.c), name="headscale", node=_node(), timeout=20)
     assert _summary(from_c) == _expected((tailnet.a, PORT), (tailnet.b, PORT))
-    [from_u] = await peer_sets(_plugin(), tailnet.config(tailnet.u), name="headscale", timeout=20)
+    [from_u] = await peer_sets(_plugin(), tailnet.config(tailnet.u), name="headscale", node=_node(), timeout=20)
     assert _hosts(from_u) == {"hs-a", "hs-b", "hs-c"}
 
 
 async def test_other_tag_and_user_filter(tailnet: Tailnet) -> None:
     """tag:other is declared but on no node: empty. On 0.28+ tagged nodes belong to no user."""
     [none] = await peer_sets(
-        _plugin(), tailnet.config(tag="tag:other"), name="headscale", timeout=20
+        _plugin(), tailnet.config(tag="tag:other"), name="headscale", node=_node(), timeout=20
     )
     assert none == frozenset()
     [of_user] = await peer_sets(
         _plugin(),
         tailnet.config(user=USER, all_nodes_of_user=True),
-        name="headscale",
+        name="headscale", node=_node(),
         timeout=20,
     )
     assert _summary(of_user) == _expected((tailnet.u, PORT))
@@ -202,7 +214,7 @@ async def test_other_tag_and_user_filter(tailnet: Tailnet) -> None:
 
 async def test_doctor_against_the_real_server(tailnet: Tailnet) -> None:
     plugin = _plugin()
-    context = make_context(plugin, tailnet.config(), name="headscale")
+    context = make_context(plugin, tailnet.config(), name="headscale", node=_node())
     checks = {c.name: c for c in await plugin.doctor(context)}
     assert all(c.ok for c in checks.values()), checks
     assert checks["headscale: API URL"].detail == tailnet.hs.url
@@ -214,7 +226,7 @@ async def test_doctor_against_the_real_server(tailnet: Tailnet) -> None:
 
     # u lacks the tag; with self_register the doctor says it will be added.
     u_context = make_context(
-        plugin, tailnet.config(tailnet.u, self_register=True), name="headscale"
+        plugin, tailnet.config(tailnet.u, self_register=True), name="headscale", node=_node()
     )
     me = {c.name: c for c in await plugin.doctor(u_context)}["headscale: this node"]
     assert me.ok and "lacks tag:exo; self_register will add it" in me.detail
@@ -223,7 +235,7 @@ async def test_doctor_against_the_real_server(tailnet: Tailnet) -> None:
 async def test_doctor_with_a_wrong_key(tailnet: Tailnet) -> None:
     plugin = _plugin()
     wrong = "hskey-api-wrong-0123456789abcdef"
-    context = make_context(plugin, tailnet.config(api_key=wrong), name="headscale")
+    context = make_context(plugin, tailnet.config(api_key=wrong), name="headscale", node=_node())
     checks = {c.name: c for c in await plugin.doctor(context)}
     assert checks["headscale: server reachable"].ok
     key = checks["headscale: API key"]
@@ -311,7 +323,7 @@ async def test_self_register_tags_this_node_on_the_server(
     caplog.set_level(logging.INFO, logger="exo_discovery.plugin.headscale")
 
     start = time.monotonic()
-    [peers] = await peer_sets(_plugin(), config, name="headscale", timeout=20)
+    [peers] = await peer_sets(_plugin(), config, name="headscale", node=_node(), timeout=20)
     assert _hosts(peers) == {"hs-a", "hs-b", "hs-c"}  # never itself
     node = tailnet.nodes()[u.hostname]
     assert sorted(node["tags"]) == ["tag:exo", "tag:other"]
@@ -325,16 +337,16 @@ async def test_self_register_tags_this_node_on_the_server(
         what="hs-u to see tag:exo and tag:other on itself",
     )
     # The others now see u as a member.
-    [from_a] = await peer_sets(_plugin(), tailnet.config(), name="headscale", timeout=20)
+    [from_a] = await peer_sets(_plugin(), tailnet.config(), name="headscale", node=_node(), timeout=20)
     assert _hosts(from_a) == {"hs-b", "hs-c", "hs-u"}
 
     # Already tagged: a new run changes nothing.
     caplog.clear()
-    await peer_sets(_plugin(), config, name="headscale", timeout=20)
+    await peer_sets(_plugin(), config, name="headscale", node=_node(), timeout=20)
     assert not any("self_register" in r.getMessage() for r in caplog.records)
 
     # The admin removes the tag while the plugin runs: it is added again within a poll or two.
-    context = make_context(_plugin(), config, name="headscale")
+    context = make_context(_plugin(), config, name="headscale", node=_node())
     stream = cast(AsyncGenerator[Iterable[PeerCandidate], None], _plugin().discover_peers(context))
     first = anyio.Event()
 
@@ -366,7 +378,7 @@ async def test_self_register_tags_this_node_on_the_server(
 async def test_a_node_going_down_drops_out(tailnet: Tailnet) -> None:
     """b's tailscaled stops; Headscale marks it offline after its 10 s grace; the plugin drops it
     within a poll after that."""
-    context = make_context(_plugin(), tailnet.config(), name="headscale")
+    context = make_context(_plugin(), tailnet.config(), name="headscale", node=_node())
     stream = cast(AsyncGenerator[Iterable[PeerCandidate], None], _plugin().discover_peers(context))
     server_offline: list[float] = []
     stop = threading.Event()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exo_discovery_headscale.api import HeadscaleError, HeadscaleNode, parse_node_list
+from exo_discovery_headscale.api import HeadscaleError, parse_node_list
 from tests.support.fake_headscale import (
     VERSIONS,
     FakeNode,
@@ -25,6 +25,7 @@ from tests.support.fake_headscale import (
     validate,
 )
 from tests.support.gotools import HEADSCALE_VERSION
+from tests.support.headscale_model import HeadscaleNode
 
 pytestmark = pytest.mark.skipif(
     not spec_path(VERSIONS[0]).exists(), reason="shared/headscale-openapi not beside the clone"

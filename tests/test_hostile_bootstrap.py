@@ -190,7 +190,7 @@ def test_hostile_srv_answers_give_bounded_candidates(records: list[tuple[int, in
     async def a(name: str, port: int, family: Any) -> list[str]:
         return ["10.0.0.1"]
 
-    plugin = BootstrapPlugin(resolver=a, local_addresses=set, srv_resolver=srv)
+    plugin = BootstrapPlugin(resolver=a, srv_resolver=srv)
     [peers] = anyio.run(lambda: peer_sets(plugin, {"peers": [SERVICE]}, name="bootstrap"))
     assert len(peers) <= MAX_SRV_RECORDS
     for peer in peers:

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from exo_discovery_core import Address, NodeInfo, PeerCandidate
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.ip import LocalNetworks
 from exo_discovery_core.testing import make_context
 from exo_discovery_headscale.api import HeadscaleError, parse_node_list
 from exo_discovery_headscale.config import HeadscaleConfig
@@ -54,6 +55,7 @@ NODE = NodeInfo(
     namespace="exo",
     port=52417,
     listen_addresses=(Address(host="127.0.0.1", port=52417),),
+    local=LocalNetworks(read=lambda: [ipaddress.ip_interface(ME)]),
 )
 CONFIG = HeadscaleConfig(api_url="http://127.0.0.1:1", api_key=KEY)
 
@@ -200,7 +202,7 @@ class Driver:
     def __init__(self, fake: ScriptedHeadscale) -> None:
         self.fake = fake
         self.sets: list[frozenset[PeerCandidate]] = []
-        self.plugin = HeadscalePlugin(local_addresses=lambda: {ME})
+        self.plugin = HeadscalePlugin()
         config = {"api_url": fake.url, "api_key": fake.key, "poll_interval": 0.05, "timeout": 1.0}
         self.context = make_context(self.plugin, config, name="headscale", node=NODE)
 

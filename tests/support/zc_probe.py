@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -39,9 +38,10 @@ import sys
 import time
 from typing import Any
 
-import ifaddr
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from exo_discovery_core import interface_addresses
 
 DEFAULT_TYPE = "_exoinfra._tcp.local."
 RESOLVE_TIMEOUT_MS = 3000
@@ -54,15 +54,8 @@ def emit(event: str, **fields: Any) -> None:
 
 def local_addresses() -> list[str]:
     """Non-loopback, non-link-local addresses of this namespace (what A advertises)."""
-    out: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            raw = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            addr = ipaddress.ip_address(raw.split("%")[0])
-            if addr.is_loopback or addr.is_link_local:
-                continue
-            out.append(str(addr))
-    return sorted(set(out))
+    ips = {entry.ip for entry in interface_addresses()}
+    return sorted(str(ip) for ip in ips if not ip.is_loopback and not ip.is_link_local)
 
 
 IP_VERSIONS = {"all": IPVersion.All, "v4": IPVersion.V4Only, "v6": IPVersion.V6Only}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -63,12 +62,6 @@ class TailscaleConfig(BaseModel):
         gt=0,
         le=120,
     )
-
-    @field_validator("socket", "port", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        """An empty env var or flag means "not set" rather than an invalid value."""
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("tag")
     @classmethod

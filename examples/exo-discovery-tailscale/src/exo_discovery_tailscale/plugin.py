@@ -9,12 +9,10 @@ interval. If the bus cannot be followed, it says so once and plain polling carri
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 from pydantic import BaseModel
@@ -23,13 +21,15 @@ from exo_discovery_core import (
     Address,
     CheckResult,
     DiscoveryContext,
+    LogOnce,
     PeerCandidate,
+    PeerSets,
     SourceError,
     Trigger,
     hookimpl,
+    parse_ips,
     poll,
 )
-from exo_discovery_core.hookspecs import PeerSets
 
 from .bus import BusFollower
 from .config import TailscaleConfig
@@ -51,13 +51,6 @@ DOWN_STATES = frozenset({"Stopped", "NeedsLogin", "NeedsMachineAuth", "InUseOthe
 """States the user chose or must fix: no peers are reachable, so the set is empty (not kept)."""
 
 
-def _config(context: DiscoveryContext[Any]) -> TailscaleConfig:
-    config = context.config
-    if not isinstance(config, TailscaleConfig):
-        raise TypeError(f"tailscale: expected TailscaleConfig, got {type(config).__name__}")
-    return config
-
-
 # -- which peers count -------------------------------------------------------------------------
 
 
@@ -68,15 +61,9 @@ def is_member(peer: PeerStatus, config: TailscaleConfig) -> bool:
 
 def candidate(peer: PeerStatus, port: int) -> PeerCandidate | None:
     """Every Tailscale IP of ``peer`` (IPv4 first) at ``port``; None if it has no valid IP."""
-    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for text in peer.tailscale_ips:
-        try:
-            ips.append(ipaddress.ip_address(text))
-        except ValueError:
-            continue
+    ips = parse_ips(peer.tailscale_ips)
     if not ips:
         return None
-    ips.sort(key=lambda ip: (ip.version, ip))
     metadata = {
         "hostname": peer.host_name,
         "dns_name": peer.dns_name.rstrip("."),
@@ -115,8 +102,10 @@ class _Source:
     port: int
     log: logging.Logger
     api: LocalAPI | None = None
-    state_logged: str | None = None
-    count: int | None = None
+    said: LogOnce = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.said = LogOnce(self.log)
 
     async def client(self) -> LocalAPI:
         """The client for the socket in use; re-resolved so a daemon started later is found."""
@@ -138,17 +127,16 @@ class _Source:
         state = status.backend_state
         if state not in RUNNING_STATES and state not in DOWN_STATES:
             raise SourceError(f"tailscaled is in state {state or 'unknown'!r} (starting?)")
-        if state != self.state_logged:
+        known = "state" in self.said
+        if self.said.changed("state", state):
             if state in DOWN_STATES:
                 self.log.warning(
                     "tailscaled is %s: no Tailscale peers until it is up (%s)", state, FIX_UP
                 )
-            elif self.state_logged is not None:
+            elif known:
                 self.log.info("tailscaled is %s again", state)
-            self.state_logged = state
         peers = frozenset() if state in DOWN_STATES else select(status, self.config, self.port)
-        if len(peers) != self.count:
-            self.count = len(peers)
+        if self.said.changed("count", len(peers)):
             what = (
                 "online peers" if self.config.all_peers else f"online peers with {self.config.tag}"
             )
@@ -156,7 +144,10 @@ class _Source:
         return peers
 
 
-async def _discover(context: DiscoveryContext[Any], config: TailscaleConfig) -> PeerSets:
+@hookimpl
+async def discover_peers(context: DiscoveryContext[TailscaleConfig]) -> PeerSets:
+    """The online tagged peers of the tailnet, re-read when the IPN bus says something changed."""
+    config = context.config
     source = _Source(config, config.port or context.node.port, context.log)
     trigger = Trigger()
     if config.watch:
@@ -188,8 +179,9 @@ async def _discover(context: DiscoveryContext[Any], config: TailscaleConfig) -> 
 # -- doctor ------------------------------------------------------------------------------------
 
 
-async def _doctor(context: DiscoveryContext[Any], config: TailscaleConfig) -> list[CheckResult]:
+async def _doctor(context: DiscoveryContext[TailscaleConfig]) -> list[CheckResult]:
     """Socket, daemon state, then what the peer list holds and whether this node is tagged."""
+    config = context.config
     path = find_socket(config.socket)
     if not path.exists():
         tried = [str(config.socket)] if config.socket else [str(p) for p in default_sockets()]
@@ -302,15 +294,9 @@ def config_model() -> type[BaseModel]:
 
 
 @hookimpl
-def discover_peers(context: DiscoveryContext[Any]) -> PeerSets:
-    """The online tagged peers of the tailnet, re-read when the IPN bus says something changed."""
-    return _discover(context, _config(context))
-
-
-@hookimpl
-async def doctor(context: DiscoveryContext[Any]) -> list[CheckResult]:
+async def doctor(context: DiscoveryContext[TailscaleConfig]) -> list[CheckResult]:
     """Socket found, daemon Running, peers online and tagged, this node tagged, bus followable."""
-    return await _doctor(context, _config(context))
+    return await _doctor(context)
 
 
 __all__ = [

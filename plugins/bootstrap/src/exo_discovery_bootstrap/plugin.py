@@ -1,8 +1,9 @@
 """The bootstrap plugin: report the configured peers, every round, as the node should dial them.
 
 Each round (``refresh_interval``) re-reads the peers file, looks every SRV name up again,
-re-resolves every DNS name and yields the whole candidate set when it changed (the core's ``poll`` does the loop). Dialing, backoff and
-reconnecting to a peer that comes up later are the node's job: this plugin only keeps reporting.
+re-resolves every DNS name and yields the whole candidate set when it changed (the core's
+``poll`` does the loop). Dialing, backoff and reconnecting to a peer that comes up later are the
+node's job: this plugin only keeps reporting.
 """
 
 from __future__ import annotations
@@ -10,25 +11,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from exo_discovery_core import (
     Address,
     CheckResult,
     DiscoveryContext,
+    LogOnce,
     PeerCandidate,
     PeerId,
+    PeerSets,
     hookimpl,
-    local_addresses,
     option,
     poll,
 )
@@ -37,11 +38,8 @@ from .entries import FORMATS, BadEntry, BootstrapEntry, parse_entry
 from .peersfile import MAX_FILE_BYTES, BadPeersFile, FileEntry, file_entries, parse_peers_file
 from .srv import SrvRecord, SrvResolver, system_srv_resolver
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int, socket.AddressFamily], Awaitable[list[str]]]
 """``(name, port, family) -> IP strings``; raises ``OSError`` when the name does not resolve."""
-LocalAddresses = Callable[[], set[IP]]
-PeerSets = AsyncIterator[Iterable[PeerCandidate]]
 
 
 def _valid_entry(text: str) -> str:
@@ -59,6 +57,7 @@ class BootstrapConfig(BaseModel):
         help=f"Peers to join ({FORMATS}); comma-separated in the flag and env",
         flag="--bootstrap-peers",
         env="EXO_BOOTSTRAP_PEERS",
+        needed=True,
     )
     peers_file: Path | None = option(
         None,
@@ -66,6 +65,7 @@ class BootstrapConfig(BaseModel):
         "re-read every round",
         flag="--bootstrap-peers-file",
         env="EXO_BOOTSTRAP_PEERS_FILE",
+        needed=True,
     )
     refresh_interval: float = option(
         2.0,
@@ -82,12 +82,6 @@ class BootstrapConfig(BaseModel):
         le=60,
     )
 
-    @field_validator("peers_file", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        """An empty env var or flag means "no file", not the current directory."""
-        return None if isinstance(value, str) and not value.strip() else value
-
     @property
     def entries(self) -> list[BootstrapEntry]:
         return [parse_entry(text) for text in self.peers]
@@ -99,48 +93,36 @@ async def system_resolver(name: str, port: int, family: socket.AddressFamily) ->
     return sorted({str(info[4][0]) for info in infos})
 
 
-def system_local_addresses() -> set[IP]:
-    """This host's interface addresses; loopback is matched by range separately."""
-    return local_addresses()
-
-
-def _ip(text: str) -> IP | None:
-    try:
-        return ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-
-
 class BootstrapPlugin:
-    """The plugin as an object, so tests can swap the resolver and the local-address lookup.
+    """The plugin as an object, so tests can swap the resolvers.
 
-    The entry point is the module (:mod:`exo_discovery_bootstrap.plugin`), whose hooks use a
-    default instance with the system resolver.
+    The entry point names :data:`plugin`, an instance with the system resolvers.
     """
 
     def __init__(
         self,
         resolver: Resolver | None = None,
-        local_addresses: LocalAddresses | None = None,
         srv_resolver: SrvResolver | None = None,
     ) -> None:
         self.resolver = resolver or system_resolver
-        self.local_addresses = local_addresses or system_local_addresses
         self.srv_resolver = srv_resolver or system_srv_resolver
 
     @hookimpl
     def config_model(self) -> type[BaseModel]:
+        """The ``[plugins.bootstrap]`` table: peers, peers_file, refresh_interval, dns_timeout."""
         return BootstrapConfig
 
     @hookimpl
-    def discover_peers(self, context: DiscoveryContext[Any]) -> PeerSets | None:
-        config = _config(context)
+    def discover_peers(self, context: DiscoveryContext[BootstrapConfig]) -> PeerSets | None:
+        """Every configured peer, re-read and re-resolved each round; None when none configured."""
+        config = context.config
         if not config.peers and config.peers_file is None:
-            context.log.info("no bootstrap peers configured; idle")
             return None
         return self._run(context, config)
 
-    async def _run(self, context: DiscoveryContext[Any], config: BootstrapConfig) -> PeerSets:
+    async def _run(
+        self, context: DiscoveryContext[BootstrapConfig], config: BootstrapConfig
+    ) -> PeerSets:
         round_ = _Round(self, context, config)
         async for peers in poll(
             round_.fetch,
@@ -152,15 +134,15 @@ class BootstrapPlugin:
             yield peers
 
     @hookimpl
-    async def doctor(self, context: DiscoveryContext[Any]) -> list[CheckResult]:
-        config = _config(context)
+    async def doctor(self, context: DiscoveryContext[BootstrapConfig]) -> list[CheckResult]:
+        """Each entry parsed, each DNS and SRV name looked up, the peers file readable."""
+        config = context.config
         if not config.peers and config.peers_file is None:
             return [
                 CheckResult(
                     name="bootstrap: peers configured",
                     ok=True,
-                    detail="no peers configured, so the plugin stays idle (set peers, "
-                    "--bootstrap-peers or EXO_BOOTSTRAP_PEERS, or peers_file, to use it)",
+                    detail=f"none, so the plugin stays idle (to use it, {context.how_to_set()})",
                 )
             ]
         checks = [await self._check_entry(context, text, "config") for text in config.peers]
@@ -168,7 +150,9 @@ class BootstrapPlugin:
             checks += await self._check_file(context, config.peers_file)
         return checks
 
-    async def _check_file(self, context: DiscoveryContext[Any], path: Path) -> list[CheckResult]:
+    async def _check_file(
+        self, context: DiscoveryContext[BootstrapConfig], path: Path
+    ) -> list[CheckResult]:
         name = f"bootstrap: peers_file {path}"
         try:
             content = (await anyio.Path(path).read_bytes()).decode("utf-8")
@@ -180,9 +164,9 @@ class BootstrapPlugin:
                     name=name,
                     ok=False,
                     detail=detail,
-                    fix="create the file or correct peers_file / --bootstrap-peers-file / "
-                    "EXO_BOOTSTRAP_PEERS_FILE; it must be UTF-8: one peer per line, a JSON or "
-                    "YAML list, TOML peers = [...], or file_sd target groups",
+                    fix=f"create the file or {context.how_to_set('peers_file')}; it must be "
+                    "UTF-8: one peer per line, a JSON or YAML list, TOML peers = [...], or "
+                    "file_sd target groups",
                 )
             ]
         checks = [CheckResult(name=name, ok=True, detail=f"readable, {len(texts)} entries")]
@@ -192,7 +176,7 @@ class BootstrapPlugin:
         return checks
 
     async def _check_entry(
-        self, context: DiscoveryContext[Any], item: FileEntry | str, where: str
+        self, context: DiscoveryContext[BootstrapConfig], item: FileEntry | str, where: str
     ) -> CheckResult:
         text = item.text if isinstance(item, FileEntry) else item
         name = f"bootstrap peer {text!r} ({where})"
@@ -208,7 +192,7 @@ class BootstrapPlugin:
             detail = f"{entry.kind} address, port {entry.port}"
             return CheckResult(name=name, ok=True, detail=detail)
         try:
-            with anyio.fail_after(_config(context).dns_timeout):
+            with anyio.fail_after(context.config.dns_timeout):
                 ips = await self.resolver(entry.host, entry.port, entry.family)
         except (OSError, TimeoutError) as exc:
             return CheckResult(
@@ -225,12 +209,11 @@ class BootstrapPlugin:
             fix="" if ips else f"give {entry.host!r} an A/AAAA record",
         )
 
-
     async def _check_srv(
-        self, context: DiscoveryContext[Any], name: str, entry: BootstrapEntry
+        self, context: DiscoveryContext[BootstrapConfig], name: str, entry: BootstrapEntry
     ) -> CheckResult:
         try:
-            with anyio.fail_after(_config(context).dns_timeout):
+            with anyio.fail_after(context.config.dns_timeout):
                 records = await self.srv_resolver(entry.host)
         except (OSError, TimeoutError) as exc:
             return CheckResult(
@@ -249,13 +232,6 @@ class BootstrapPlugin:
         )
 
 
-def _config(context: DiscoveryContext[Any]) -> BootstrapConfig:
-    config = context.config
-    if not isinstance(config, BootstrapConfig):
-        raise TypeError(f"bootstrap: expected BootstrapConfig, got {type(config).__name__}")
-    return config
-
-
 def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
@@ -269,14 +245,17 @@ class _Round:
     """What one run of ``discover_peers`` remembers between rounds (file, failures logged)."""
 
     plugin: BootstrapPlugin
-    context: DiscoveryContext[Any]
+    context: DiscoveryContext[BootstrapConfig]
     config: BootstrapConfig
     file_entries: list[BootstrapEntry] = field(default_factory=list)
     file_hash: bytes | None = None  # of the last version parsed, good or bad
     read_problem: str | None = None  # the file cannot be read now
     content_problem: str | None = None  # the version at file_hash is broken
     unresolved: dict[str, str] = field(default_factory=dict)
-    skipped: set[str] = field(default_factory=set)
+    said: LogOnce = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.said = LogOnce(self.context.log)
 
     @property
     def log(self) -> logging.Logger:
@@ -299,6 +278,7 @@ class _Round:
         labels = {_srv_label(n) for n in srv_names} | {_label(n, f) for n, f in wanted}
         for gone in set(self.unresolved) - labels:  # removed from the file: no longer a problem
             del self.unresolved[gone]
+            self.said.clear(("dns", gone))
         peers = self._candidates(entries, resolved)
         problems = [p for p in (self.read_problem, self.content_problem) if p] + [
             f"{name}: {why}" for name, why in sorted(self.unresolved.items())
@@ -328,6 +308,7 @@ class _Round:
             self._read_failed(f"{path} is larger than {MAX_FILE_BYTES} bytes; not a peers file")
             return self.file_entries
         if self.read_problem is not None:
+            self.said.clear("file")
             self.log.info("%s: readable again", path)
             self.read_problem = None
         digest = hashlib.sha256(data).digest()
@@ -342,17 +323,19 @@ class _Round:
             self._log_kept(why)
             return self.file_entries
         self.content_problem = None
+        self.said.clear("file")
         self.log.info("%s: %d bootstrap peer(s)", path, len(entries))
         self.file_entries = entries
         return self.file_entries
 
     def _read_failed(self, why: str) -> None:
-        if why != self.read_problem:
-            self._log_kept(why)
+        self._log_kept(why)
         self.read_problem = why
 
     def _log_kept(self, why: str) -> None:
-        self.log.error(
+        self.said.log(
+            logging.ERROR,
+            "file",
             "bootstrap peers file: %s (keeping the previous %d peer(s) from it)",
             why,
             len(self.file_entries),
@@ -374,13 +357,14 @@ class _Round:
                 if not found:
                     raise OSError(0, "no addresses")
             except (OSError, TimeoutError) as exc:
-                why = _why(exc)
-                if self.unresolved.get(label) != why:
-                    self.log.warning("cannot resolve %s: %s; retrying every round", label, why)
-                self.unresolved[label] = why
+                why = self.unresolved[label] = _why(exc)
+                self.said.warning(
+                    ("dns", label), "cannot resolve %s: %s; retrying every round", label, why
+                )
                 results[label] = []
                 return
             if self.unresolved.pop(label, None) is not None:
+                self.said.clear(("dns", label))
                 self.log.info("%s resolves again", label)
             results[label] = found
 
@@ -414,9 +398,6 @@ class _Round:
     ) -> frozenset[PeerCandidate]:
         """One candidate per known peer id (all its addresses), else one per address."""
         node = self.context.node
-        local = self.plugin.local_addresses() | {
-            ip for a in node.listen_addresses if (ip := _ip(a.host)) is not None
-        }
         by_id: dict[PeerId, tuple[set[Address], set[BootstrapEntry]]] = {}
         by_addr: dict[Address, set[BootstrapEntry]] = {}
         for entry in entries:
@@ -426,7 +407,7 @@ class _Round:
             ips = resolved.get(_label(entry.host, entry.family), []) if entry.is_name else [entry.host]
             addresses = set()
             for text in ips:
-                if entry.port == node.port and _is_own(_ip(text), local):
+                if entry.port == node.port and node.is_own(text):
                     self._skip(entry, f"{text} port {entry.port} is this node's own address")
                     continue
                 addresses.add(Address(host=text, port=entry.port))
@@ -450,9 +431,7 @@ class _Round:
 
     def _skip(self, entry: BootstrapEntry, why: str) -> None:
         message = f"skipping bootstrap peer {entry.text!r}: {why}"
-        if message not in self.skipped:
-            self.skipped.add(message)
-            self.log.info("%s", message)
+        self.said.info(message, "%s", message)
 
 
 def _label(name: str, family: socket.AddressFamily) -> str:
@@ -461,10 +440,6 @@ def _label(name: str, family: socket.AddressFamily) -> str:
 
 def _srv_label(name: str) -> str:
     return f"{name!r} (SRV)"
-
-
-def _is_own(ip: IP | None, local: set[IP]) -> bool:
-    return ip is not None and (ip.is_loopback or ip.is_unspecified or ip in local)
 
 
 def _candidate(
@@ -480,36 +455,13 @@ def _candidate(
     )
 
 
-# The entry point loads this module: its hooks are those of one default instance.
-_DEFAULT = BootstrapPlugin()
-
-
-@hookimpl
-def config_model() -> type[BaseModel]:
-    """The ``[plugins.bootstrap]`` table: peers, peers_file, refresh_interval, dns_timeout."""
-    return BootstrapConfig
-
-
-@hookimpl
-def discover_peers(context: DiscoveryContext[Any]) -> PeerSets | None:
-    """Every configured peer, re-read and re-resolved each round; None when none configured."""
-    return _DEFAULT.discover_peers(context)
-
-
-@hookimpl
-async def doctor(context: DiscoveryContext[Any]) -> list[CheckResult]:
-    """Each entry parsed, each DNS name resolved, the peers file readable."""
-    return await _DEFAULT.doctor(context)
-
+plugin = BootstrapPlugin()
+"""What the entry point names: the plugin with the system resolvers."""
 
 __all__ = [
     "BootstrapConfig",
     "BootstrapPlugin",
-    "LocalAddresses",
     "Resolver",
-    "config_model",
-    "discover_peers",
-    "doctor",
-    "system_local_addresses",
+    "plugin",
     "system_resolver",
 ]

@@ -1,6 +1,6 @@
 """exo-discovery plugin for Headscale: online nodes carrying a tag (``tag:exo``) become peers."""
 
-from .api import HeadscaleClient, HeadscaleError, HeadscaleNode
+from .api import HeadscaleClient, HeadscaleError
 from .config import HeadscaleConfig
 from .plugin import HeadscalePlugin
 
@@ -8,6 +8,5 @@ __all__ = [
     "HeadscaleClient",
     "HeadscaleConfig",
     "HeadscaleError",
-    "HeadscaleNode",
     "HeadscalePlugin",
 ]

@@ -4,7 +4,6 @@ The wire model (:class:`WireNode`) takes every version's node object: 0.22's ``m
 ``forcedTags``/``validTags``/``invalidTags`` of 0.23-0.27 and the single ``tags`` of 0.28+. It
 declares only the fields discovery needs and is validated for the whole list at once from the raw
 bytes (pydantic-core), so a 10,000-node answer costs about what ``json.loads`` of it costs.
-:class:`HeadscaleNode` is the normalised form (ints, parsed IPs, one tag set).
 
 Errors are :class:`HeadscaleError` (a ``SourceError``) with a one-line message and a ``fix``.
 Messages are built from status codes and exception types only: the request, its headers and
@@ -13,11 +12,8 @@ the key are never formatted into one.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 import anyio
@@ -28,7 +24,6 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from exo_discovery_core import SourceError
 from exo_discovery_core.remote import TooLarge, read_limited, short_reason
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Api = Literal["node", "machine"]
 TagField = Literal["tags", "forcedTags"]
 ErrorKind = Literal["auth", "not_found", "server", "timeout", "connect", "shape", "too_large"]
@@ -105,53 +100,6 @@ _LIST = TypeAdapter(WireNodeList)
 _SET_TAGS = TypeAdapter(WireSetTags)
 
 
-@dataclass(frozen=True)
-class HeadscaleNode:
-    """A node of any Headscale version, normalised: what the rest of the plugin reasons about."""
-
-    id: int
-    name: str
-    addresses: tuple[IP, ...]
-    online: bool
-    tags: frozenset[str]
-    user: str | None
-    last_seen: datetime | None = None
-    tag_field: TagField = "tags"
-
-    @classmethod
-    def from_wire(cls, wire: WireNode) -> HeadscaleNode:
-        return cls(
-            id=wire.id,
-            name=wire.hostname,
-            addresses=parse_ips(wire.ipAddresses or ()),
-            online=bool(wire.online),
-            tags=frozenset(wire.tag_set),
-            user=wire.user.name if wire.user and wire.user.name else None,
-            last_seen=_parse_time(wire.lastSeen),
-            tag_field=wire.tag_field,
-        )
-
-
-def parse_ips(texts: Iterable[str]) -> tuple[IP, ...]:
-    """The valid IPs among ``texts`` (a bad one is skipped, not fatal), IPv4 first."""
-    found: list[IP] = []
-    for text in texts:
-        try:
-            found.append(ipaddress.ip_address(text.split("%", 1)[0]))
-        except ValueError:
-            continue
-    return tuple(sorted(set(found), key=lambda ip: (ip.version, ip)))
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def parse_node_list(body: bytes, api: Api = "node") -> list[WireNode]:
     """The nodes of a list answer; :class:`HeadscaleError` (kind ``shape``) if it is not one.
 
@@ -192,8 +140,8 @@ class HeadscaleError(SourceError):
     """A Headscale request failed; ``kind`` says how and ``fix`` what a human should do."""
 
     FIXES: dict[str, str] = {
-        "auth": "create a key with `headscale apikeys create` and set api_key / "
-        "HEADSCALE_API_KEY / HEADSCALE_API_KEY_FILE",
+        "auth": "create a key with `headscale apikeys create` and set it as api_key "
+        "(`exo-discovery run --help` lists every way to set it)",
         "not_found": "check api_url: it is the Headscale server's base URL (the one `tailscale up "
         "--login-server` uses), and the server must be Headscale 0.22 or later",
         "server": "look at the Headscale server's log; the plugin retries with backoff",
@@ -253,13 +201,6 @@ class HeadscaleClient:
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def detect(self) -> Api:
-        """Which API the server speaks: ``node`` (0.23+) or ``machine`` (0.22)."""
-        if self.api is None:
-            await self.list_wire_nodes()
-        assert self.api is not None
-        return self.api
-
     async def list_wire_nodes(self, user: str | None = None) -> list[WireNode]:
         """Every node the key sees (of ``user`` if given), as sent: the fast path for polling."""
         params = {"user": user} if user else None
@@ -277,13 +218,12 @@ class HeadscaleClient:
             return nodes
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def list_nodes(self, user: str | None = None) -> list[HeadscaleNode]:
-        """Every node the key sees (of ``user`` if given), normalised."""
-        return [HeadscaleNode.from_wire(w) for w in await self.list_wire_nodes(user)]
-
-    async def set_tags(self, node_id: int, tags: Iterable[str]) -> HeadscaleNode | None:
+    async def set_tags(self, node_id: int, tags: Iterable[str]) -> WireNode | None:
         """Replace the node's tags (forced tags before 0.28); the node as the server now has it."""
-        api = await self.detect()
+        if self.api is None:
+            await self.list_wire_nodes()  # learns which API the server speaks
+        api = self.api
+        assert api is not None
         payload = json.dumps({"tags": sorted(set(tags))}).encode()
         body = await self._request(
             "POST", f"/api/v1/{api}/{node_id}/tags", content=payload, json_body=True
@@ -294,8 +234,7 @@ class HeadscaleClient:
             raise HeadscaleError(
                 f"answer to set tags is not a Headscale node: {_first_error(exc)}", kind="shape"
             ) from None
-        wire = answer.node or answer.machine
-        return HeadscaleNode.from_wire(wire) if wire is not None else None
+        return answer.node or answer.machine
 
     # -- transport --------------------------------------------------------------------------
 
@@ -324,11 +263,7 @@ class HeadscaleClient:
                         self.max_bytes,
                         declared_length=response.headers.get("content-length"),
                     )
-        except TimeoutError:
-            raise HeadscaleError(
-                f"no answer from {self.base_url} within {self.timeout:g} s", kind="timeout"
-            ) from None
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             raise HeadscaleError(
                 f"no answer from {self.base_url} within {self.timeout:g} s", kind="timeout"
             ) from None
@@ -416,10 +351,8 @@ __all__ = [
     "Api",
     "HeadscaleClient",
     "HeadscaleError",
-    "HeadscaleNode",
     "WireNode",
     "WireNodeList",
     "WireUser",
-    "parse_ips",
     "parse_node_list",
 ]

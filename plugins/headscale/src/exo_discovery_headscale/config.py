@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 
-from exo_discovery_core import option
+from exo_discovery_core import IP, option, parse_ip
 
 TAG_RULE = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
 """Tailscale's tag syntax: ``tag:``, a letter, then letters, digits and ``-`` only."""
-
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-HOW_TO_CONFIGURE = (
-    "set api_url in [plugins.headscale] (or --headscale-api-url / HEADSCALE_API_URL) and an API "
-    "key (api_key, api_key_file, --headscale-api-key, HEADSCALE_API_KEY or HEADSCALE_API_KEY_FILE; "
-    "create one with `headscale apikeys create`)"
-)
-
-
-def _empty_is_none(value: Any) -> Any:
-    """An empty env var or flag means "not set", not an empty URL or user."""
-    return None if isinstance(value, str) and not value.strip() else value
-
 
 class HeadscaleConfig(BaseModel):
     """The ``[plugins.headscale]`` table; ``api_url`` unset leaves the plugin idle."""
@@ -38,6 +22,7 @@ class HeadscaleConfig(BaseModel):
         help="Headscale server URL, e.g. https://headscale.example.com (unset: plugin idle)",
         flag="--headscale-api-url",
         env="HEADSCALE_API_URL",
+        needed=True,
     )
     api_key: SecretStr | None = option(
         None,
@@ -45,6 +30,7 @@ class HeadscaleConfig(BaseModel):
         flag="--headscale-api-key",
         env="HEADSCALE_API_KEY",
         secret=True,
+        needed=True,
     )
     poll_interval: float = option(
         5.0,
@@ -102,8 +88,6 @@ class HeadscaleConfig(BaseModel):
         le=4 * 1024 * 1024 * 1024,
     )
 
-    _empty_url = field_validator("api_url", "user", mode="before")(_empty_is_none)
-
     @field_validator("api_url")
     @classmethod
     def _valid_url(cls, value: str | None) -> str | None:
@@ -152,7 +136,5 @@ class HeadscaleConfig(BaseModel):
         host = parts.hostname or ""
         if host == "localhost" or host.endswith(".localhost"):
             return False
-        try:
-            return not ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return True
+        ip = parse_ip(host)
+        return ip is None or not ip.is_loopback

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,20 +22,18 @@ from exo_discovery_core import (
     Address,
     CheckResult,
     DiscoveryContext,
+    LogOnce,
     NodeInfo,
     PeerCandidate,
     PeerId,
+    PeerSets,
     hookimpl,
-    is_tailscale,
-    local_addresses,
+    parse_ips,
     poll,
 )
 
-from .api import AUTH_RETRY_AFTER, HeadscaleClient, HeadscaleError, WireNode, parse_ips
-from .config import HOW_TO_CONFIGURE, IP, HeadscaleConfig
-
-PeerSets = AsyncIterator[Iterable[PeerCandidate]]
-LocalAddresses = Callable[[], set[IP]]
+from .api import AUTH_RETRY_AFTER, HeadscaleClient, HeadscaleError, WireNode
+from .config import HeadscaleConfig
 
 LEGACY_PEER_ID_TAG = "tag:exo_peer_id="
 LEGACY_PORT_TAG = "tag:exo_port="
@@ -43,26 +41,19 @@ REGISTER_RETRY = 60.0
 """After a failed self-registration, wait this long before trying again."""
 
 
-def system_tailscale_addresses() -> set[IP]:
-    """This host's interface addresses inside Tailscale's ranges (100.64/10, fd7a:115c:a1e0::/48)."""
-    return {ip for ip in local_addresses() if is_tailscale(ip)}
-
-
 class HeadscalePlugin:
-    """The plugin as an object, so tests can swap the local-address lookup and the transport.
+    """The plugin as an object, so tests can swap the transport and shorten the retries.
 
-    The entry point is the module, whose hooks use a default instance.
+    The entry point names :data:`plugin`, an instance with the defaults.
     """
 
     def __init__(
         self,
         *,
-        local_addresses: LocalAddresses | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         auth_retry_after: float = AUTH_RETRY_AFTER,
         register_retry: float = REGISTER_RETRY,
     ) -> None:
-        self.local_addresses = local_addresses or system_tailscale_addresses
         self.transport = transport
         self.auth_retry_after = auth_retry_after
         self.register_retry = register_retry
@@ -78,30 +69,22 @@ class HeadscalePlugin:
             transport=self.transport,
         )
 
-    def own_ips(self, context: DiscoveryContext[Any], config: HeadscaleConfig) -> frozenset[str]:
-        """This node's IPs as text (Headscale sends canonical forms): interfaces, listen, config."""
-        ips: set[IP] = set(self.local_addresses()) | set(config.self_addresses)
-        for address in context.node.listen_addresses:
-            ip = address.ip
-            if ip is not None and not ip.is_loopback and not ip.is_unspecified:
-                ips.add(ip)
-        return frozenset(str(ip) for ip in ips)
-
     @hookimpl
     def config_model(self) -> type[BaseModel]:
+        """The ``[plugins.headscale]`` table (api_url, api_key, tag, poll_interval, ...)."""
         return HeadscaleConfig
 
     @hookimpl
-    def discover_peers(self, context: DiscoveryContext[Any]) -> PeerSets | None:
-        config = _config(context)
+    def discover_peers(self, context: DiscoveryContext[HeadscaleConfig]) -> PeerSets | None:
+        """The online tagged nodes of the tailnet, polled; None (idle) without api_url."""
+        config = context.config
         if config.api_url is None:
-            context.log.info(
-                "Headscale discovery idle: no API URL; to use it, %s", HOW_TO_CONFIGURE
-            )
             return None
         return self._run(context, config)
 
-    async def _run(self, context: DiscoveryContext[Any], config: HeadscaleConfig) -> PeerSets:
+    async def _run(
+        self, context: DiscoveryContext[HeadscaleConfig], config: HeadscaleConfig
+    ) -> PeerSets:
         log = context.log
         if config.plain_http_remote:
             log.warning(
@@ -110,7 +93,10 @@ class HeadscalePlugin:
                 config.api_url,
             )
         if config.api_key is None:
-            log.warning("no Headscale API key set; the server will refuse. %s", HOW_TO_CONFIGURE)
+            log.warning(
+                "no Headscale API key set; the server will refuse. To set one, %s",
+                context.how_to_set("api_key"),
+            )
         async with self.client(config) as client:
             round_ = _Round(self, context, config, client, Selector(config, context.node))
             async for peers in poll(
@@ -124,24 +110,24 @@ class HeadscalePlugin:
                 yield peers
 
     @hookimpl
-    async def doctor(self, context: DiscoveryContext[Any]) -> list[CheckResult]:
-        config = _config(context)
+    async def doctor(self, context: DiscoveryContext[HeadscaleConfig]) -> list[CheckResult]:
+        """URL, server and API version, key, and how many nodes are visible, tagged, online."""
+        config = context.config
         if config.api_url is None:
             return [
                 CheckResult(
                     name="headscale: configured",
                     ok=True,
-                    detail=f"no api_url, so the plugin stays idle (to use it, {HOW_TO_CONFIGURE})",
+                    detail=f"no api_url, so the plugin stays idle (to use it, "
+                    f"{context.how_to_set()})",
                 )
             ]
         return await _doctor(self, context, config)
 
 
-def _config(context: DiscoveryContext[Any]) -> HeadscaleConfig:
-    config = context.config
-    if not isinstance(config, HeadscaleConfig):
-        raise TypeError(f"headscale: expected HeadscaleConfig, got {type(config).__name__}")
-    return config
+def own_ips(context: DiscoveryContext[HeadscaleConfig]) -> frozenset[str]:
+    """This node's IPs as text (Headscale sends canonical forms): the host's, and self_addresses."""
+    return frozenset(map(str, context.node.own_ips() | set(context.config.self_addresses)))
 
 
 # -- which nodes are peers -----------------------------------------------------------------
@@ -163,7 +149,7 @@ class Selector:
     _cache: dict[tuple[Any, ...], PeerCandidate | None] = field(default_factory=dict)
     _last: list[PeerCandidate] = field(default_factory=list)
     _last_set: frozenset[PeerCandidate] = frozenset()
-    _warned: set[str] = field(default_factory=set)
+    _said: LogOnce | None = None
 
     def is_member(self, node: WireNode) -> bool:
         config = self.config
@@ -237,9 +223,9 @@ class Selector:
         return None
 
     def _warn(self, message: str) -> None:
-        if message not in self._warned and self.log is not None:
-            self._warned.add(message)
-            self.log.warning("%s", message)
+        if self.log is not None:
+            self._said = self._said or LogOnce(self.log)
+            self._said.warning(message, "%s", message)
 
 
 def own_node(nodes: Iterable[WireNode], own_ips: frozenset[str]) -> WireNode | None:
@@ -258,37 +244,32 @@ class _Round:
     """What one run of ``discover_peers`` keeps between rounds."""
 
     plugin: HeadscalePlugin
-    context: DiscoveryContext[Any]
+    context: DiscoveryContext[HeadscaleConfig]
     config: HeadscaleConfig
     client: HeadscaleClient
     selector: Selector
-    api_logged: str | None = None
     register_after: float = 0.0
-    register_problem: str | None = None
-    self_missing_logged: bool = False
-    count: int | None = None
+    said: LogOnce = field(init=False)
 
     def __post_init__(self) -> None:
         self.selector.log = self.context.log
+        self.said = LogOnce(self.context.log)
 
     async def fetch(self) -> frozenset[PeerCandidate]:
-        log = self.context.log
         nodes = await self.client.list_wire_nodes(self.config.user)
-        if self.client.api != self.api_logged:
-            self.api_logged = self.client.api
-            log.info(
-                "Headscale %s speaks the %s API (%s)",
-                self.config.api_url,
-                self.client.api,
-                "Headscale 0.23 or later" if self.client.api == "node" else "Headscale 0.22",
-            )
-        own_ips = self.plugin.own_ips(self.context, self.config)
+        self.said.info(
+            "api",
+            "Headscale %s speaks the %s API (%s)",
+            self.config.api_url,
+            self.client.api,
+            "Headscale 0.23 or later" if self.client.api == "node" else "Headscale 0.22",
+        )
+        own = own_ips(self.context)
         if self.config.self_register:
-            await self._register(nodes, own_ips)
-        peers = self.selector.select(nodes, own_ips)
-        if len(peers) != self.count:
-            self.count = len(peers)
-            log.info("Headscale: %d peer(s) among %d node(s)", len(peers), len(nodes))
+            await self._register(nodes, own)
+        peers = self.selector.select(nodes, own)
+        if self.said.changed("count", len(peers)):
+            self.context.log.info("Headscale: %d peer(s) among %d node(s)", len(peers), len(nodes))
         return peers
 
     async def _register(self, nodes: list[WireNode], own_ips: frozenset[str]) -> None:
@@ -296,15 +277,14 @@ class _Round:
         log, tag = self.context.log, self.config.tag
         me = own_node(nodes, own_ips)
         if me is None:
-            if not self.self_missing_logged:
-                self.self_missing_logged = True
-                log.warning(
-                    "self_register: this node is not among the Headscale nodes (its IPs: %s); "
-                    "is tailscale up? With userspace networking set self_addresses",
-                    ", ".join(sorted(own_ips)) or "no Tailscale IP found",
-                )
+            self.said.warning(
+                "self_missing",
+                "self_register: this node is not among the Headscale nodes (its IPs: %s); "
+                "is tailscale up? With userspace networking set self_addresses",
+                ", ".join(sorted(own_ips)) or "none found",
+            )
             return
-        self.self_missing_logged = False
+        self.said.clear("self_missing")
         if tag in me.tag_set or time.monotonic() < self.register_after:
             return
         current = me.tags if me.tag_field == "tags" else me.forcedTags
@@ -312,19 +292,18 @@ class _Round:
             await self.client.set_tags(me.id, (*(current or ()), tag))
         except HeadscaleError as exc:
             self.register_after = time.monotonic() + self.plugin.register_retry
-            if str(exc) != self.register_problem:
-                self.register_problem = str(exc)
-                log.warning(
-                    "self_register: cannot tag node %d (%s) with %s: %s (retrying in %g s; the "
-                    "key needs write rights and the tag must be allowed by the policy)",
-                    me.id,
-                    me.hostname,
-                    tag,
-                    exc,
-                    self.plugin.register_retry,
-                )
+            self.said.warning(
+                "register",
+                "self_register: cannot tag node %d (%s) with %s: %s (retrying in %g s; the "
+                "key needs write rights and the tag must be allowed by the policy)",
+                me.id,
+                me.hostname,
+                tag,
+                exc,
+                self.plugin.register_retry,
+            )
             return
-        self.register_problem = None
+        self.said.clear("register")
         log.info(
             "self_register: tagged this node (Headscale node %d, %s) with %s",
             me.id,
@@ -337,7 +316,7 @@ class _Round:
 
 
 async def _doctor(
-    plugin: HeadscalePlugin, context: DiscoveryContext[Any], config: HeadscaleConfig
+    plugin: HeadscalePlugin, context: DiscoveryContext[HeadscaleConfig], config: HeadscaleConfig
 ) -> list[CheckResult]:
     """URL, reachability and API generation, the key, then what the node list holds."""
     url = config.api_url
@@ -360,7 +339,7 @@ async def _doctor(
                 name="headscale: API key",
                 ok=False,
                 detail="not set",
-                fix=HeadscaleError.FIXES["auth"],
+                fix=f"create one with `headscale apikeys create` and {context.how_to_set('api_key')}",
             )
         )
     async with plugin.client(config) as client:
@@ -425,8 +404,8 @@ async def _doctor(
             ),
         )
     )
-    own_ips = plugin.own_ips(context, config)
-    me = own_node(nodes, own_ips)
+    own = own_ips(context)
+    me = own_node(nodes, own)
     if me is not None:
         tagged = config.tag in me.tag_set
         checks.append(
@@ -445,7 +424,7 @@ async def _doctor(
                 name="headscale: this node",
                 ok=not config.self_register,
                 detail="not found among the nodes by its Tailscale IPs ("
-                + (", ".join(sorted(own_ips)) or "none on this host")
+                + (", ".join(sorted(own)) or "none on this host")
                 + ")",
                 fix="run `tailscale up --login-server " + str(url) + "`; with userspace networking "
                 "set self_addresses to this node's Tailscale IPs",
@@ -454,36 +433,14 @@ async def _doctor(
     return checks
 
 
-# The entry point loads this module: its hooks are those of one default instance.
-_DEFAULT = HeadscalePlugin()
-
-
-@hookimpl
-def config_model() -> type[BaseModel]:
-    """The ``[plugins.headscale]`` table (api_url, api_key, tag, poll_interval, ...)."""
-    return HeadscaleConfig
-
-
-@hookimpl
-def discover_peers(context: DiscoveryContext[Any]) -> PeerSets | None:
-    """The online tagged nodes of the tailnet, polled; None (idle) without api_url."""
-    return _DEFAULT.discover_peers(context)
-
-
-@hookimpl
-async def doctor(context: DiscoveryContext[Any]) -> list[CheckResult]:
-    """URL, server and API version, key, and how many nodes are visible, tagged, online."""
-    return await _DEFAULT.doctor(context)
-
+plugin = HeadscalePlugin()
+"""What the entry point names: the plugin with the system's transport and the default retries."""
 
 __all__ = [
     "HeadscaleConfig",
     "HeadscalePlugin",
-    "LocalAddresses",
     "Selector",
-    "config_model",
-    "discover_peers",
-    "doctor",
+    "own_ips",
     "own_node",
-    "system_tailscale_addresses",
+    "plugin",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from exo_discovery_core import CheckResult
+from exo_discovery_core import CheckResult, DiscoveryContext, interface_addresses
 
 from .config import MdnsConfig
 from .interfaces import Snapshot, snapshot
@@ -34,13 +34,13 @@ NO_NETWORK_FIX = (
 )
 
 
-async def run_checks(config: MdnsConfig) -> list[CheckResult]:
-    return await anyio.to_thread.run_sync(_run_checks, config)
+async def run_checks(context: DiscoveryContext[MdnsConfig]) -> list[CheckResult]:
+    return await anyio.to_thread.run_sync(_run_checks, context.config, context.how_to_set("interfaces"))
 
 
-def _run_checks(config: MdnsConfig) -> list[CheckResult]:
+def _run_checks(config: MdnsConfig, set_interfaces: str) -> list[CheckResult]:
     snap = snapshot(config.interfaces, config.ip_version)
-    results = [check_interfaces(config, snap)]
+    results = [check_interfaces(config, snap, set_interfaces)]
     port = check_port(config)
     results.append(port)
     if port.ok and results[0].ok:
@@ -57,25 +57,19 @@ def _linux_flags(ifname: str) -> int | None:
 
 def multicast_interfaces() -> dict[str, list[str]]:
     """Non-loopback interfaces that are up, multicast-capable and have an address: name -> IPs."""
-    import ifaddr
-
     found: dict[str, list[str]] = {}
-    for adapter in ifaddr.get_adapters():
-        name = str(adapter.name)
-        flags = _linux_flags(name) if sys.platform.startswith("linux") else None
+    linux = sys.platform.startswith("linux")
+    for entry in interface_addresses():
+        flags = _linux_flags(entry.name) if linux else None
         if flags is not None and (flags & (IFF_UP | IFF_MULTICAST)) != (IFF_UP | IFF_MULTICAST):
             continue
-        ips = []
-        for entry in adapter.ips:
-            text = entry.ip[0] if isinstance(entry.ip, tuple) else entry.ip
-            if not str(text).startswith(("127.", "::1")):
-                ips.append(str(text))
-        if ips:
-            found[name] = ips
+        if not entry.ip.is_loopback:
+            found.setdefault(entry.name, []).append(str(entry.ip))
     return found
 
 
-def check_interfaces(config: MdnsConfig, snap: Snapshot) -> CheckResult:
+def check_interfaces(config: MdnsConfig, snap: Snapshot, set_interfaces: str) -> CheckResult:
+    """``set_interfaces`` says how to set the option: the fix of a name that matches nothing."""
     name = "mdns: multicast-capable network interface"
     usable = multicast_interfaces()
     if config.interfaces != "all" and snap.unmatched:
@@ -84,7 +78,7 @@ def check_interfaces(config: MdnsConfig, snap: Snapshot) -> CheckResult:
             ok=False,
             detail=f"configured interfaces not found: {', '.join(snap.unmatched)} "
             f"(present: {', '.join(sorted(usable)) or 'none'})",
-            fix='fix [plugins.mdns] interfaces / --mdns-interfaces, or use "all"',
+            fix=f'{set_interfaces} (e.g. "all")',
         )
     if not usable or not snap.announce:
         return CheckResult(

@@ -6,13 +6,13 @@ snapshot is what makes the plugin rebind zeroconf and re-announce.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ifaddr
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+from exo_discovery_core import IP, interface_addresses
+
 #: zeroconf's explicit interface list: IPv4 addresses as text, IPv6 interfaces by index.
 ZcInterface = str | int
 
@@ -27,14 +27,6 @@ class Snapshot:
     """The addresses we announce: non-loopback, not link-local IPv6 (a peer could not dial it)."""
     unmatched: tuple[str, ...] = ()
     """Configured interface names/IPs that match nothing here (now)."""
-
-
-def _ip_of(raw: str | tuple[str, int, int]) -> IP | None:
-    text = raw[0] if isinstance(raw, tuple) else raw
-    try:
-        return ipaddress.ip_address(str(text).split("%", 1)[0])
-    except ValueError:
-        return None
 
 
 def _wanted(ip: IP, ip_version: str) -> bool:
@@ -53,31 +45,28 @@ def snapshot(
     wanted_names = None if selection == "all" else {s for s in selection}
     bind: set[ZcInterface] = set()
     announce: set[str] = set()
-    matched: set[str] = set()
-    for adapter in adapters:
-        names = {str(adapter.name), str(adapter.nice_name)}
-        adapter_selected = wanted_names is None or bool(names & wanted_names)
-        if adapter_selected and wanted_names is not None:
-            matched |= names & wanted_names
-        for entry in adapter.ips:
-            ip = _ip_of(entry.ip)
-            if ip is None or not _wanted(ip, ip_version):
-                continue
-            selected = adapter_selected
-            if not selected and wanted_names is not None:
-                hit = {str(ip)} & wanted_names
-                matched |= hit
-                selected = bool(hit)
-            if not selected:
-                continue
-            if ip.version == 4:
-                bind.add(str(ip))
-            elif adapter.index is not None and not ip.is_loopback:
-                # IPv6 loopback cannot send to ff02::fb (ENETUNREACH on every packet);
-                # nodes on one host still hear each other through multicast loopback.
-                bind.add(int(adapter.index))
-            if not ip.is_loopback and not (ip.version == 6 and ip.is_link_local):
-                announce.add(str(ip))
+    # an interface named in the selection is there even while it has no address
+    names_here = {str(n) for adapter in adapters for n in (adapter.name, adapter.nice_name)}
+    matched = names_here & (wanted_names or set())
+    for entry in interface_addresses(adapters):
+        selected = wanted_names is None or bool({entry.name, entry.nice_name} & wanted_names)
+        ip = entry.ip
+        if not _wanted(ip, ip_version):
+            continue
+        if not selected and wanted_names is not None:
+            hit = {str(ip)} & wanted_names
+            matched |= hit
+            selected = bool(hit)
+        if not selected:
+            continue
+        if ip.version == 4:
+            bind.add(str(ip))
+        elif entry.index is not None and not ip.is_loopback:
+            # IPv6 loopback cannot send to ff02::fb (ENETUNREACH on every packet);
+            # nodes on one host still hear each other through multicast loopback.
+            bind.add(entry.index)
+        if not ip.is_loopback and not (ip.version == 6 and ip.is_link_local):
+            announce.add(str(ip))
     unmatched = () if wanted_names is None else tuple(sorted(wanted_names - matched))
     return Snapshot(
         bind=tuple(sorted(bind, key=lambda b: (isinstance(b, int), str(b)))),

@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import anyio
 from pydantic import BaseModel
 from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from exo_discovery_core import CheckResult, DiscoveryContext, PeerCandidate, hookimpl
+from exo_discovery_core import (
+    CheckResult,
+    DiscoveryContext,
+    LogOnce,
+    PeerCandidate,
+    PeerSets,
+    hookimpl,
+)
 
 from . import checks
 from .config import MdnsConfig
@@ -32,7 +39,6 @@ from .records import (
     txt_properties,
 )
 
-PeerSets = AsyncIterator[Iterable[PeerCandidate]]
 RESOLVE_TIMEOUT_MS = 3000
 GOODBYE_BUDGET_S = 2.0
 REGISTER_ATTEMPTS = 10
@@ -40,30 +46,30 @@ REGISTER_ATTEMPTS = 10
 
 @hookimpl
 def config_model() -> type[BaseModel]:
+    """The ``[plugins.mdns]`` table: interfaces, IP versions, service type, instance name."""
     return MdnsConfig
 
 
 @hookimpl
-def discover_peers(context: DiscoveryContext[Any]) -> PeerSets | None:
-    return MdnsRun(context).run()
+async def discover_peers(context: DiscoveryContext[MdnsConfig]) -> PeerSets:
+    """Announce this node and yield the peers of its namespace on the LAN whenever they change."""
+    async with aclosing(MdnsRun(context).run()) as sets:
+        async for peers in sets:
+            yield peers
 
 
 @hookimpl
-async def doctor(context: DiscoveryContext[Any]) -> list[CheckResult]:
-    return await checks.run_checks(_config(context))
-
-
-def _config(context: DiscoveryContext[Any]) -> MdnsConfig:
-    config = context.config
-    return config if isinstance(config, MdnsConfig) else MdnsConfig.model_validate(config)
+async def doctor(context: DiscoveryContext[MdnsConfig]) -> list[CheckResult]:
+    """Interfaces with multicast, UDP 5353 shareable, our own query heard back."""
+    return await checks.run_checks(context)
 
 
 class MdnsRun:
     """One run of ``discover_peers``: the zeroconf instance, our registration, the peers seen."""
 
-    def __init__(self, context: DiscoveryContext[Any]) -> None:
+    def __init__(self, context: DiscoveryContext[MdnsConfig]) -> None:
         self.context = context
-        self.config = _config(context)
+        self.config = context.config
         self.log = context.log
         self.type = self.config.service_type
         self.azc: AsyncZeroconf | None = None
@@ -71,9 +77,9 @@ class MdnsRun:
         self.info: AsyncServiceInfo | None = None
         self.snap: Snapshot | None = None
         self.peers: dict[str, PeerCandidate] = {}
-        self.changed: asyncio.Event | None = None  # made in run(): this runs in a worker thread
+        self.changed = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._warned: set[tuple[str, str]] = set()
+        self._said = LogOnce(context.log)
         self._registering: asyncio.Task[None] | None = None
         self._renamed: str | None = None  # the instance we were renamed to, once logged
         self.foreign: dict[str, str] = {}  # service name -> namespace, of other clusters' nodes
@@ -81,9 +87,9 @@ class MdnsRun:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self) -> PeerSets:
+    async def run(self) -> AsyncGenerator[frozenset[PeerCandidate], None]:
         """The peer sets, one whenever they change (the empty set first)."""
-        self.changed = changed = asyncio.Event()
+        changed = self.changed
         try:
             await self._start(snapshot(self.config.interfaces, self.config.ip_version))
             last: frozenset[PeerCandidate] = frozenset()
@@ -335,13 +341,9 @@ class MdnsRun:
             self._notify()
 
     def _notify(self) -> None:
-        if self.changed is not None:
-            self.changed.set()
+        self.changed.set()
 
     def _rejected(self, name: str, why: Rejected) -> None:
         """Log a rejected record once per (name, reason): a bad peer must not flood the log."""
-        if (name, why.reason) in self._warned:
-            return
-        self._warned.add((name, why.reason))
         level = logging.DEBUG if why.quiet else logging.WARNING
-        self.log.log(level, "ignoring mDNS service %s: %s", name, why.reason)
+        self._said.log(level, (name, why.reason), "ignoring mDNS service %s: %s", name, why.reason)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -13,6 +12,7 @@ from exo_discovery_core import (
     CheckResult,
     DiscoveryContext,
     PeerCandidate,
+    PeerSets,
     SourceError,
     hookimpl,
     option,
@@ -26,7 +26,11 @@ class TemplateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path | None = option(
-        None, help="JSON file with a list of host:port", flag="--template-path", env="EXO_TEMPLATE_PATH"
+        None,
+        help="JSON file with a list of host:port",
+        flag="--template-path",
+        env="EXO_TEMPLATE_PATH",
+        needed=True,  # unset: the plugin is idle, and the node says how to set this
     )
     interval: float = option(5.0, help="Seconds between reads", flag="--template-interval", gt=0)
 
@@ -57,16 +61,16 @@ def parse(text: str, origin: str) -> frozenset[PeerCandidate]:
 
 
 @hookimpl
-async def discover_peers(
-    context: DiscoveryContext[TemplateConfig],
-) -> AsyncIterator[frozenset[PeerCandidate]]:
+def discover_peers(context: DiscoveryContext[TemplateConfig]) -> PeerSets | None:
+    """None (idle: the node logs how to configure it) without a path, else the file's peers."""
+    if context.config.path is None:
+        return None
+    return watch(context, context.config.path)
+
+
+async def watch(context: DiscoveryContext[TemplateConfig], path: Path) -> PeerSets:
     """Yield the file's peers whenever they change; the core's ``poll`` keeps the last good set
     while the file is missing or broken, backs off and logs each failure once."""
-    config = context.config
-    if config.path is None:
-        context.log.info("no path configured (set EXO_TEMPLATE_PATH); idle")
-        return
-    path = config.path
 
     async def read() -> frozenset[PeerCandidate]:
         try:
@@ -76,7 +80,8 @@ async def discover_peers(
         return parse(text, str(path))
 
     yield frozenset()  # nothing known yet: say so at once
-    async for peers in poll(read, interval=config.interval, log=context.log, what=f"peer file {path}"):
+    interval = context.config.interval
+    async for peers in poll(read, interval=interval, log=context.log, what=f"peer file {path}"):
         yield peers
 
 
@@ -89,7 +94,8 @@ def on_connection(event: object, context: DiscoveryContext[TemplateConfig]) -> N
 def doctor(context: DiscoveryContext[TemplateConfig]) -> list[CheckResult]:
     path = context.config.path
     if path is None:
-        return [CheckResult(name="peer file", ok=True, detail="not configured: plugin idle")]
+        return [CheckResult(name="peer file", ok=True,
+                            detail=f"not configured: plugin idle (to use it, {context.how_to_set()})")]
     try:
         peers = parse(path.read_text(), str(path))
     except (OSError, SourceError) as exc:

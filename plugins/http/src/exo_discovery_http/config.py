@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from exo_discovery_core import option
 from exo_discovery_core.remote import check_http_url
-
-HOW_TO_CONFIGURE = (
-    "set url in [plugins.http] (or --http-sd-url / EXO_HTTP_SD_URL) to a URL answering "
-    'Prometheus http_sd JSON: [{"targets": ["host:port"], "labels": {}}]'
-)
 
 
 class HttpConfig(BaseModel):
@@ -23,9 +17,11 @@ class HttpConfig(BaseModel):
 
     url: str | None = option(
         None,
-        help="URL answering Prometheus http_sd JSON (unset: plugin idle)",
+        help='URL answering Prometheus http_sd JSON, [{"targets": ["host:port"], "labels": {}}] '
+        "(unset: plugin idle)",
         flag="--http-sd-url",
         env="EXO_HTTP_SD_URL",
+        needed=True,
     )
     bearer_token: SecretStr | None = option(
         None,
@@ -67,11 +63,6 @@ class HttpConfig(BaseModel):
         ge=1,
         le=1_000_000,
     )
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("url")
     @classmethod

@@ -8,41 +8,47 @@ A bad target skips only itself, logged once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
-from exo_discovery_core import CheckResult, DiscoveryContext, PeerCandidate, hookimpl, poll
+from exo_discovery_core import (
+    CheckResult,
+    DiscoveryContext,
+    LogOnce,
+    PeerCandidate,
+    PeerSets,
+    hookimpl,
+    poll,
+)
 from exo_discovery_core.targetgroups import group_candidates
 
-from .config import HOW_TO_CONFIGURE, HttpConfig
+from .config import HttpConfig
 from .source import HttpSource, HttpSourceError
-
-PeerSets = AsyncIterator[Iterable[PeerCandidate]]
 
 
 class HttpPlugin:
-    """The plugin as an object, so tests can give it a transport; the entry point is the module."""
+    """The plugin as an object, so tests can give it a transport; the entry point names
+    :data:`plugin`, an instance with the default transport."""
 
     def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.transport = transport
 
     @hookimpl
     def config_model(self) -> type[BaseModel]:
+        """The ``[plugins.http]`` table: url, bearer_token, refresh_interval, limits."""
         return HttpConfig
 
     @hookimpl
-    def discover_peers(self, context: DiscoveryContext[Any]) -> PeerSets | None:
-        config = _config(context)
+    def discover_peers(self, context: DiscoveryContext[HttpConfig]) -> PeerSets | None:
+        """The URL's targets, every round; None when no URL is configured."""
+        config = context.config
         if config.url is None:
-            context.log.info("http discovery idle: no URL; to use it, %s", HOW_TO_CONFIGURE)
             return None
         return self._run(context, config)
 
-    async def _run(self, context: DiscoveryContext[Any], config: HttpConfig) -> PeerSets:
+    async def _run(self, context: DiscoveryContext[HttpConfig], config: HttpConfig) -> PeerSets:
         async with HttpSource(config, transport=self.transport) as source:
             round_ = _Round(context, source)
             async for peers in poll(
@@ -56,11 +62,12 @@ class HttpPlugin:
                 yield peers
 
     @hookimpl
-    async def doctor(self, context: DiscoveryContext[Any]) -> list[CheckResult]:
-        config = _config(context)
+    async def doctor(self, context: DiscoveryContext[HttpConfig]) -> list[CheckResult]:
+        """One request to the URL: reachable, a valid target list, how many peers."""
+        config = context.config
         name = "http: target list"
         if config.url is None:
-            detail = f"no url, so the plugin stays idle (to use it, {HOW_TO_CONFIGURE})"
+            detail = f"no url, so the plugin stays idle (to use it, {context.how_to_set()})"
             return [CheckResult(name=name, ok=True, detail=detail)]
         async with HttpSource(config, transport=self.transport) as source:
             try:
@@ -90,44 +97,23 @@ class HttpPlugin:
 class _Round:
     """What one run remembers between rounds: the problems already logged."""
 
-    context: DiscoveryContext[Any]
+    context: DiscoveryContext[HttpConfig]
     source: HttpSource
-    logged: set[str] = field(default_factory=set)
+    said: LogOnce = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.said = LogOnce(self.context.log)
 
     async def fetch(self) -> frozenset[PeerCandidate]:
         groups = await self.source.fetch()
         node = self.context.node
         candidates, problems = group_candidates(groups, node.port, source="http_sd answer")
+        for gone in set(self.said.topics()) - set(problems):  # fixed: news again if it returns
+            self.said.clear(gone)
         for problem in problems:
-            if problem not in self.logged:
-                self.context.log.warning("%s; skipped", problem)
-        self.logged = set(problems)
+            self.said.warning(problem, "%s; skipped", problem)
         return frozenset(c for c in candidates if c.peer_id != node.peer_id)
 
 
-def _config(context: DiscoveryContext[Any]) -> HttpConfig:
-    config = context.config
-    if not isinstance(config, HttpConfig):
-        raise TypeError(f"http: expected HttpConfig, got {type(config).__name__}")
-    return config
-
-
-_DEFAULT = HttpPlugin()
-
-
-@hookimpl
-def config_model() -> type[BaseModel]:
-    """The ``[plugins.http]`` table: url, bearer_token, refresh_interval, limits."""
-    return HttpConfig
-
-
-@hookimpl
-def discover_peers(context: DiscoveryContext[Any]) -> PeerSets | None:
-    """The URL's targets, every round; None when no URL is configured."""
-    return _DEFAULT.discover_peers(context)
-
-
-@hookimpl
-async def doctor(context: DiscoveryContext[Any]) -> list[CheckResult]:
-    """One request to the URL: reachable, a valid target list, how many peers."""
-    return await _DEFAULT.doctor(context)
+plugin = HttpPlugin()
+"""What the entry point names: the plugin with the default transport."""

@@ -8,9 +8,10 @@ They take the plugin object itself (a module or instance), so a test needs no en
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,32 @@ from pydantic import BaseModel
 from .config import ConfigSource
 from .events import NodeEvent
 from .identity import Identity
+from .ip import LocalNetworks
 from .models import Address, DiscoveryContext, NodeInfo, PeerCandidate
 from .node import Node
 from .plugins import PluginHost
 from .supervisor import running
+
+
+def node_info(
+    *, port: int = 52417, namespace: str = "test", interfaces: Iterable[str] | None = None
+) -> NodeInfo:
+    """The node a test's plugin sees: a new peer id, listening on 127.0.0.1 at ``port``.
+
+    ``interfaces`` are the addresses this host's interfaces have as far as the plugin can tell
+    (``"100.64.0.1"`` or ``"10.0.0.5/24"``); None means the real ones, ``()`` none at all.
+    """
+    local = LocalNetworks()
+    if interfaces is not None:
+        given = [ipaddress.ip_interface(text) for text in interfaces]
+        local = LocalNetworks(read=lambda: given)
+    return NodeInfo(
+        peer_id=Identity.generate().peer_id,
+        namespace=namespace,
+        port=port,
+        listen_addresses=(Address(host="127.0.0.1", port=port),),
+        local=local,
+    )
 
 
 def make_context(
@@ -48,12 +71,7 @@ def make_context(
         source = ConfigSource(env=dict(env or {}), flags=dict(flags or {}))
         model_config = source.plugin_config_from(name, host.config_model(name), dict(config or {}))
     if node is None:
-        node = NodeInfo(
-            peer_id=Identity.generate().peer_id,
-            namespace="test",
-            port=52417,
-            listen_addresses=(Address(host="127.0.0.1", port=52417),),
-        )
+        node = node_info()
     return DiscoveryContext(
         plugin_name=name,
         config=model_config,

@@ -14,20 +14,12 @@ import pytest
 from exo_discovery_bootstrap import BadEntry, BadPeersFile, BootstrapPlugin, parse_entry
 from exo_discovery_bootstrap.peersfile import parse_peers_file
 from exo_discovery_bootstrap.srv import best_first
-from exo_discovery_core import Address, NodeInfo
 from exo_discovery_core.identity import Identity
-from exo_discovery_core.ip import LocalNetworks
-from exo_discovery_core.testing import collecting, make_context
+from exo_discovery_core.testing import collecting, make_context, node_info
 
 SERVICE = "_exo-discovery._tcp.example.com"
 PEER = Identity.generate().peer_id
-NODE = NodeInfo(
-    peer_id=Identity.generate().peer_id,
-    namespace="test",
-    port=40001,
-    listen_addresses=(Address(host="0.0.0.0", port=40001),),
-    local=LocalNetworks(read=list),  # no interfaces: no record is this node by accident
-)
+NODE = node_info(port=40001, interfaces=())  # no interfaces: no record is this node by accident
 
 
 def test_srv_names_parse_and_take_no_port() -> None:

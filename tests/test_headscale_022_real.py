@@ -23,7 +23,8 @@ import anyio.to_thread
 import httpx
 import pytest
 
-from exo_discovery_core.testing import collecting, make_context, peer_sets
+from exo_discovery_core import NodeInfo
+from exo_discovery_core.testing import collecting, make_context, node_info, peer_sets
 from exo_discovery_headscale.plugin import HeadscalePlugin
 from tests.support.gotools import binary_path
 from tests.support.headscale import HeadscaleServer, TailscaleClient, wait_for
@@ -89,11 +90,16 @@ def old_tailnet() -> Iterator[OldTailnet]:
 
 
 def _plugin() -> HeadscalePlugin:
-    return HeadscalePlugin(local_addresses=set, register_retry=1.0)
+    return HeadscalePlugin(register_retry=1.0)
+
+
+def _node() -> NodeInfo:
+    """A node without interfaces: which tailnet node it is, only self_addresses says."""
+    return node_info(port=PORT, interfaces=())
 
 
 async def test_discovers_the_other_online_tagged_machine(old_tailnet: OldTailnet) -> None:
-    [peers] = await peer_sets(_plugin(), old_tailnet.config(), name="headscale", timeout=20)
+    [peers] = await peer_sets(_plugin(), old_tailnet.config(), name="headscale", node=_node(), timeout=20)
     b = old_tailnet.b
     assert {(dict(p.metadata)["hostname"], frozenset(map(str, p.addresses))) for p in peers} == {
         ("old-b", frozenset({f"{b.ipv4}:{PORT}", f"[{b.ipv6}]:{PORT}"}))
@@ -102,7 +108,7 @@ async def test_discovers_the_other_online_tagged_machine(old_tailnet: OldTailnet
 
 async def test_doctor_names_the_machine_api(old_tailnet: OldTailnet) -> None:
     plugin = _plugin()
-    context = make_context(plugin, old_tailnet.config(), name="headscale")
+    context = make_context(plugin, old_tailnet.config(), name="headscale", node=_node())
     checks = {c.name: c for c in await plugin.doctor(context)}
     assert all(c.ok for c in checks.values()), checks
     assert "machine API /api/v1/machine (Headscale 0.22)" in checks["headscale: server reachable"].detail
@@ -121,7 +127,7 @@ async def test_a_wrong_key_is_diagnosed_as_a_rejected_key(
     assert (raw.status_code, raw.text) == (500, "Unauthorized")  # what makes this case special
     plugin = _plugin()
     config = old_tailnet.config(api_key=WRONG_KEY)
-    checks = {c.name: c for c in await plugin.doctor(make_context(plugin, config, name="headscale"))}
+    checks = {c.name: c for c in await plugin.doctor(make_context(plugin, config, name="headscale", node=_node()))}
     assert checks["headscale: server reachable"].ok
     key = checks["headscale: API key"]
     assert not key.ok
@@ -129,7 +135,7 @@ async def test_a_wrong_key_is_diagnosed_as_a_rejected_key(
     assert "headscale apikeys create" in key.fix
     assert "server's log" not in key.fix
     caplog.set_level(logging.WARNING)
-    async with collecting(plugin, config, name="headscale") as sets:
+    async with collecting(plugin, config, name="headscale", node=_node()) as sets:
         with pytest.raises(TimeoutError):
             await sets.wait_for(1, timeout=2.0)  # nothing is yielded with a rejected key
     failed = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
@@ -140,11 +146,11 @@ async def test_a_wrong_key_is_diagnosed_as_a_rejected_key(
 async def test_self_register_sets_the_forced_tag_on_0_22(old_tailnet: OldTailnet) -> None:
     """old-u tags itself: on 0.22 the plugin replaces the machine's forced tags."""
     config = old_tailnet.config(old_tailnet.u, self_register=True)
-    async with collecting(_plugin(), config, name="headscale") as sets:
+    async with collecting(_plugin(), config, name="headscale", node=_node()) as sets:
         await sets.wait_for(1, timeout=20)
         await anyio.to_thread.run_sync(
             lambda: wait_for(lambda: "tag:exo" in old_tailnet.machines()["old-u"]["forcedTags"],
                              timeout=20, what="old-u carrying tag:exo")
         )
-    [from_a] = await peer_sets(_plugin(), old_tailnet.config(), name="headscale", timeout=20)
+    [from_a] = await peer_sets(_plugin(), old_tailnet.config(), name="headscale", node=_node(), timeout=20)
     assert {dict(p.metadata)["hostname"] for p in from_a} == {"old-b", "old-u"}

@@ -11,11 +11,10 @@ from typing import Any
 import anyio
 import pytest
 
-from exo_discovery_core import Address, NodeInfo, PeerCandidate, PeerId
+from exo_discovery_core import NodeInfo, PeerCandidate, PeerId
 from exo_discovery_core.config import ConfigError, ConfigSource
 from exo_discovery_core.identity import Identity
-from exo_discovery_core.ip import LocalNetworks
-from exo_discovery_core.testing import collecting, make_context, peer_sets
+from exo_discovery_core.testing import collecting, make_context, node_info, peer_sets
 from exo_discovery_headscale.api import HeadscaleClient, HeadscaleError
 from exo_discovery_headscale.config import HeadscaleConfig
 from exo_discovery_headscale.plugin import HeadscalePlugin
@@ -32,13 +31,7 @@ def anyio_backend() -> str:
 
 def _node_info(port: int = 52417) -> NodeInfo:
     """This node: its one interface address is ME, the Tailscale IP of node 1 of the fleet."""
-    return NodeInfo(
-        peer_id=Identity.generate().peer_id,
-        namespace="test",
-        port=port,
-        listen_addresses=(Address(host="127.0.0.1", port=port),),
-        local=LocalNetworks(read=lambda: [ipaddress.ip_interface(ME)]),
-    )
+    return node_info(port=port, interfaces=[str(ME)])
 
 
 def _plugin() -> HeadscalePlugin:

@@ -32,10 +32,8 @@ import anyio
 import httpx
 import pytest
 
-from exo_discovery_core import Address, NodeInfo, PeerCandidate
-from exo_discovery_core.identity import Identity
-from exo_discovery_core.ip import LocalNetworks
-from exo_discovery_core.testing import make_context, peer_sets
+from exo_discovery_core import NodeInfo, PeerCandidate
+from exo_discovery_core.testing import make_context, node_info, peer_sets
 from exo_discovery_headscale.plugin import HeadscalePlugin
 from tests.support.gotools import TOOLS, binary_path
 from tests.support.headscale import HeadscaleServer, TailscaleClient, free_port, wait_for
@@ -141,13 +139,7 @@ def _plugin() -> HeadscalePlugin:
 
 def _node() -> NodeInfo:
     """A node without interfaces: which tailnet node it is, only self_addresses says."""
-    return NodeInfo(
-        peer_id=Identity.generate().peer_id,
-        namespace="test",
-        port=PORT,
-        listen_addresses=(Address(host="127.0.0.1", port=PORT),),
-        local=LocalNetworks(read=list),
-    )
+    return node_info(port=PORT, interfaces=())
 
 
 def _expected(*members: tuple[TailscaleClient, int]) -> Expected:

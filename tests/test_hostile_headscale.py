@@ -26,10 +26,8 @@ from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from exo_discovery_core import Address, NodeInfo, PeerCandidate
-from exo_discovery_core.identity import Identity
-from exo_discovery_core.ip import LocalNetworks
-from exo_discovery_core.testing import make_context
+from exo_discovery_core import PeerCandidate
+from exo_discovery_core.testing import make_context, node_info
 from exo_discovery_headscale.api import HeadscaleError, parse_node_list
 from exo_discovery_headscale.config import HeadscaleConfig
 from exo_discovery_headscale.plugin import HeadscalePlugin, Selector
@@ -50,13 +48,7 @@ POLL_CASES = 25
 BUG_CASES = 10
 KEY = "hskey-hostile-0000"
 ME = ipaddress.ip_address("100.64.0.1")
-NODE = NodeInfo(
-    peer_id=Identity.generate().peer_id,
-    namespace="exo",
-    port=52417,
-    listen_addresses=(Address(host="127.0.0.1", port=52417),),
-    local=LocalNetworks(read=lambda: [ipaddress.ip_interface(ME)]),
-)
+NODE = node_info(interfaces=[str(ME)], namespace="exo")
 CONFIG = HeadscaleConfig(api_url="http://127.0.0.1:1", api_key=KEY)
 
 pytestmark = pytest.mark.skipif(not SPEC_DIR.is_dir(), reason=f"no Headscale specs at {SPEC_DIR}")

@@ -1,9 +1,12 @@
-"""Configuration: one TOML file, then environment variables, then CLI flags, in rising precedence.
+"""Configuration: one TOML file, then environment variables, then CLI flags, then settings a host
+program passes in code, in rising precedence.
 
 The node's own table is ``[node]``; each plugin's is ``[plugins.<name>]``, validated by the model the
 plugin declares. Fields made with :func:`option` carry their flag, env var and help text, so the CLI,
-the env and ``doctor`` all come from one declaration. Every error names where the bad value came
-from: the file and key, the env var, or the flag.
+the env and ``doctor`` all come from one declaration. Settings in code have the file's shape and are
+keyed by field name (``{"node": {"port": 0}, "plugins": {"bootstrap": {"peers": [...]}}}``), so they
+are checked exactly as the file is. Every error names where the bad value came from: the file and
+key, the env var, the flag, or the setting.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 DEFAULT_PORT = 52417
 DEFAULT_CONFIG_NAME = "exo-discovery.toml"
 CONFIG_ENV = "EXO_DISCOVERY_CONFIG"
+SETTINGS_LABEL = "settings"
 PLUGINS_ENV = "EXO_DISCOVERY_PLUGINS"
 DISABLE_ENV = "EXO_DISCOVERY_DISABLE_PLUGINS"
 _RESERVED_PLUGIN_KEYS = ("enabled", "disabled")
@@ -174,7 +178,11 @@ class Layer:
 
 @dataclass
 class ConfigSource:
-    """The file, the environment and the flags, not yet validated."""
+    """The file, the environment, the flags and the host's settings, not yet validated.
+
+    ``flags`` are keyed as on the command line (``{"--port": "0"}``); ``settings`` have the file's
+    shape and are keyed by field name (``{"node": {"port": 0}}``).
+    """
 
     file: Path | None = None
     file_data: dict[str, Any] = field(default_factory=dict)
@@ -184,6 +192,7 @@ class ConfigSource:
     disable_flag: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     """Problems that do not stop the node (a disabled plugin that is not installed)."""
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -194,12 +203,22 @@ class ConfigSource:
         flags: Mapping[str, Any] | None = None,
         enable: list[str] | None = None,
         disable: list[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        find_file: bool = True,
     ) -> ConfigSource:
-        """Find and parse the file (``path``, ``$EXO_DISCOVERY_CONFIG``, ``./exo-discovery.toml``)."""
+        """Find and parse the file (``path``, else, with ``find_file``, ``$EXO_DISCOVERY_CONFIG`` or
+        ``./exo-discovery.toml``); ``settings`` lie over the file, the env and the flags."""
         environ = dict(os.environ if env is None else env)
-        if path is None and environ.get(CONFIG_ENV):
+        for key in flags or {}:
+            if not key.startswith("--"):
+                raise ConfigError(
+                    f"flags: {key!r} is not a flag; flags are spelled as on the command line "
+                    f"('--{key.replace('_', '-')}'); to set a field by name pass "
+                    f"settings={{'node': {{{key!r}: ...}}}}"
+                )
+        if path is None and find_file and environ.get(CONFIG_ENV):
             path = Path(environ[CONFIG_ENV])
-        elif path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+        elif path is None and find_file and Path(DEFAULT_CONFIG_NAME).is_file():
             path = Path(DEFAULT_CONFIG_NAME)
         data: dict[str, Any] = {}
         if path is not None:
@@ -213,36 +232,32 @@ class ConfigSource:
                 raise ConfigError(f"{path}: not valid TOML: {exc}") from None
             except RecursionError:
                 raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
-        source = cls(path, data, environ, dict(flags or {}), enable, list(disable or []))
-        source._check_top_level()
+        source = cls(
+            path,
+            data,
+            environ,
+            dict(flags or {}),
+            enable,
+            list(disable or []),
+            dict(settings or {}),
+        )
+        _check_tables(source.file_data, source.file_label)
+        _check_tables(source.settings, SETTINGS_LABEL)
         return source
 
     @property
     def file_label(self) -> str:
         return str(self.file) if self.file else "config"
 
-    def _check_top_level(self) -> None:
-        for key, value in self.file_data.items():
-            if key not in ("node", "plugins"):
-                raise ConfigError(
-                    f"{self.file_label}: unknown top-level key {key!r}"
-                    f"{did_you_mean(key, ('node', 'plugins'))} (expected [node] or [plugins])"
-                )
-            if not isinstance(value, dict):
-                raise ConfigError(f"{self.file_label}: {key!r} must be a table ([{key}])")
-        plugins = self.file_data.get("plugins", {})
-        for key, value in plugins.items():
-            if key in _RESERVED_PLUGIN_KEYS:
-                if not _is_str_list(value):
-                    raise ConfigError(f"{self.file_label}: [plugins] {key} must be a list of names")
-            elif not isinstance(value, dict):
-                hint = did_you_mean(key, _RESERVED_PLUGIN_KEYS)
-                if hint:
-                    raise ConfigError(f"{self.file_label}: [plugins] unknown key {key!r}{hint}")
-                raise ConfigError(
-                    f"{self.file_label}: [plugins] {key} must be a table ([plugins.{key}]); "
-                    f"to turn it off write `enabled = false` in it or list it in disabled"
-                )
+    def _tables(self) -> list[tuple[dict[str, Any], str]]:
+        """The table-shaped sources, lowest first: the file, then the host's settings."""
+        return [(self.file_data, self.file_label), (self.settings, SETTINGS_LABEL)]
+
+    def check_flags(self, known: set[str]) -> None:
+        """Every flag given must be one a model declares (the CLI only makes those)."""
+        for flag in self.flags:
+            if flag not in known:
+                raise ConfigError(f"flag {flag}: no such flag (known: {', '.join(sorted(known))})")
 
     # -- plugin selection -------------------------------------------------------------------
 
@@ -255,7 +270,7 @@ class ConfigSource:
         installed is an error; one to leave out is a warning (one config serves machines with
         different plugins installed).
         """
-        self._check_plugin_tables(installed)
+        self.check_plugin_tables(installed)
         selection = {name: "enabled" for name in installed}
         for only, off in self._selection_layers():
             if only is not None:
@@ -277,44 +292,38 @@ class ConfigSource:
     def _selection_layers(
         self,
     ) -> list[tuple[tuple[list[str], str] | None, list[tuple[str, str]]]]:
-        """For the file, the env and the flags: (the only plugins to run, plugins to leave out)."""
-        plugins = self.file_data.get("plugins", {})
-        file_only = None
-        if "enabled" in plugins:
-            file_only = (plugins["enabled"], f"{self.file_label} [plugins] enabled")
-        file_off = [
-            (n, f"{self.file_label} [plugins] disabled") for n in plugins.get("disabled", [])
-        ]
-        for name, table in plugins.items():
-            if isinstance(table, dict) and table.get("enabled") is False:
-                file_off.append((name, f"{self.file_label} [plugins.{name}] enabled = false"))
-            elif isinstance(table, dict) and "enabled" in table and table["enabled"] is not True:
-                raise ConfigError(
-                    f"{self.file_label}: [plugins.{name}] enabled must be true or false"
-                )
+        """For the file, the env, the flags and the settings: (the only plugins to run, plugins to
+        leave out)."""
         env_only = None
         if PLUGINS_ENV in self.env:
             env_only = (_split(self.env[PLUGINS_ENV]), f"env {PLUGINS_ENV}")
         env_off = [(n, f"env {DISABLE_ENV}") for n in _split(self.env.get(DISABLE_ENV, ""))]
         flag_only = (self.enable_flag, "flag --plugins") if self.enable_flag is not None else None
         flag_off = [(n, "flag --disable-plugin") for n in self.disable_flag]
-        return [(file_only, file_off), (env_only, env_off), (flag_only, flag_off)]
+        return [
+            _selection_of_table(self.file_data, self.file_label),
+            (env_only, env_off),
+            (flag_only, flag_off),
+            _selection_of_table(self.settings, SETTINGS_LABEL),
+        ]
 
-    def _check_plugin_tables(self, installed: list[str]) -> None:
-        """A ``[plugins.NAME]`` table for no installed plugin is a typo or a missing install."""
-        for name, table in self.file_data.get("plugins", {}).items():
-            if isinstance(table, dict) and name not in installed:
-                listing = ", ".join(sorted(installed)) or "none"
-                close = difflib.get_close_matches(name, installed, n=1)
-                fix = (
-                    f"did you mean [plugins.{close[0]}]?"
-                    if close
-                    else f"install exo-discovery-{name} or remove the table"
-                )
-                raise ConfigError(
-                    f"{self.file_label}: [plugins.{name}] is not an installed plugin; {fix} "
-                    f"(installed: {listing})"
-                )
+    def check_plugin_tables(self, installed: list[str]) -> None:
+        """A ``[plugins.NAME]`` table (in the file or the settings) for no installed plugin is a
+        typo or a missing install."""
+        for data, label in self._tables():
+            for name, table in data.get("plugins", {}).items():
+                if isinstance(table, dict) and name not in installed:
+                    listing = ", ".join(sorted(installed)) or "none"
+                    close = difflib.get_close_matches(name, installed, n=1)
+                    fix = (
+                        f"did you mean [plugins.{close[0]}]?"
+                        if close
+                        else f"install exo-discovery-{name} or remove the table"
+                    )
+                    raise ConfigError(
+                        f"{label}: [plugins.{name}] is not an installed plugin; {fix} "
+                        f"(installed: {listing})"
+                    )
 
     @staticmethod
     def _check_installed(names: list[str], origin: str, installed: list[str]) -> None:
@@ -329,38 +338,51 @@ class ConfigSource:
     # -- validation ------------------------------------------------------------------------
 
     def node_config(self) -> NodeConfig:
-        return self.validate(NodeConfig, self.file_data.get("node", {}), "[node]", owner="node")
+        return self.validate(
+            NodeConfig,
+            self.file_data.get("node", {}),
+            "[node]",
+            owner="node",
+            settings=self.settings.get("node", {}),
+        )
 
     def plugin_config(self, name: str, model: type[BaseModel]) -> BaseModel:
-        return self.plugin_config_from(name, model, self.file_data.get("plugins", {}).get(name, {}))
+        return self.plugin_config_from(
+            name,
+            model,
+            self.file_data.get("plugins", {}).get(name, {}),
+            settings=self.settings.get("plugins", {}).get(name, {}),
+        )
 
     def plugin_config_from(
-        self, name: str, model: type[BaseModel], table: Mapping[str, Any]
+        self,
+        name: str,
+        model: type[BaseModel],
+        table: Mapping[str, Any],
+        *,
+        settings: Mapping[str, Any] | None = None,
     ) -> BaseModel:
-        """Validate ``table`` (a plugin's table) with env and flags laid over it."""
-        table = dict(table)
-        for key in _RESERVED_PLUGIN_KEYS:
-            table.pop(key, None)
-        return self.validate(model, table, f"[plugins.{name}]", owner=f"plugin {name!r}")
+        """Validate ``table`` (a plugin's table) with env, flags and ``settings`` laid over it."""
+        tables = [dict(table), dict(settings or {})]
+        for each in tables:
+            for key in _RESERVED_PLUGIN_KEYS:
+                each.pop(key, None)
+        return self.validate(
+            model, tables[0], f"[plugins.{name}]", owner=f"plugin {name!r}", settings=tables[1]
+        )
 
     def validate(
-        self, model: type[ModelT], table: Mapping[str, Any], table_name: str, *, owner: str
+        self,
+        model: type[ModelT],
+        table: Mapping[str, Any],
+        table_name: str,
+        *,
+        owner: str,
+        settings: Mapping[str, Any] | None = None,
     ) -> ModelT:
         layer = Layer()
         fields = model.model_fields
-        for key, value in table.items():
-            origin = f"{self.file_label} {table_name} {key}"
-            base = key.removesuffix("_file")
-            if key != base and base in fields and option_meta(fields[base])[2]:
-                layer.set(base, _read_secret(str(value), origin), origin)
-            elif key in fields:
-                layer.set(key, value, origin)
-            else:
-                known = ", ".join(fields) or "none"
-                raise ConfigError(
-                    f"{origin}: unknown key{did_you_mean(key, fields)} "
-                    f"(known keys in {table_name}: {known})"
-                )
+        _lay_table(layer, fields, table, f"{self.file_label} {table_name}", table_name)
         for name, info in fields.items():
             flag, env, secret = option_meta(info)
             if env and _is_set(self.env.get(env)):
@@ -372,10 +394,73 @@ class ConfigSource:
                 value = self.flags[flag]
                 text = isinstance(value, str)
                 layer.set(name, _from_text(value, info) if text else value, f"flag {flag}")
+        _lay_table(layer, fields, settings or {}, f"{SETTINGS_LABEL} {table_name}", table_name)
         try:
             return model.model_validate(layer.values)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, layer, table_name, owner, self.file_label)) from None
+
+
+def _check_tables(data: Mapping[str, Any], label: str) -> None:
+    """The shape the file and the settings share: ``node`` and ``plugins`` tables."""
+    for key, value in data.items():
+        if key not in ("node", "plugins"):
+            raise ConfigError(
+                f"{label}: unknown top-level key {key!r}"
+                f"{did_you_mean(key, ('node', 'plugins'))} (expected [node] or [plugins])"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"{label}: {key!r} must be a table ([{key}])")
+    for key, value in data.get("plugins", {}).items():
+        if key in _RESERVED_PLUGIN_KEYS:
+            if not _is_str_list(value):
+                raise ConfigError(f"{label}: [plugins] {key} must be a list of names")
+        elif not isinstance(value, dict):
+            hint = did_you_mean(key, _RESERVED_PLUGIN_KEYS)
+            if hint:
+                raise ConfigError(f"{label}: [plugins] unknown key {key!r}{hint}")
+            raise ConfigError(
+                f"{label}: [plugins] {key} must be a table ([plugins.{key}]); "
+                f"to turn it off write `enabled = false` in it or list it in disabled"
+            )
+
+
+def _selection_of_table(
+    data: Mapping[str, Any], label: str
+) -> tuple[tuple[list[str], str] | None, list[tuple[str, str]]]:
+    """The plugin choice of the file or the settings: (the only plugins to run, to leave out)."""
+    plugins = data.get("plugins", {})
+    only = (plugins["enabled"], f"{label} [plugins] enabled") if "enabled" in plugins else None
+    off = [(n, f"{label} [plugins] disabled") for n in plugins.get("disabled", [])]
+    for name, table in plugins.items():
+        if isinstance(table, dict) and table.get("enabled") is False:
+            off.append((name, f"{label} [plugins.{name}] enabled = false"))
+        elif isinstance(table, dict) and "enabled" in table and table["enabled"] is not True:
+            raise ConfigError(f"{label}: [plugins.{name}] enabled must be true or false")
+    return only, off
+
+
+def _lay_table(
+    layer: Layer,
+    fields: Mapping[str, FieldInfo],
+    table: Mapping[str, Any],
+    label: str,
+    table_name: str,
+) -> None:
+    """Lay a table of the file or of the settings (keyed by field name) over ``layer``."""
+    for key, value in table.items():
+        origin = f"{label} {key}"
+        base = key.removesuffix("_file")
+        if key != base and base in fields and option_meta(fields[base])[2]:
+            layer.set(base, _read_secret(str(value), origin), origin)
+        elif key in fields:
+            layer.set(key, value, origin)
+        else:
+            known = ", ".join(fields) or "none"
+            raise ConfigError(
+                f"{origin}: unknown key{did_you_mean(key, fields)} "
+                f"(known keys in {table_name}: {known})"
+            )
 
 
 def _describe(

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import random
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -29,7 +31,7 @@ from pydantic import BaseModel
 
 from . import exchange, status
 from .backoff import Backoff
-from .config import ConfigSource, NodeConfig
+from .config import CONFIG_ENV, ConfigSource, NodeConfig, option_meta
 from .connections import Connection, ConnectionManager
 from .events import EventHub, NodeEvent
 from .handshake import HandshakeError, SelfConnection
@@ -93,6 +95,7 @@ class Node:
         self._entry_points = entry_points
         self._extra_plugins = dict(plugins or {})
         self._identity = identity
+        self._plugin_configs: dict[str, BaseModel] | None = None
         self.table = PeerTable()
         self.health: dict[str, PluginHealth] = {}
         self._hub = EventHub()
@@ -110,6 +113,46 @@ class Node:
         self.port = self.config.port
         self.connections: ConnectionManager | None = None
 
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        plugins: Mapping[str, Mapping[str, Any]] | None = None,
+        use_file: bool | Path = False,
+        use_env: bool = False,
+        entry_points: bool = True,
+        register: Mapping[str, object] | None = None,
+        identity: Identity | None = None,
+        **node: Any,
+    ) -> Node:
+        """A node from settings in code, keyed by field name as in the file: ``node`` holds the
+        ``[node]`` keys (``namespace="lab", port=0``), ``plugins`` the ``[plugins]`` table
+        (``{"bootstrap": {"peers": [...]}, "disabled": ["mdns"]}``).
+
+        The file (``use_file=True`` finds it as the CLI does; a path names it) and the
+        environment (``use_env``) apply only when asked, under the settings. Unknown keys and bad
+        values raise :class:`ConfigError` naming the key, now rather than at start; ``register``
+        adds plugin objects by name, as ``Node(plugins=...)`` does.
+        """
+        path = use_file if isinstance(use_file, Path) else None
+        if use_file is True and os.environ.get(CONFIG_ENV):  # the file is found as the CLI does
+            path = Path(os.environ[CONFIG_ENV])
+        source = ConfigSource.load(
+            path,
+            env=None if use_env else {},
+            settings={"node": node, "plugins": dict(plugins or {})},
+            find_file=use_file is True,
+        )
+        built = cls(
+            source.node_config(),
+            source=source,
+            plugins=register,
+            entry_points=entry_points,
+            identity=identity,
+        )
+        built.plugin_configs()  # every plugin's settings are checked here, not at start
+        return built
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
@@ -121,21 +164,39 @@ class Node:
         """Import the enabled plugins (once); safe to call before start, e.g. for ``plugins``."""
         if self.host.infos:
             return
+        installed = sorted(set(self._extra_plugins))
         if self._entry_points:
             installed = sorted(set(installed_entry_points()) | set(self._extra_plugins))
             self.host.load_installed(self.source.plugin_selection(installed))
+        self.source.check_plugin_tables(installed)
         for name, plugin in self._extra_plugins.items():
             self.host.register(name, plugin)
 
+    def plugin_configs(self) -> dict[str, BaseModel]:
+        """Each loaded plugin's config, validated once (ConfigError naming the key if bad)."""
+        if self._plugin_configs is None:
+            self.load_plugins()
+            models = [("node", NodeConfig)] + [
+                (name, self.host.config_model(name)) for name in self.host.loaded()
+            ]
+            self.source.check_flags(
+                {
+                    flag
+                    for _, model in models
+                    for info in model.model_fields.values()
+                    if (flag := option_meta(info)[0])
+                }
+            )
+            self._plugin_configs = {
+                name: self.source.plugin_config(name, model) for name, model in models[1:]
+            }
+        return self._plugin_configs
+
     async def __aenter__(self) -> Node:
-        self.load_plugins()
+        configs = self.plugin_configs()
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._identity is None:
             self._identity = Identity.load_or_create(self.config.state_dir)
-        configs = {
-            name: self.source.plugin_config(name, self.host.config_model(name))
-            for name in self.host.loaded()
-        }
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:

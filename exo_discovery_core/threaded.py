@@ -41,7 +41,7 @@ class NodeThread:
     """:class:`Node` (same arguments) on a thread of its own; use as an async context manager."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._args, self._kwargs = args, kwargs
+        self._make: Callable[[], Node] = lambda: Node(*args, **kwargs)
         self._stack = ExitStack()
         self._portal: BlockingPortal | None = None
         self._node: Node | None = None
@@ -51,7 +51,7 @@ class NodeThread:
         self._portal = await anyio.to_thread.run_sync(self._stack.enter_context, portal_cm)
         try:
             # built and entered on its own loop: every anyio object it makes belongs there
-            node = await self._in_node(lambda: Node(*self._args, **self._kwargs))
+            node = await self._in_node(self._make)
             entered: AbstractContextManager[Node] = self._portal.wrap_async_context_manager(node)
             await anyio.to_thread.run_sync(self._stack.enter_context, entered)
         except BaseException:
@@ -59,6 +59,15 @@ class NodeThread:
             raise
         self._node = node
         return self
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> NodeThread:
+        """:meth:`Node.from_settings` on a thread of its own: the settings are checked now
+        (``ConfigError`` naming the key), the node is built on its own loop when entered."""
+        Node.from_settings(**settings)
+        thread = cls()
+        thread._make = lambda: Node.from_settings(**settings)
+        return thread
 
     async def __aexit__(
         self,

@@ -239,7 +239,7 @@ class ConfigSource:
             dict(flags or {}),
             enable,
             list(disable or []),
-            dict(settings or {}),
+            settings=dict(settings or {}),
         )
         _check_tables(source.file_data, source.file_label)
         _check_tables(source.settings, SETTINGS_LABEL)

@@ -38,7 +38,9 @@ def test_node_fields_by_name(tmp_path: Path) -> None:
 def test_unknown_node_key_is_named() -> None:
     with pytest.raises(ConfigError) as info:
         Node.from_settings(prot=0, entry_points=False)
-    assert str(info.value).startswith("settings [node] prot: unknown key (known keys in [node]:")
+    assert str(info.value).startswith(
+        "settings [node] prot: unknown key (did you mean 'port'?) (known keys in [node]:"
+    )
 
 
 def test_bad_node_value_is_named() -> None:
@@ -65,7 +67,10 @@ def test_settings_for_a_plugin_that_is_not_installed_are_an_error() -> None:
         Node.from_settings(
             plugins={"dmeo": {"url": "x"}}, register={"demo": Demo()}, entry_points=False
         )
-    assert "plugin 'dmeo' is not installed (installed: demo)" in str(info.value)
+    assert (
+        "[plugins.dmeo] is not an installed plugin; did you mean [plugins.demo]? (installed: demo)"
+        in str(info.value)
+    )
 
 
 def test_file_and_env_apply_only_when_asked_and_settings_win(

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 from pydantic import BaseModel
 
@@ -93,10 +94,14 @@ class HeadscalePlugin:
                 config.api_url,
             )
         if config.api_key is None:
-            log.warning(
-                "no Headscale API key set; the server will refuse. To set one, %s",
-                context.how_to_set("api_key"),
+            # the API answers nothing without a key: failing, with the reason, until it is set
+            message = (
+                f"no API key for {config.api_url}: create one with `headscale apikeys create`, "
+                f"then {context.how_to_set('api_key')}"
             )
+            log.error("Headscale discovery cannot start: %s", message)
+            context.report_health(False, message)
+            await anyio.sleep_forever()
         async with self.client(config) as client:
             round_ = _Round(self, context, config, client, Selector(config, context.node))
             async for peers in poll(

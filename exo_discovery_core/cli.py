@@ -494,6 +494,7 @@ def _describe(event: NodeEvent) -> str:
         "disconnected": f"disconnected {event.peer_id}: {event.reason}",
         "plugin_error": f"plugin {event.plugin} failing: {event.error}",
         "plugin_recovered": f"plugin {event.plugin} recovered",
+        "lagged": f"missed {event.count} events (too slow to show them all)",
         "stopped": "stopped",
     }
     return f"{stamp} {details[event.event]}"

@@ -43,11 +43,13 @@ def config_model() -> type[BaseModel]:  # type: ignore[empty-body]
 def discover_peers(context: DiscoveryContext[BaseModel]) -> PeerSets | None:
     """An async iterator of peer sets: each item is every peer this plugin sees now.
 
-    The node drives it in a task of its own and diffs the sets; a peer missing from the next set
-    is gone. Yield an empty set first if nothing is known yet. Clean up (goodbyes, sockets) in a
+    An ``async def`` generator (called and iterated on the node's event loop), or a plain function
+    returning one, or None to stay idle (e.g. not configured); checked at registration. The node
+    drives it in a task of its own and diffs the sets; a peer missing from the next set is gone.
+    Yield an empty set first if nothing is known yet. Clean up (goodbyes, sockets) in a
     ``finally``: the node closes the iterator on stop. If it raises, the node logs it, keeps the
-    last set until the peer TTL, and calls the hook again after a backoff. Return None to stay
-    idle (e.g. not configured). Use ``exo_discovery_core.poll`` for anything that polls.
+    last set until the peer TTL, and calls the hook again after a backoff. Use
+    ``exo_discovery_core.poll`` for anything that polls.
     """
 
 

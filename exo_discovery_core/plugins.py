@@ -10,7 +10,7 @@ import functools
 import importlib.metadata as metadata
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,27 @@ class PluginInfo:
             "status": self.status,
             "error": self.error,
         }
+
+
+def _discover_peers_error(function: Callable[..., Any]) -> str | None:
+    """Why ``function`` cannot be a ``discover_peers`` (None when it can), said at registration.
+
+    The contract: an async generator, or a plain function returning an async iterator or None.
+    """
+    if inspect.isasyncgenfunction(function):
+        return None
+    if inspect.iscoroutinefunction(function):
+        return (
+            "discover_peers is an `async def` that returns instead of yielding: make it an async "
+            "generator (`yield` each peer set), or a plain `def` that returns an async iterator, "
+            "or None to stay idle"
+        )
+    if inspect.isgeneratorfunction(function):
+        return (
+            "discover_peers is a plain generator (`def` with `yield`): make it `async def`, "
+            "so the node iterates it on its event loop"
+        )
+    return None
 
 
 @functools.cache
@@ -133,6 +154,13 @@ class PluginHost:
                 f"(known: {', '.join(sorted(self.hook_names()))})"
             )
             log.error("plugin %r: %s", name, info.error)
+            return
+        broken = self._impl("discover_peers", plugin)
+        why = _discover_peers_error(broken.function) if broken is not None else None
+        if why is not None:
+            self.pm.unregister(plugin)
+            info.error = why
+            log.error("plugin %r: %s", name, info.error)
 
     def hook_names(self) -> list[str]:
         return [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "exo_discovery_spec")]
@@ -140,17 +168,23 @@ class PluginHost:
     def loaded(self) -> list[str]:
         return [name for name, info in self.infos.items() if info.loaded]
 
+    def _impl(self, hook: str, plugin: object) -> pluggy.HookImpl | None:
+        caller = getattr(self.pm.hook, hook)
+        return next((impl for impl in caller.get_hookimpls() if impl.plugin is plugin), None)
+
     def call(self, name: str, hook: str, **kwargs: Any) -> Any:
         """Call one plugin's implementation of ``hook``; None when it has none."""
         plugin = self.pm.get_plugin(name)
-        if plugin is None:
+        impl = None if plugin is None else self._impl(hook, plugin)
+        if impl is None:
             return None
-        caller = getattr(self.pm.hook, hook)
-        impls = [impl for impl in caller.get_hookimpls() if impl.plugin is plugin]
-        if not impls:
-            return None
-        impl = impls[0]
         return impl.function(*[kwargs[arg] for arg in impl.argnames])
+
+    def is_async_generator(self, name: str, hook: str) -> bool:
+        """Whether ``name``'s ``hook`` is an ``async def`` generator (calling it runs no code)."""
+        plugin = self.pm.get_plugin(name)
+        impl = None if plugin is None else self._impl(hook, plugin)
+        return impl is not None and inspect.isasyncgenfunction(impl.function)
 
     def implements(self, name: str, hook: str) -> bool:
         plugin = self.pm.get_plugin(name)

@@ -1,8 +1,10 @@
 """Runs one plugin's ``discover_peers`` and keeps it running: the isolation of every plugin.
 
 A plugin that raises is logged by name and called again after a backoff with jitter; its last
-set stays in the peer table until the TTL (the node's ``plugin_failed``). The hook call itself runs
-in a worker thread with a deadline, so a plugin that blocks there cannot stall the node.
+set stays in the peer table until the TTL (the node's ``plugin_failed``). The iterator runs on the
+node's event loop. An async generator function is called there too (calling one runs none of its
+code); a plain function, which may block before it returns, is called in a worker thread with a
+deadline, so a plugin that blocks there cannot stall the node.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import anyio
 
 from .backoff import Backoff
+from .logonce import LogOnce
 from .models import BackgroundTask, DiscoveryContext, PeerCandidate
 from .plugins import PluginHost
 
@@ -55,7 +58,7 @@ async def supervise(
     name = context.plugin_name
     backoff = Backoff(initial=0.5, maximum=restart_max)
     failing = False
-    last_error = ""
+    said = LogOnce(log)
     while True:
         try:
             async with running(host, context) as stream:
@@ -74,7 +77,7 @@ async def supervise(
             failing = True
             delay = backoff.next()
             message = f"{type(exc).__name__}: {exc}"
-            repeated, last_error = message == last_error, message
+            repeated = not said.changed(name, message)
             log.log(
                 logging.INFO if repeated else logging.ERROR,
                 "plugin %r failed%s: %s; restarting in %.1f s",
@@ -122,11 +125,14 @@ def _unwrap(exc: Exception) -> Exception:
 
 
 async def _call_hook(host: PluginHost, name: str, context: DiscoveryContext[Any]) -> Any:
-    """The plugin's async iterator (or None), from a worker thread so a blocking hook can't stall us."""
+    """The plugin's async iterator (or None): an async generator made on the event loop, or what
+    a plain function returns, called in a worker thread so a blocking one cannot stall us."""
 
     def call() -> Any:
         return host.call(name, "discover_peers", context=context)
 
+    if host.is_async_generator(name, "discover_peers"):
+        return call()
     with anyio.fail_after(HOOK_CALL_TIMEOUT):
         result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
     if result is not None and not hasattr(result, "__anext__"):

@@ -35,7 +35,8 @@ NO_NETWORK_FIX = (
 
 
 async def run_checks(context: DiscoveryContext[MdnsConfig]) -> list[CheckResult]:
-    return await anyio.to_thread.run_sync(_run_checks, context.config, context.how_to_set("interfaces"))
+    set_interfaces = context.how_to_set("interfaces")
+    return await anyio.to_thread.run_sync(_run_checks, context.config, set_interfaces)
 
 
 def _run_checks(config: MdnsConfig, set_interfaces: str) -> list[CheckResult]:

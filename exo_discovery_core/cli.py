@@ -26,9 +26,10 @@ import anyio
 import click
 from pydantic import BaseModel
 
-from .config import ConfigError, ConfigSource, NodeConfig, option_meta
+from .config import ConfigError, ConfigSource, NodeConfig
 from .console import EXIT_INTERRUPTED
 from .explain import UserError, key_file_error, listen_error, state_dir_error
+from .flags import GroupedCommand, flag_options
 from .identity import IdentityError
 from .plugins import PluginHost, installed_entry_points
 
@@ -114,32 +115,7 @@ class Setup:
 
 
 def _flag_options(setup: Setup) -> list[click.Option]:
-    options = []
-    for owner, model in setup.models():
-        for name, info in model.model_fields.items():
-            flag, env, _secret = option_meta(info)
-            if not flag:
-                continue
-            help_text = f"{info.description or ''} [{owner}.{name}{'; env ' + env if env else ''}]"
-            if info.annotation is bool:
-                negative = "--no-" + flag.removeprefix("--")
-                options.append(
-                    click.Option(
-                        [f"{flag}/{negative}", flag.lstrip("-").replace("-", "_")],
-                        default=None,
-                        help=help_text,
-                    )
-                )
-            else:
-                options.append(
-                    click.Option(
-                        [flag, flag.lstrip("-").replace("-", "_")],
-                        default=None,
-                        help=help_text,
-                        metavar="VALUE",
-                    )
-                )
-    return options
+    return flag_options(setup.models())
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -283,7 +259,7 @@ def build(setup: Setup) -> click.Group:
         """Find the other nodes of your cluster: mDNS on the LAN, Headscale across networks,
         bootstrap addresses where neither works."""
 
-    @cli.command()
+    @cli.command(cls=GroupedCommand)
     @_common
     @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout")
     @_log_options
@@ -359,7 +335,7 @@ def build(setup: Setup) -> click.Group:
         click.echo(f"node {data['peer_id']} port {data['port']} namespace {data['namespace']}")
         click.echo(_peer_rows(data["peers"]))
 
-    @cli.command()
+    @cli.command(cls=GroupedCommand)
     @_common
     @_log_options
     def doctor(**params: Any) -> None:

@@ -50,7 +50,7 @@ class OptionHelp:
     @property
     def flag_help(self) -> str:
         """The ``--help`` text of its flag: what it does, the other ways to set it, the default."""
-        other = f"{self.table} {self.key}" + (f"; env {self.env}" if self.env else "")
+        other = f"{self.table.strip('[]')}.{self.key}" + (f"; env {self.env}" if self.env else "")
         default = f"; default: {self.default}" if self.default is not None else ""
         return f"{self.help} [{other}{default}]"
 

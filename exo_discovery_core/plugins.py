@@ -38,6 +38,8 @@ class PluginInfo:
     status: str  # "enabled", or why not
     error: str | None = None
     entry_point: metadata.EntryPoint | None = None
+    hooks: tuple[str, ...] = ()
+    """The hooks it implements, once registered."""
 
     @property
     def enabled(self) -> bool:
@@ -55,6 +57,7 @@ class PluginInfo:
             "enabled": self.enabled,
             "status": self.status,
             "error": self.error,
+            "hooks": list(self.hooks),
         }
 
 
@@ -161,6 +164,10 @@ class PluginHost:
             self.pm.unregister(plugin)
             info.error = why
             log.error("plugin %r: %s", name, info.error)
+            return
+        info.hooks = tuple(
+            sorted(hook.name for hook in self.pm.get_hookcallers(plugin) or [] if hook.has_spec())
+        )
 
     def hook_names(self) -> list[str]:
         return [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "exo_discovery_spec")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 
 import anyio
@@ -67,8 +67,14 @@ async def doctor(context: DiscoveryContext[MdnsConfig]) -> list[CheckResult]:
 class MdnsRun:
     """One run of ``discover_peers``: the zeroconf instance, our registration, the peers seen."""
 
-    def __init__(self, context: DiscoveryContext[MdnsConfig]) -> None:
+    def __init__(
+        self,
+        context: DiscoveryContext[MdnsConfig],
+        interfaces: Callable[[str | Sequence[str], str], Snapshot] = snapshot,
+    ) -> None:
+        """``interfaces`` reads this host's interfaces (a test on loopback gives its own view)."""
         self.context = context
+        self.interfaces = interfaces
         self.config = context.config
         self.log = context.log
         self.type = self.config.service_type
@@ -83,7 +89,6 @@ class MdnsRun:
         self._registering: asyncio.Task[None] | None = None
         self._renamed: str | None = None  # the instance we were renamed to, once logged
         self.foreign: dict[str, str] = {}  # service name -> namespace, of other clusters' nodes
-        self._foreign_logged: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -91,7 +96,7 @@ class MdnsRun:
         """The peer sets, one whenever they change (the empty set first)."""
         changed = self.changed
         try:
-            await self._start(snapshot(self.config.interfaces, self.config.ip_version))
+            await self._start(self.interfaces(self.config.interfaces, self.config.ip_version))
             last: frozenset[PeerCandidate] = frozenset()
             yield last
             next_check = time.monotonic() + self.config.interface_check_interval
@@ -214,7 +219,7 @@ class MdnsRun:
     async def _check_interfaces(self) -> None:
         """Follow interfaces that came or went: rebind zeroconf, re-announce our addresses."""
         assert self.azc is not None
-        new = snapshot(self.config.interfaces, self.config.ip_version)
+        new = self.interfaces(self.config.interfaces, self.config.ip_version)
         old = self.snap
         if new == old:
             return
@@ -279,14 +284,13 @@ class MdnsRun:
             self.foreign.pop(name, None)
         else:
             self.foreign[name] = namespace
-            if namespace not in self._foreign_logged:  # once per namespace, not per node
-                self._foreign_logged.add(namespace)
-                self.log.info(
-                    "mDNS: ignoring nodes of namespace %r on this LAN (this node's is %r; "
-                    "--namespace or EXO_DISCOVERY_NAMESPACE joins them)",
-                    namespace,
-                    self.context.node.namespace,
-                )
+            self._said.info(  # once per namespace, not per node
+                ("namespace", namespace),
+                "mDNS: ignoring nodes of namespace %r on this LAN (this node's is %r; "
+                "--namespace or EXO_DISCOVERY_NAMESPACE joins them)",
+                namespace,
+                self.context.node.namespace,
+            )
         if self.foreign != before and self.snap is not None:
             self._report_unmatched(self.snap)
 

@@ -4,7 +4,7 @@ Runs in a network-namespace lab (``tests/support/netns.py``: hosts on one bridge
 nothing on the machine's own network), so it needs root; otherwise it is skipped with the reason.
 
 Plugin: a resident node (``--plugins mdns``) runs on h1; RUNS times a node starts on h2, and the
-figure is h1's ``peer_discovered`` for it (with ``mdns`` among its sources) minus the joiner's
+figure is h1's first peer event for it (``peer_discovered`` or ``peer_updated``) with ``mdns`` among its sources, minus the joiner's
 ``started``; then the joiner gets SIGTERM (its plugin sends the goodbye) and the second figure is
 h1's ``peer_lost`` minus the moment the signal was sent.
 
@@ -37,7 +37,7 @@ def _mdns_discovered(peer_id: str) -> Any:
     def match(event: Event) -> bool:
         sources = event.get("sources")
         return (
-            event.get("event") == "peer_discovered"
+            event.get("event") in ("peer_discovered", "peer_identified", "peer_updated")
             and event.get("peer_id") == peer_id
             and isinstance(sources, list)
             and "mdns" in sources

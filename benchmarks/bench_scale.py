@@ -244,7 +244,7 @@ def _exchange_cost(peers: int = 49, runs: int = 200) -> Row:
     message = json.loads(json.dumps(frame))
     sender, me = ids[peers], ids[peers + 1]
     sender_address = Address(host="127.0.0.1", port=40000 + peers)  # the sender itself
-    table = PeerTable()
+    table = PeerTable(me)
     t0 = time.perf_counter()
     for _ in range(runs):
         exchange.read(message, sender=sender, sender_address=sender_address, me=me)

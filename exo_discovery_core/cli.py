@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .events import NodeEvent
     from .identity import Identity
     from .node import Node
+    from .status import PeerRow
 
 # The node, its status socket and the key are imported by the commands that use them, so that
 # `plugins` and `id` start fast.
@@ -330,10 +331,10 @@ def build(setup: Setup) -> click.Group:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         if as_json:
-            click.echo(json.dumps(data, indent=2))
+            click.echo(data.model_dump_json(indent=2))
             return
-        click.echo(f"node {data['peer_id']} port {data['port']} namespace {data['namespace']}")
-        click.echo(_peer_rows(data["peers"]))
+        click.echo(f"node {data.peer_id} port {data.port} namespace {data.namespace}")
+        click.echo(_peer_rows(data.peers))
 
     @cli.command(cls=GroupedCommand)
     @_common
@@ -402,10 +403,10 @@ async def _run(node: Node, as_json: bool) -> int:
     """Show the node's events until SIGINT or SIGTERM; the signal that stopped it."""
     view = _JsonView() if as_json else _TextView(node)
     received = 0
-    # replay: the node's own "started" (and anything else since) comes first
-    async with node, node.events(replay=True) as events:
+    # subscribed before the start, so "started" comes first; the stream ends after "stopped"
+    async with node.events() as events:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as tg:
+            async with node, anyio.create_task_group() as tg:
 
                 async def stop_on_signal() -> None:
                     nonlocal received
@@ -417,6 +418,8 @@ async def _run(node: Node, as_json: bool) -> int:
                 tg.start_soon(stop_on_signal)
                 async for event in events:
                     view.show(event)
+        async for event in events:  # what the node said while it stopped, "stopped" last
+            view.show(event)
     return received
 
 
@@ -440,20 +443,25 @@ class _TextView:
             click.echo(line)
             return
         self.recent = ([*self.recent, line])[-8:]
+        if event.event == "stopped":
+            return  # the node is gone: keep the last frame
+        status = self.node.status()
         click.clear()
         click.echo(
-            f"exo-discovery  node {self.node.peer_id}  port {self.node.port}  "
-            f"namespace {self.node.config.namespace}   (Ctrl-C to stop)\n"
+            f"exo-discovery  node {status.peer_id}  port {status.port}  "
+            f"namespace {status.namespace}   (Ctrl-C to stop)\n"
         )
-        for name, health in sorted(self.node.health.items()):
+        for plugin in status.plugins:
+            if plugin.healthy is None:
+                continue  # not running
             mark = (
                 click.style("ok", fg="green")
-                if health.ok
-                else click.style(health.message, fg="red")
+                if plugin.healthy
+                else click.style(plugin.health or "failing", fg="red")
             )
-            click.echo(f"  plugin {name:<12} {mark}")
+            click.echo(f"  plugin {plugin.name:<12} {mark}")
         click.echo("")
-        click.echo(_peer_rows(self.node.peers()))
+        click.echo(_peer_rows(status.peers))
         click.echo("\nrecent:")
         for item in self.recent:
             click.echo(f"  {item}")
@@ -461,12 +469,15 @@ class _TextView:
 
 def _describe(event: NodeEvent) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
-    who = event.peer_id or ",".join(event.addresses)
+    addresses, sources = ", ".join(event.addresses or []), ", ".join(event.sources or [])
+    who = event.peer_id or addresses
     details = {
-        "started": f"node {event.peer_id} listening on port {event.port}, namespace {event.namespace}",
-        "peer_discovered": f"found {who} at {', '.join(event.addresses)} via {', '.join(event.sources)}",
+        "started": f"node {event.peer_id} listening on {addresses}, namespace {event.namespace}",
+        "peer_discovered": f"found {who} at {addresses} via {sources}",
+        "peer_identified": f"{who} answers at {addresses}",
+        "peer_updated": f"{who} now at {addresses} via {sources}",
         "peer_lost": f"lost {who}",
-        "connected": f"connected {event.peer_id} at {event.address} ({', '.join(event.sources)})",
+        "connected": f"connected {event.peer_id} at {event.address} ({sources})",
         "disconnected": f"disconnected {event.peer_id}: {event.reason}",
         "plugin_error": f"plugin {event.plugin} failing: {event.error}",
         "plugin_recovered": f"plugin {event.plugin} recovered",
@@ -476,16 +487,18 @@ def _describe(event: NodeEvent) -> str:
     return f"{stamp} {details[event.event]}"
 
 
-def _peer_rows(peers: list[dict[str, Any]]) -> str:
+def _peer_rows(peers: list[PeerRow]) -> str:
     if not peers:
         return "  no peers yet"
     lines = [f"  {'PEER':<54} {'STATE':<10} {'ADDRESS':<28} SOURCES"]
     for row in peers:
-        address = row["address"] or (row["addresses"][0] if row["addresses"] else "-")
+        address = row.address or (row.addresses[0] if row.addresses else "-")
         lines.append(
-            f"  {row['peer_id'] or '(unknown yet)':<54} {row['state']:<10} "
-            f"{address:<28} {','.join(row['sources'])}"
+            f"  {row.peer_id or '(unknown yet)':<54} {row.state:<10} "
+            f"{address:<28} {','.join(row.sources)}"
         )
+        if row.last_reason:
+            lines.append(f"  {'':<54} last dial: {row.last_reason}; next in {row.retry_in:g} s")
     return "\n".join(lines)
 
 

@@ -1,10 +1,14 @@
 """Node-to-node connections: listen, dial, handshake, heartbeats, one connection per peer.
 
-Every transition a user sees goes through ``_up``/``_down``, which keep the set of peers reported
-connected, so ``on_connection`` fires exactly once per real transition however many sockets
+Everything the manager has to say goes to one :class:`ConnectionListener`. Every transition a
+user sees goes through ``_admit``/``_release``, which keep the set of peers reported connected, so
+``connection_up``/``connection_down`` fire exactly once per real transition however many sockets
 come and go. When two nodes dial each other at once, both keep the connection dialed by the
 lower peer id; the loser is closed with a ``bye`` saying "duplicate", and the peer holding it
 waits a moment for the winner instead of reporting a disconnect.
+
+The handshake is called in one place (``_handshake``) and frames are read and written in one
+place (:class:`Channel`), so the wire protocol can change without touching the rest.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
@@ -38,49 +42,92 @@ _STREAM_ERRORS = (
 )
 
 
+class DialError(Exception):
+    """A dial that ended without a connection; the message says why, never empty.
+
+    ``refused`` is True when the peer answered and the handshake refused it (another namespace,
+    another id, a bad proof): worth a warning, unlike a peer that is not up yet.
+    """
+
+    def __init__(self, reason: str, *, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.refused = refused
+
+
+class DialedSelf(DialError):
+    """The address answered with this node's own id."""
+
+
+class ConnectionListener(Protocol):
+    """The one outlet of a :class:`ConnectionManager`."""
+
+    def identified(self, address: Address, peer_id: PeerId) -> None:
+        """A dial to ``address`` reached ``peer_id`` (this node's own id: it dialed itself)."""
+
+    def connection_up(self, peer_id: PeerId, address: Address) -> None:
+        """``peer_id`` is connected now (once per transition)."""
+
+    def connection_down(self, peer_id: PeerId, reason: str) -> None:
+        """``peer_id`` is no longer connected (once per transition)."""
+
+    def received(self, peer_id: PeerId, address: Address, message: dict[str, Any]) -> None:
+        """A frame other than a heartbeat or a bye from a connected peer."""
+
+
+class Channel:
+    """The framed byte pipe to one peer after the handshake: where frames are read and written."""
+
+    def __init__(self, stream: SocketStream, buffered: BufferedByteReceiveStream) -> None:
+        self._stream = stream
+        self._buffered = buffered
+        self._send_lock = anyio.Lock()
+
+    async def send(self, message: dict[str, Any], timeout: float) -> None:
+        """One frame, whole: heartbeats, exchanges and byes share the socket."""
+        data = wire.encode(message)
+        with anyio.fail_after(timeout):
+            async with self._send_lock:
+                await self._stream.send(data)
+
+    async def receive(self) -> dict[str, Any]:
+        return await wire.receive(self._buffered)
+
+    async def aclose(self) -> None:
+        await anyio.aclose_forcefully(self._stream)
+
+
 @dataclass(eq=False)
 class Connection:
     peer_id: PeerId
     address: Address
     dialer: PeerId
-    listen_port: int
-    stream: SocketStream
+    channel: Channel
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    send_lock: anyio.Lock = field(default_factory=anyio.Lock)
     close_reason: str | None = None
-
-    async def send(self, message: dict[str, Any] | bytes, timeout: float) -> None:
-        """One frame, whole: heartbeats, exchanges and byes share the socket."""
-        data = message if isinstance(message, bytes) else wire.encode(message)
-        with anyio.fail_after(timeout):
-            async with self.send_lock:
-                await self.stream.send(data)
 
 
 class ConnectionManager:
-    """Owns the sockets; reports ups and downs through two callbacks."""
+    """Owns the sockets; tells its listener who came, who went and what they said."""
 
     def __init__(
         self,
         identity: Identity,
         config: NodeConfig,
-        *,
-        on_up: Callable[[PeerId, Address], None],
-        on_down: Callable[[PeerId, str], None],
-        on_identified: Callable[[Address, PeerId], None],
-        on_message: Callable[[Connection, dict[str, Any]], None] = lambda conn, message: None,
+        listen_port: int,
+        listener: ConnectionListener,
     ) -> None:
-        self.identity = identity
-        self.config = config
-        self.listen_port = config.port
-        self.current: dict[PeerId, Connection] = {}
-        self.reported: set[PeerId] = set()
+        self._identity = identity
+        self._config = config
+        self._listen_port = listen_port
+        self._listener = listener
+        self._current: dict[PeerId, Connection] = {}
+        self._reported: dict[PeerId, Address] = {}
         self._grace: dict[PeerId, float] = {}
-        self._on_up = on_up
-        self._on_down = on_down
-        self._on_identified = on_identified
-        self._on_message = on_message
         self._tg: TaskGroup | None = None
+
+    def connected(self) -> Mapping[PeerId, Address]:
+        """The peers reported connected, with the address in use (a copy)."""
+        return dict(self._reported)
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -104,84 +151,95 @@ class ConnectionManager:
             await stream.aclose()
             return
         try:
-            result, buffered = await self._handshake(stream, expected=None)
+            peer_id, listen_port, channel = await self._handshake(stream, expected=None)
         except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
-            self._refused(remote, exc, inbound=True)
+            level = logging.DEBUG if isinstance(exc, handshake.SelfConnection) else logging.WARNING
+            log.log(level, "refused inbound connection from %s: %s", remote, self._reason(exc))
             await stream.aclose()
             return
-        conn = Connection(
-            result.peer_id,
-            Address(host=remote.host, port=result.listen_port or 1),
-            result.peer_id,
-            result.listen_port,
-            stream,
-        )
-        await self._keep(conn, buffered)
+        address = Address(host=remote.host, port=listen_port or 1)
+        await self._keep(Connection(peer_id, address, peer_id, channel))
 
     async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
-        """Connect and handshake; on success the connection lives on in its own task."""
+        """Connect and handshake (DialError if not); the connection lives on in its own task."""
         assert self._tg is not None, "start() first"
-        with anyio.fail_after(timeout):
-            stream = await anyio.connect_tcp(address.host, address.port)
         try:
-            result, buffered = await self._handshake(stream, expected=expected)
+            with anyio.fail_after(timeout):
+                stream = await anyio.connect_tcp(address.host, address.port)
+        except TimeoutError:
+            raise DialError(f"no answer within {timeout:g} s") from None
+        except OSError as exc:
+            raise DialError(exc.strerror or str(exc) or type(exc).__name__) from None
+        try:
+            peer_id, _, channel = await self._handshake(stream, expected=expected)
+        except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
+            await anyio.aclose_forcefully(stream)
+            if isinstance(exc, handshake.SelfConnection):
+                self._listener.identified(address, self._identity.peer_id)
+                raise DialedSelf("this is this node's own address") from None
+            refused = isinstance(exc, handshake.HandshakeError)
+            raise DialError(self._reason(exc), refused=refused) from None
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
-        conn = Connection(
-            result.peer_id, address, self.identity.peer_id, result.listen_port, stream
+        self._listener.identified(address, peer_id)
+        self._tg.start_soon(
+            self._keep, Connection(peer_id, address, self._identity.peer_id, channel)
         )
-        self._on_identified(address, result.peer_id)
-        self._tg.start_soon(self._keep, conn, buffered)
-        return result.peer_id
+        return peer_id
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        """Send ``message`` on every current connection; a failing one is left to its keeper."""
+        for conn in list(self._current.values()):
+            with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
+                await conn.channel.send(message, self._config.dead_after)
 
     async def close_all(self, reason: str = "shutdown") -> None:
         with anyio.move_on_after(1.0, shield=True):
-            for conn in list(self.current.values()):
+            for conn in list(self._current.values()):
                 await self._close(conn, reason)
 
     # -- internals ---------------------------------------------------------------------------
 
     async def _handshake(
         self, stream: SocketStream, expected: PeerId | None
-    ) -> tuple[handshake.Handshake, BufferedByteReceiveStream]:
+    ) -> tuple[PeerId, int, Channel]:
+        """Who is at the other end (and the port it listens on), and the channel to it."""
         buffered = BufferedByteReceiveStream(stream)
-        with anyio.fail_after(self.config.handshake_timeout):
+        with anyio.fail_after(self._config.handshake_timeout):
             result = await handshake.perform(
                 stream,
                 buffered,
-                identity=self.identity,
-                namespace=self.config.namespace,
-                listen_port=self.listen_port,
+                identity=self._identity,
+                namespace=self._config.namespace,
+                listen_port=self._listen_port,
                 expected=expected,
             )
-        return result, buffered
+        return result.peer_id, result.listen_port, Channel(stream, buffered)
 
-    def _refused(self, remote: Address, exc: BaseException, *, inbound: bool) -> None:
-        what = "inbound connection from" if inbound else "connection to"
-        reason = str(exc) or type(exc).__name__
+    def _reason(self, exc: BaseException) -> str:
+        """Why a handshake failed, in words (never empty)."""
         if isinstance(exc, TimeoutError):
-            reason = f"no handshake within {self.config.handshake_timeout:g} s"
-        elif isinstance(exc, wire.ProtocolError):
-            reason = f"bad frame: {exc}"
-        elif isinstance(exc, _STREAM_ERRORS):
-            reason = "closed during handshake"
-        level = logging.DEBUG if isinstance(exc, handshake.SelfConnection) else logging.WARNING
-        log.log(level, "refused %s %s: %s", what, remote, reason)
+            return f"no handshake within {self._config.handshake_timeout:g} s"
+        if isinstance(exc, wire.ProtocolError):
+            return f"bad frame: {exc}"
+        if isinstance(exc, _STREAM_ERRORS):
+            return "closed during handshake"
+        return str(exc) or type(exc).__name__
 
     def _admit(self, conn: Connection) -> bool:
-        existing = self.current.get(conn.peer_id)
+        existing = self._current.get(conn.peer_id)
         if existing is not None and not self._prefer(conn, existing):
             return False
-        self.current[conn.peer_id] = conn
+        self._current[conn.peer_id] = conn
         self._grace.pop(conn.peer_id, None)
         if existing is not None:
             existing.close_reason = DUPLICATE
             if self._tg is not None:
                 self._tg.start_soon(self._close, existing, DUPLICATE)
-        if conn.peer_id not in self.reported:
-            self.reported.add(conn.peer_id)
-            self._on_up(conn.peer_id, conn.address)
+        if conn.peer_id not in self._reported:
+            self._reported[conn.peer_id] = conn.address
+            self._listener.connection_up(conn.peer_id, conn.address)
         return True
 
     def _prefer(self, new: Connection, old: Connection) -> bool:
@@ -190,7 +248,7 @@ class ConnectionManager:
             return min(new.dialer, old.dialer) == new.dialer
         return False
 
-    async def _keep(self, conn: Connection, buffered: BufferedByteReceiveStream) -> None:
+    async def _keep(self, conn: Connection) -> None:
         if not self._admit(conn):
             await self._close(conn, DUPLICATE)
             return
@@ -199,45 +257,35 @@ class ConnectionManager:
             with conn.scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._heartbeat, conn)
-                    reason = await self._receive_until_gone(conn, buffered)
+                    reason = await self._receive_until_gone(conn)
                     tg.cancel_scope.cancel()
         except Exception:  # a bug on one connection ends that connection only
             log.exception("internal error on the connection to %s; closed it", conn.peer_id)
             reason = "internal error"
         finally:
-            await anyio.aclose_forcefully(conn.stream)
+            await conn.channel.aclose()
             self._release(conn, conn.close_reason or reason)
 
-    async def _receive_until_gone(
-        self, conn: Connection, buffered: BufferedByteReceiveStream
-    ) -> str:
+    async def _receive_until_gone(self, conn: Connection) -> str:
         while True:
             try:
-                with anyio.fail_after(self.config.dead_after):
-                    message = await wire.receive(buffered)
+                with anyio.fail_after(self._config.dead_after):
+                    message = await conn.channel.receive()
             except TimeoutError:
-                return f"no heartbeat for {self.config.dead_after:g} s"
+                return f"no heartbeat for {self._config.dead_after:g} s"
             except _STREAM_ERRORS:
                 return "connection lost"
             if message["type"] == "bye":
                 said = str(message.get("reason", ""))[:100]
                 return DUPLICATE if said == DUPLICATE else f"peer closed ({said or 'no reason'})"
-            if message["type"] != "ping" and self.current.get(conn.peer_id) is conn:
-                self._on_message(conn, message)  # unknown types are ignored by the node
-
-    async def broadcast(self, message: dict[str, Any]) -> None:
-        """Send ``message`` on every current connection; a failing one is left to its keeper."""
-        data = wire.encode(message)
-        for conn in list(self.current.values()):
-            with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
-                await conn.send(data, self.config.dead_after)
+            if message["type"] != "ping" and self._current.get(conn.peer_id) is conn:
+                self._listener.received(conn.peer_id, conn.address, message)
 
     async def _heartbeat(self, conn: Connection) -> None:
-        ping = wire.encode({"type": "ping"})
         while True:
-            await anyio.sleep(self.config.heartbeat_interval)
+            await anyio.sleep(self._config.heartbeat_interval)
             try:
-                await conn.send(ping, self.config.dead_after)
+                await conn.channel.send({"type": "ping"}, self._config.dead_after)
             except (TimeoutError, *_STREAM_ERRORS):
                 conn.close_reason = conn.close_reason or "connection lost"
                 conn.scope.cancel()
@@ -247,24 +295,23 @@ class ConnectionManager:
         conn.close_reason = conn.close_reason or reason
         with anyio.move_on_after(0.5, shield=True):
             with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
-                await conn.send({"type": "bye", "reason": reason}, 0.5)
+                await conn.channel.send({"type": "bye", "reason": reason}, 0.5)
         conn.scope.cancel()
-        await anyio.aclose_forcefully(conn.stream)
+        await conn.channel.aclose()
 
     def _release(self, conn: Connection, reason: str) -> None:
-        if self.current.get(conn.peer_id) is not conn:
+        if self._current.get(conn.peer_id) is not conn:
             return  # a duplicate that lost; the peer is still connected through the winner
-        del self.current[conn.peer_id]
+        del self._current[conn.peer_id]
         if reason == DUPLICATE:
             # the peer kept another connection of ours; give it time to arrive before we say "down"
-            self._grace[conn.peer_id] = time.monotonic() + self.config.handshake_timeout
+            self._grace[conn.peer_id] = time.monotonic() + self._config.handshake_timeout
             return
         self._report_down(conn.peer_id, reason)
 
     def _report_down(self, peer_id: PeerId, reason: str) -> None:
-        if peer_id in self.reported:
-            self.reported.discard(peer_id)
-            self._on_down(peer_id, reason)
+        if self._reported.pop(peer_id, None) is not None:
+            self._listener.connection_down(peer_id, reason)
 
     async def _sweep_grace(self) -> None:
         while True:
@@ -273,5 +320,5 @@ class ConnectionManager:
             for peer_id, deadline in list(self._grace.items()):
                 if deadline <= now:
                     del self._grace[peer_id]
-                    if peer_id not in self.current:
+                    if peer_id not in self._current:
                         self._report_down(peer_id, "connection lost (duplicate not replaced)")

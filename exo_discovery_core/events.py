@@ -1,4 +1,12 @@
-"""What the node tells its host program and the CLI: one flat event type, one JSON line each."""
+"""What the node tells its host program and the CLI: one flat event type, one JSON line each.
+
+The kinds (each documented in the README): ``started`` and ``stopped``; ``peer_discovered`` once
+per peer, ``peer_identified`` when a handshake tells the id of a peer known only by its
+addresses, ``peer_updated`` when a known peer's addresses or sources change, ``peer_lost``;
+``connected`` and ``disconnected``; ``plugin_error`` and ``plugin_recovered``; ``lagged`` for a
+subscriber that missed events. Fields that do not apply are left out of the JSON, so no event
+carries an empty list.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +14,25 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from .models import ConnectionEvent
+    from .peertable import Peer, TableDiff
 
 log = logging.getLogger("exo_discovery.node")
 
 EventKind = Literal[
     "started",
     "peer_discovered",
+    "peer_identified",
+    "peer_updated",
     "peer_lost",
     "connected",
     "disconnected",
@@ -37,8 +51,8 @@ class NodeEvent(BaseModel):
     event: EventKind
     time: float = Field(default_factory=time.time)
     peer_id: str | None = None
-    addresses: list[str] = Field(default_factory=list)
-    sources: list[str] = Field(default_factory=list)
+    addresses: list[str] | None = None
+    sources: list[str] | None = None
     address: str | None = None
     reason: str | None = None
     plugin: str | None = None
@@ -117,3 +131,39 @@ class EventHub:
             subscriber.close()
         self._subscribers.clear()
         self._gaps.clear()
+
+
+def peer_events(diff: TableDiff) -> list[NodeEvent]:
+    """The events one change of the peer table makes, one per entry it touched."""
+    kinds: list[tuple[EventKind, Iterable[Peer]]] = [
+        ("peer_discovered", diff.added),
+        ("peer_identified", [found.now for found in diff.identified]),
+        ("peer_updated", diff.changed),
+        ("peer_lost", diff.removed),
+    ]
+    return [
+        NodeEvent(
+            event=kind,
+            peer_id=peer.peer_id,
+            addresses=[str(a) for a in peer.addresses],
+            sources=sorted(peer.sources),
+        )
+        for kind, peers in kinds
+        for peer in peers
+    ]
+
+
+def connection_event(change: ConnectionEvent, peer: Peer | None) -> NodeEvent:
+    """``connected`` (with the address in use) or ``disconnected`` (with the reason), both with
+    the peer's addresses as the table knows them."""
+    addresses = [str(a) for a in peer.addresses] if peer else []
+    if change.address is not None and str(change.address) not in addresses:
+        addresses.insert(0, str(change.address))
+    return NodeEvent(
+        event="connected" if change.connected else "disconnected",
+        peer_id=change.peer_id,
+        address=str(change.address) if change.address else None,
+        addresses=addresses or None,
+        sources=sorted(change.sources),
+        reason=None if change.connected else change.reason,
+    )

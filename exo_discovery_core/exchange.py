@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
 
 from .identity import InvalidPeerId, PeerId
 from .ip import parse_ip
 from .models import Address, PeerCandidate
+from .peertable import PeerTable
 
 SOURCE = "exchange"
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 )
 MAX_PEERS = 100
+ANNOUNCE_DELAY = (0.1, 0.3)  # seconds; random, so a mesh's announcements do not all coincide
 log = logging.getLogger("exo_discovery.exchange")
 
 
@@ -111,3 +117,62 @@ class Heard:
 
     def candidates(self) -> list[PeerCandidate]:
         return list(self._candidates.values())
+
+
+class Announcing(Protocol):
+    """What peer exchange needs of the connection manager."""
+
+    def connected(self) -> Mapping[PeerId, Address]:
+        """The peers connected now, with the address in use."""
+        ...
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        """Send ``message`` to every connected peer."""
+        ...
+
+
+class PeerExchange:
+    """Peer exchange as one more source of the peer table, and the announcements we send.
+
+    What each connected peer announced is kept (and forgotten when it disconnects); the union
+    is the table's ``exchange`` set. Announcements of our own connections are coalesced: a burst
+    of connection changes (a mesh forming) makes one send.
+    """
+
+    def __init__(self, me: PeerId, table: PeerTable, links: Announcing) -> None:
+        self.enabled = True
+        self._me = me
+        self._table = table
+        self._links = links
+        self._heard = Heard()
+        self._last_frame: dict[PeerId, Any] = {}
+        self._announcing = False
+
+    def received(self, sender: PeerId, sender_address: Address, message: dict[str, Any]) -> None:
+        if not self.enabled or message["type"] != "peers":
+            return
+        if self._last_frame.get(sender) == message.get("peers"):
+            return  # the same list again: nothing to parse, nothing changed
+        self._last_frame[sender] = message.get("peers")
+        candidates = read(message, sender=sender, sender_address=sender_address, me=self._me)
+        if self._heard.update(sender, candidates):
+            self._table.replace(SOURCE, self._heard.candidates())
+
+    def forget(self, sender: PeerId) -> None:
+        """``sender`` disconnected: what it announced is no longer heard."""
+        self._last_frame.pop(sender, None)
+        if self._heard.update(sender, []):
+            self._table.replace(SOURCE, self._heard.candidates())
+
+    def announce(self, tg: TaskGroup) -> None:
+        """Tell every connected peer whom we are connected to, soon (one send per burst)."""
+        if not self.enabled or self._announcing:
+            return
+        self._announcing = True
+
+        async def send() -> None:
+            await anyio.sleep(random.uniform(*ANNOUNCE_DELAY))
+            self._announcing = False
+            await self._links.broadcast(announcement(self._links.connected().items()))
+
+        tg.start_soon(send)

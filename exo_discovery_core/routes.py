@@ -56,3 +56,12 @@ def usable_from_peer(address: Address, *, sender_on_this_host: bool) -> bool:
     if isinstance(ip, ipaddress.IPv4Address) and (ip.is_link_local or ip.packed == b"\xff" * 4):
         return False
     return not ip.is_link_local or "%" in address.host  # a zone says which link it is on
+
+
+def listen_hosts(listen_host: str) -> list[str]:
+    """Where a node bound to ``listen_host`` ("" for every interface) can be reached: each
+    address of this host, IPv4 first, loopback last, link-local left out."""
+    if listen_host:
+        return [listen_host]
+    ips = sorted(local_addresses(), key=lambda ip: (ip.version, ip.is_loopback, str(ip)))
+    return [str(ip) for ip in ips if not ip.is_link_local] or ["127.0.0.1"]

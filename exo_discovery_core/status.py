@@ -1,54 +1,118 @@
-"""The node's local status endpoint: a unix socket in the state directory.
+"""What a running node shows of itself, and the local endpoint that serves it.
 
-``exo-discovery peers`` connects to it and reads one JSON document (the node, its plugins and
-its peer table); the socket is only reachable by users who can enter the state directory (0700).
+:class:`Status` is one typed snapshot (the node, its plugins, one :class:`PeerRow` per peer); the
+CLI's live view and ``exo-discovery peers`` read the same type. The endpoint is a unix socket in
+the state directory that answers one JSON document per connection; it is only reachable by users
+who can enter the state directory (0700). It takes a snapshot function, not the node.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from .node import Node
-    from .plugins import PluginInfo
+    from .dialer import DialStatus
+    from .identity import PeerId
+    from .models import Address
+    from .peertable import Peer
 
 SOCKET_NAME = "status.sock"
 log = logging.getLogger("exo_discovery.status")
+
+
+class PeerRow(BaseModel):
+    """One peer as ``exo-discovery peers`` shows it."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    peer_id: str | None  # None until a handshake told who answers at these addresses
+    addresses: list[str]  # in the order the dialer tries them
+    sources: list[str]
+    state: Literal["connected", "known"]
+    address: str | None = None  # the one in use, while connected
+    metadata: dict[str, str] = {}
+    rtt_ms: float | None = None  # round-trip time, once measured
+    last_reason: str | None = None  # why the last dial failed, while not connected
+    retry_in: float | None = None  # seconds until the next dial, while not connected
+
+
+class PluginStatus(BaseModel):
+    """One plugin: what ``exo-discovery plugins`` says of it, and its health while it runs."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    name: str
+    distribution: str
+    version: str
+    enabled: bool
+    status: str
+    error: str | None = None
+    healthy: bool | None = None  # None: not running
+    health: str | None = None
+
+
+class Status(BaseModel):
+    """The whole snapshot of a running node."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    peer_id: str
+    namespace: str
+    port: int
+    plugins: list[PluginStatus]
+    peers: list[PeerRow]
+
+
+def peer_rows(
+    peers: Mapping[str, Peer],
+    connected: Mapping[PeerId, Address],
+    dials: Mapping[str, DialStatus],
+    order: Callable[[Iterable[Address]], list[Address]] = list,
+) -> list[PeerRow]:
+    """The table with connection state; connected peers first, then by id."""
+    rows: dict[str, PeerRow] = {}
+    for key, peer in peers.items():
+        in_use = connected.get(peer.peer_id) if peer.peer_id else None
+        dial = dials.get(key) if in_use is None else None
+        rows[key] = PeerRow(
+            peer_id=peer.peer_id,
+            addresses=[str(a) for a in order(peer.addresses)],
+            sources=sorted(peer.sources),
+            state="connected" if in_use else "known",
+            address=str(in_use) if in_use else None,
+            metadata=dict(peer.metadata),
+            last_reason=dial.last_reason if dial else None,
+            retry_in=round(dial.retry_in, 1) if dial else None,
+        )
+    for peer_id, address in connected.items():
+        if str(peer_id) not in rows:  # it dialed us; no source knows it
+            rows[str(peer_id)] = PeerRow(
+                peer_id=peer_id,
+                addresses=[str(address)],
+                sources=["inbound"],
+                state="connected",
+                address=str(address),
+            )
+    return sorted(rows.values(), key=lambda row: (row.state != "connected", str(row.peer_id)))
 
 
 def socket_path(state_dir: Path) -> Path:
     return state_dir / SOCKET_NAME
 
 
-def snapshot(node: Node) -> dict[str, Any]:
-    return {
-        "peer_id": str(node.peer_id),
-        "namespace": node.config.namespace,
-        "port": node.port,
-        "plugins": [_plugin_status(node, info) for info in node.plugin_infos()],
-        "peers": node.peers(),
-    }
-
-
-def _plugin_status(node: Node, info: PluginInfo) -> dict[str, Any]:
-    health = node.health.get(info.name)  # none for a plugin that is not running
-    return {
-        **info.as_dict(),
-        "healthy": health.ok if health else None,
-        "health": health.message if health else None,
-    }
-
-
-async def serve(node: Node, stack: AsyncExitStack, tg: TaskGroup) -> None:
-    path = socket_path(node.config.state_dir)
+async def serve(
+    state_dir: Path, snapshot: Callable[[], Status], stack: AsyncExitStack, tg: TaskGroup
+) -> None:
+    path = socket_path(state_dir)
     if len(os.fsencode(path)) >= 104:
         log.warning(
             "state dir path too long for a unix socket; `exo-discovery peers` will not work"
@@ -61,7 +125,7 @@ async def serve(node: Node, stack: AsyncExitStack, tg: TaskGroup) -> None:
 
     async def answer(stream: SocketStream) -> None:
         async with stream:
-            await stream.send(json.dumps(snapshot(node), default=str).encode())
+            await stream.send(snapshot().model_dump_json().encode())
 
     async def serve_until_stopped() -> None:
         async with listener:
@@ -70,7 +134,7 @@ async def serve(node: Node, stack: AsyncExitStack, tg: TaskGroup) -> None:
     tg.start_soon(serve_until_stopped)
 
 
-async def query(state_dir: Path, timeout: float = 3.0) -> dict[str, Any]:
+async def query(state_dir: Path, timeout: float = 3.0) -> Status:
     """Read a running node's status; ConnectionError if none is running with this state dir."""
     path = socket_path(state_dir)
     try:
@@ -79,11 +143,10 @@ async def query(state_dir: Path, timeout: float = 3.0) -> dict[str, Any]:
                 chunks = [chunk async for chunk in _receive_all(stream)]
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ConnectionError(f"no node is running with state dir {state_dir} ({path})") from exc
-    result: dict[str, Any] = json.loads(b"".join(chunks))
-    return result
+    return Status.model_validate_json(b"".join(chunks))
 
 
-async def _receive_all(stream: SocketStream) -> Any:
+async def _receive_all(stream: SocketStream) -> AsyncIterator[bytes]:
     while True:
         try:
             yield await stream.receive()

@@ -1,7 +1,7 @@
 """Runs one plugin's ``discover_peers`` and keeps it running: the isolation of every plugin.
 
 A plugin that raises is logged by name and called again after a backoff with jitter; its last
-set stays in the peer table until the TTL (the node's ``plugin_failed``). The iterator runs on the
+set stays in the peer table until the TTL (``PeerTable.source_failed``). The iterator runs on the
 node's event loop. An async generator function is called there too (calling one runs none of its
 code); a plain function, which may block before it returns, is called in a worker thread with a
 deadline, so a plugin that blocks there cannot stall the node.

@@ -184,17 +184,21 @@ async def run_node(
     node: Mapping[str, Any] | None = None,
     plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
     state_dir: Path | None = None,
+    identity: Identity | None = None,
 ) -> AsyncIterator[Node]:
     """A real node in this process on a free loopback port, with ``plugins`` registered by name.
 
     ``node`` holds ``[node]`` settings (e.g. ``{"namespace": "lab"}``), ``plugin_config`` the
-    ``[plugins.<name>]`` tables. No installed entry point is loaded.
+    ``[plugins.<name>]`` tables; ``identity`` is its key (default: a new one in its state dir).
+    No installed entry point is loaded.
     """
     table = {"port": 0, "listen_host": "127.0.0.1", **(node or {})}
     table.setdefault("state_dir", str(state_dir or tempfile.mkdtemp(prefix="exo-node-")))
     source = ConfigSource(file_data={"node": table, "plugins": dict(plugin_config or {})}, env={})
-    async with Node(source.node_config(), source=source, plugins=plugins, entry_points=False) as n:
-        yield n
+    config = source.node_config()
+    new = Node(config, source=source, plugins=plugins, entry_points=False, identity=identity)
+    async with new:
+        yield new
 
 
 async def next_event(

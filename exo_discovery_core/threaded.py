@@ -32,6 +32,7 @@ from .events import NodeEvent
 from .identity import PeerId
 from .models import Address
 from .node import Node
+from .status import Status
 
 T = TypeVar("T")
 _END = object()
@@ -97,8 +98,9 @@ class NodeThread:
         """``func(*args)`` on the node's loop (the node's own methods are not thread-safe)."""
         return await self._in_node(func, *args)
 
-    async def peers(self) -> list[dict[str, Any]]:
-        return await self.call(self.node.peers)
+    async def status(self) -> Status:
+        """:meth:`Node.status`, read on the node's loop."""
+        return await self.call(self.node.status)
 
     async def report_connection(
         self, peer_id: PeerId, connected: bool, address: Address | None = None, reason: str = ""

@@ -51,7 +51,10 @@ def test_a_name_with_three_addresses_reaches_all_three_nodes(
             replica.wait_for("connected", timeout=5, peer_id=joiner.peer_id)
         assert joiner.connected_peers() == {r.peer_id for r in started}
         found = {
-            a for e in joiner.events if e.get("event") == "peer_discovered" for a in e["addresses"]
+            a
+            for e in joiner.events
+            if e.get("event") in ("peer_discovered", "peer_identified", "peer_updated")
+            for a in e["addresses"]
         }
         assert {f"{r.ipv4}:{PORT}" for r in replicas} <= found
     finally:

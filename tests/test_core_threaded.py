@@ -36,8 +36,8 @@ async def test_a_host_blocking_its_loop_for_5_s_loses_no_peer(nodes: NodeFleet) 
         # the node kept beating meanwhile: the peer, in its own process, saw nothing amiss
         assert peer.count("disconnected") == 0, peer.log_tail()
         assert str(embedded.peer_id) in peer.connected_peers()
-        rows = await embedded.peers()
-        assert [r["state"] for r in rows if r["peer_id"] == peer.peer_id] == ["connected"]
+        rows = (await embedded.status()).peers
+        assert [r.state for r in rows if r.peer_id == peer.peer_id] == ["connected"]
         # and the events that came meanwhile were queued for the host, none of them a loss
         with anyio.move_on_after(0.5):
             async for event in events:
@@ -55,6 +55,6 @@ async def test_events_reach_the_host_loop_and_calls_run_on_the_node_loop() -> No
         async with _thread_node({"static": plugin}) as b, b.events() as b_events:
             await next_event(b_events, "connected", timeout=10, peer_id=a.peer_id)
             await next_event(a_events, "connected", timeout=10, peer_id=b.peer_id)
-            assert await b.call(lambda: sorted(b.node.connections.current)) == [a.peer_id]
+            assert await b.call(lambda: sorted(b.node.connections.connected())) == [a.peer_id]
         gone = await next_event(a_events, "disconnected", timeout=5, peer_id=b.peer_id)
         assert gone.reason == "peer closed (shutdown)"

@@ -294,7 +294,7 @@ def test_node_process_reports_the_tagged_nodes(tailnet: Tailnet, tmp_path: Path)
         assert not any(e["event"] in ("peer_lost", "plugin_error") for e in node.events)
     finally:
         node.stop()
-    node._reader.join(timeout=5)
+    node.join_reader(timeout=5)
     stdout = b"".join(node.raw)
     stderr = node.log_path.read_bytes()
     assert b"Headscale: 2 peer(s) among 4 node(s)" in stderr  # the log is really there

@@ -183,7 +183,7 @@ class Peer:
 
         live.call(run)
         # gone: the node drops the connection and what this peer announced
-        assert live.wait_until(lambda: not live.node.connections.current)  # type: ignore[union-attr]
+        assert live.wait_until(lambda: not live.node.connections.connected())
 
 
 def _table(live: LiveNode) -> dict[str, tuple[PeerId | None, tuple[Address, ...]]]:
@@ -192,8 +192,7 @@ def _table(live: LiveNode) -> dict[str, tuple[PeerId | None, tuple[Address, ...]
 
 def _check(live: LiveNode, peer: Peer, expected: dict[PeerId, Address], honeypot: Listener) -> None:
     node = live.node
-    assert node.connections is not None
-    assert set(node.connections.current) <= {peer.identity.peer_id}, (
+    assert set(node.connections.connected()) <= {peer.identity.peer_id}, (
         "connected to an announced peer"
     )
     table = _table(live)
@@ -260,7 +259,7 @@ def test_more_entries_than_fit_or_are_read() -> None:
                 await read_until_closed(stream, 2.0)
 
         live.call(oversized)
-        assert live.wait_until(lambda: not live.node.connections.current)  # type: ignore[union-attr]
+        assert live.wait_until(lambda: not live.node.connections.connected())
         live.check_alive()
         assert _table(live) == {} and honeypot.accepted == 0
         assert live.real_peer_connects() < 5.0

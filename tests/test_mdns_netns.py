@@ -77,14 +77,17 @@ def _addresses(event: dict[str, object]) -> list[str]:
     return [str(a) for a in value] if isinstance(value, list) else []
 
 
+PEER_NEWS = ("peer_discovered", "peer_identified", "peer_updated")
+
+
 def _discovered_with(node: NodeProcess, peer: NodeProcess, want: set[str]) -> dict[str, object]:
-    """The peer_discovered event of ``peer`` listing all of ``want`` (A and AAAA records may
-    arrive in separate packets: the first event can carry only one family), reported by mdns
-    (the core's peer exchange may have told about it first)."""
+    """The event of ``peer`` listing all of ``want`` (A and AAAA records may arrive in separate
+    packets: ``peer_discovered`` can carry only one family and ``peer_updated`` the rest),
+    reported by mdns (the core's peer exchange may have told about it first)."""
     deadline = time.monotonic() + 5.0
     while True:
         left = deadline - time.monotonic()
-        event = node.wait_for("peer_discovered", timeout=max(left, 0.01), peer_id=peer.peer_id)
+        event = node.wait_for(PEER_NEWS, timeout=max(left, 0.01), peer_id=peer.peer_id)
         sources = event.get("sources")
         if want <= set(_addresses(event)) and isinstance(sources, list) and "mdns" in sources:
             return event

@@ -144,12 +144,12 @@ async def test_in_a_real_node(tailnet: Tailnet) -> None:
     async with run_node({"tailscale": tailscale}, plugin_config=config) as node:
         with anyio.fail_after(20):
             while True:
-                rows = [r for r in node.peers() if "tailscale" in r["sources"]]
+                rows = [r for r in node.status().peers if "tailscale" in r.sources]
                 if rows:
                     break
                 await anyio.sleep(0.1)
     [row] = rows
-    assert set(row["addresses"]) == {f"{tailnet.b.ipv4}:{PORT}", f"[{tailnet.b.ipv6}]:{PORT}"}
+    assert set(row.addresses) == {f"{tailnet.b.ipv4}:{PORT}", f"[{tailnet.b.ipv6}]:{PORT}"}
 
 
 async def test_tagging_a_node_shows_at_once(tailnet: Tailnet) -> None:

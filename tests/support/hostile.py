@@ -28,9 +28,10 @@ from anyio.abc import SocketStream
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from exo_discovery_core import PeerCandidate, wire
+from exo_discovery_core import Address, PeerCandidate, wire
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.node import Node
+from exo_discovery_core.peertable import Peer
 from exo_discovery_core.testing import next_event, run_node
 from tests.support.fake_headscale import FakeHeadscale
 from tests.support.static import Static
@@ -135,7 +136,6 @@ async def real_peer_connects(node: Node, within: float = 5.0) -> float:
     its connection table is as before.
     """
     started = anyio.current_time()
-    assert node.connections is not None
     async with node.events() as node_events:
         plugin = Static(PeerCandidate.at(LOOPBACK, node.port, str(node.peer_id)))
         async with (
@@ -153,9 +153,8 @@ async def real_peer_connects(node: Node, within: float = 5.0) -> float:
 class NodeState:
     """What must not change when a hostile connection comes and goes."""
 
-    table: dict[str, tuple[Any, ...]]
-    current: frozenset[PeerId]
-    reported: frozenset[PeerId]
+    table: dict[str, Peer]
+    connected: dict[PeerId, Address]
 
 
 class LiveNode(AbstractContextManager["LiveNode"]):
@@ -252,11 +251,8 @@ class LiveNode(AbstractContextManager["LiveNode"]):
     def state(self) -> NodeState:
         def read() -> NodeState:
             node = self.node
-            assert node.connections is not None
             return NodeState(
-                table={k: p.snapshot() for k, p in node.table.merged().items()},
-                current=frozenset(node.connections.current),
-                reported=frozenset(node.connections.reported),
+                table=dict(node.table.merged()), connected=dict(node.connections.connected())
             )
 
         result: NodeState = self.call(read)

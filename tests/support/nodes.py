@@ -87,11 +87,17 @@ class NodeProcess:
         except OSError:
             return ""
 
-    def _matches(self, event: dict[str, Any], kind: str, match: dict[str, Any]) -> bool:
-        return event.get("event") == kind and all(event.get(k) == v for k, v in match.items())
+    def _matches(
+        self, event: dict[str, Any], kind: str | tuple[str, ...], match: dict[str, Any]
+    ) -> bool:
+        kinds = (kind,) if isinstance(kind, str) else kind
+        return event.get("event") in kinds and all(event.get(k) == v for k, v in match.items())
 
-    def wait_for(self, kind: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
-        """The first event of ``kind`` (with fields equal to ``match``) not yet consumed."""
+    def wait_for(
+        self, kind: str | tuple[str, ...], timeout: float = 10.0, **match: Any
+    ) -> dict[str, Any]:
+        """The first event of ``kind`` (or of one of several kinds), with fields equal to
+        ``match``, not yet consumed."""
         for event in self.events:
             if not event.get("_seen") and self._matches(event, kind, match):
                 event["_seen"] = True
@@ -138,7 +144,7 @@ class NodeProcess:
             if event is not None:
                 self.events.append(event)
 
-    def count(self, kind: str, **match: Any) -> int:
+    def count(self, kind: str | tuple[str, ...], **match: Any) -> int:
         self.drain()
         return sum(1 for e in self.events if self._matches(e, kind, match))
 
@@ -152,6 +158,10 @@ class NodeProcess:
                 self.proc.wait()
         self._stderr.close()
         return self.proc.returncode
+
+    def join_reader(self, timeout: float = 5.0) -> None:
+        """Wait until all of the process's stdout has been read (after it exited)."""
+        self._reader.join(timeout=timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

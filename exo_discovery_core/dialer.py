@@ -1,0 +1,193 @@
+"""The dialer: which known peers to dial, when, and why the last try failed.
+
+It reads snapshots of the peer table and the set of connected peers, and dials every peer that
+is known but not connected, one dial at a time per peer, with backoff between failures. A dial
+goes through the peer's addresses in route order (``routes.by_preference``). Peers heard of only
+by peer exchange know of us too: the lower peer id dials first and the other waits
+``MUTUAL_SECOND_DIAL`` seconds, so a forming mesh makes no duplicate connections.
+
+Every failed dial leaves its reason (never empty) and the time of the next try, so
+``exo-discovery peers`` can say why a peer does not connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .backoff import Backoff
+from .connections import DialedSelf, DialError
+from .identity import PeerId
+from .models import Address
+from .peertable import Peer
+
+log = logging.getLogger("exo_discovery.dialer")
+
+CONNECT_TIMEOUT = 3.0
+REDIAL_INITIAL = 0.25
+MUTUAL_SECOND_DIAL = 2.0
+IDLE_WAKE = 1.0  # seconds; the loop looks again at least this often
+
+
+class Links(Protocol):
+    """What the dialer needs of the connection manager."""
+
+    def connected(self) -> Mapping[PeerId, object]:
+        """The peers connected now."""
+        ...
+
+    async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+        """Connect to ``address`` (refusing anyone but ``expected``); DialError if not."""
+        ...
+
+
+@dataclass(frozen=True)
+class DialStatus:
+    """What ``peers`` shows for a peer that is not connected."""
+
+    last_reason: str | None  # None until a dial failed
+    retry_in: float  # seconds until the next try (0: now)
+
+
+@dataclass
+class _State:
+    backoff: Backoff
+    next_at: float = 0.0
+    busy: bool = False
+    last_reason: str | None = None
+    warned: set[str] = field(default_factory=set)
+
+
+class Dialer:
+    """Dials known, unconnected peers; run :meth:`run` in a task group, :meth:`wake` on change."""
+
+    def __init__(
+        self,
+        me: PeerId,
+        peers: Callable[[], Mapping[str, Peer]],
+        links: Links,
+        *,
+        order: Callable[[Iterable[Address]], list[Address]] = list,
+        redial_max: float = 30.0,
+        mutual_source: str = "exchange",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._me = me
+        self._peers = peers
+        self._links = links
+        self._order = order
+        self._redial_max = redial_max
+        self._mutual_source = mutual_source
+        self._clock = clock
+        self._states: dict[str, _State] = {}
+        self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        """Something changed (the table, a connection): look again now."""
+        self._wake.set()
+
+    def peer_down(self, peer_id: PeerId) -> None:
+        """A connection ended: try that peer again at once, then back off."""
+        state = self._states.get(str(peer_id))
+        if state is not None:
+            state.next_at = 0.0
+        self.wake()
+
+    def status(self) -> dict[str, DialStatus]:
+        """By table key, for every peer the dialer has tried or is waiting to try."""
+        now = self._clock()
+        return {
+            key: DialStatus(state.last_reason, max(0.0, state.next_at - now))
+            for key, state in self._states.items()
+        }
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, tg: TaskGroup) -> None:
+        while True:
+            due, wait = self.due()
+            for peer in due:
+                tg.start_soon(self.attempt, peer)
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def due(self) -> tuple[list[Peer], float]:
+        """The peers to dial now (marked busy), and how long until the next one is due."""
+        now = self._clock()
+        peers = self._peers()
+        connected = self._links.connected()
+        for key in self._states.keys() - peers.keys():
+            if not self._states[key].busy:
+                del self._states[key]
+        due, soonest = [], IDLE_WAKE
+        for key, peer in peers.items():
+            if peer.peer_id is not None and peer.peer_id in connected:
+                continue
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
+                if self._dials_second(peer):
+                    state.next_at = now + MUTUAL_SECOND_DIAL  # let the peer dial first
+            if state.busy:
+                continue
+            if state.next_at > now:
+                soonest = min(soonest, state.next_at - now)
+                continue
+            state.busy = True
+            due.append(peer)
+        return due, soonest
+
+    def _dials_second(self, peer: Peer) -> bool:
+        return (
+            peer.sources == {self._mutual_source}
+            and peer.peer_id is not None
+            and str(peer.peer_id) < str(self._me)
+        )
+
+    async def attempt(self, peer: Peer) -> None:
+        """Dial ``peer``'s addresses in order until one connects; record why if none does."""
+        state = self._states[peer.key]
+        reasons = []
+        try:
+            for address in self._order(peer.addresses):
+                try:
+                    peer_id = await self._links.dial(address, peer.peer_id, CONNECT_TIMEOUT)
+                except DialedSelf as exc:
+                    reasons.append(f"{address}: {exc}")
+                    log.debug("dial %s: %s", address, exc)
+                    break  # the table drops this address now
+                except DialError as exc:
+                    reasons.append(f"{address}: {exc}")
+                    self._log_failure(state, address, str(exc), loud=exc.refused)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one bad address never stops the node
+                    reason = f"unexpected {type(exc).__name__}: {exc}"
+                    reasons.append(f"{address}: {reason}")
+                    self._log_failure(state, address, reason, loud=True)
+                    continue
+                log.debug("dialed %s: it is %s", address, peer_id)
+                state.last_reason = None
+                state.backoff.reset()
+                state.next_at = self._clock() + state.backoff.next()
+                return
+            state.last_reason = "; ".join(reasons) or "no address to dial"
+            state.next_at = self._clock() + state.backoff.next()
+        finally:
+            state.busy = False
+            self.wake()
+
+    def _log_failure(self, state: _State, address: Address, reason: str, *, loud: bool) -> None:
+        """A warning (refusals) or info line once per peer and reason; repeats go to debug."""
+        first = reason not in state.warned
+        if len(state.warned) >= 16:  # a peer can vary its refusals; what we remember is bounded
+            state.warned.clear()
+        state.warned.add(reason)
+        level = (logging.WARNING if loud else logging.INFO) if first else logging.DEBUG
+        log.log(level, "dial %s failed: %s", address, reason)

@@ -49,6 +49,17 @@ def is_tailscale(ip: IP) -> bool:
 
 
 @dataclass(frozen=True)
+class Interface:
+    """One network interface: its names, its index, and its addresses (zones dropped), which may
+    be none (an interface that is down or not configured yet)."""
+
+    name: str
+    nice_name: str
+    index: int | None
+    addresses: tuple[IPInterface, ...]
+
+
+@dataclass(frozen=True)
 class InterfaceAddress:
     """One address of one network interface: the interface's names and index, the IP (zone
     dropped) and its network."""
@@ -63,30 +74,40 @@ class InterfaceAddress:
         return self.interface.ip
 
 
-def interface_addresses(adapters: Sequence[ifaddr.Adapter] | None = None) -> list[InterfaceAddress]:
-    """Every address of this host's interfaces (or of ``adapters``, for tests), as ``ifaddr``
-    reports them; an entry that is not an IP is skipped."""
-    found: list[InterfaceAddress] = []
+def interfaces(adapters: Sequence[ifaddr.Adapter] | None = None) -> list[Interface]:
+    """This host's interfaces (or ``adapters``, for tests), as ``ifaddr`` reports them: the one
+    walk over them; an entry that is not an IP is skipped."""
+    found: list[Interface] = []
     for adapter in ifaddr.get_adapters() if adapters is None else adapters:
+        addresses: list[IPInterface] = []
         for entry in adapter.ips:
             text = entry.ip[0] if isinstance(entry.ip, tuple) else entry.ip
             ip = parse_ip(str(text))
             if ip is None:
                 continue
             try:
-                interface = ipaddress.ip_interface(f"{ip}/{entry.network_prefix}")
+                addresses.append(ipaddress.ip_interface(f"{ip}/{entry.network_prefix}"))
             except ValueError:
                 continue
-            index = adapter.index
-            found.append(
-                InterfaceAddress(
-                    name=str(adapter.name),
-                    nice_name=str(adapter.nice_name),
-                    index=int(index) if index is not None else None,
-                    interface=interface,
-                )
+        index = adapter.index
+        found.append(
+            Interface(
+                name=str(adapter.name),
+                nice_name=str(adapter.nice_name),
+                index=int(index) if index is not None else None,
+                addresses=tuple(addresses),
             )
+        )
     return found
+
+
+def interface_addresses(adapters: Sequence[ifaddr.Adapter] | None = None) -> list[InterfaceAddress]:
+    """Every address of this host's interfaces (or of ``adapters``), one entry each."""
+    return [
+        InterfaceAddress(iface.name, iface.nice_name, iface.index, address)
+        for iface in interfaces(adapters)
+        for address in iface.addresses
+    ]
 
 
 def local_interfaces() -> list[IPInterface]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import ifaddr
 
-from exo_discovery_core import IP, interface_addresses
+from exo_discovery_core import IP, interfaces
 
 #: zeroconf's explicit interface list: IPv4 addresses as text, IPv6 interfaces by index.
 ZcInterface = str | int
@@ -41,32 +41,32 @@ def snapshot(
     adapters: Sequence[ifaddr.Adapter] | None = None,
 ) -> Snapshot:
     """The interfaces selected by ``selection`` ("all" or names/IPs) and ``ip_version``."""
-    adapters = list(ifaddr.get_adapters() if adapters is None else adapters)
+    here = interfaces(adapters)
     wanted_names = None if selection == "all" else {s for s in selection}
     bind: set[ZcInterface] = set()
     announce: set[str] = set()
     # an interface named in the selection is there even while it has no address
-    names_here = {str(n) for adapter in adapters for n in (adapter.name, adapter.nice_name)}
-    matched = names_here & (wanted_names or set())
-    for entry in interface_addresses(adapters):
-        selected = wanted_names is None or bool({entry.name, entry.nice_name} & wanted_names)
-        ip = entry.ip
-        if not _wanted(ip, ip_version):
-            continue
-        if not selected and wanted_names is not None:
-            hit = {str(ip)} & wanted_names
-            matched |= hit
-            selected = bool(hit)
-        if not selected:
-            continue
-        if ip.version == 4:
-            bind.add(str(ip))
-        elif entry.index is not None and not ip.is_loopback:
-            # IPv6 loopback cannot send to ff02::fb (ENETUNREACH on every packet);
-            # nodes on one host still hear each other through multicast loopback.
-            bind.add(entry.index)
-        if not ip.is_loopback and not (ip.version == 6 and ip.is_link_local):
-            announce.add(str(ip))
+    matched = {n for iface in here for n in (iface.name, iface.nice_name)} & (wanted_names or set())
+    for iface in here:
+        named = wanted_names is None or bool({iface.name, iface.nice_name} & wanted_names)
+        for ip in (address.ip for address in iface.addresses):
+            if not _wanted(ip, ip_version):
+                continue
+            selected = named
+            if not selected and wanted_names is not None:
+                hit = {str(ip)} & wanted_names
+                matched |= hit
+                selected = bool(hit)
+            if not selected:
+                continue
+            if ip.version == 4:
+                bind.add(str(ip))
+            elif iface.index is not None and not ip.is_loopback:
+                # IPv6 loopback cannot send to ff02::fb (ENETUNREACH on every packet);
+                # nodes on one host still hear each other through multicast loopback.
+                bind.add(iface.index)
+            if not ip.is_loopback and not (ip.version == 6 and ip.is_link_local):
+                announce.add(str(ip))
     unmatched = () if wanted_names is None else tuple(sorted(wanted_names - matched))
     return Snapshot(
         bind=tuple(sorted(bind, key=lambda b: (isinstance(b, int), str(b)))),

@@ -139,7 +139,9 @@ class NodeInfo:
         ip = address.ip if isinstance(address, Address) else address
         if isinstance(ip, str):
             ip = parse_ip(ip)
-        return ip is not None and (ip.is_loopback or ip.is_unspecified or ip in self.own_ips())
+        if ip is None:
+            return False
+        return self.local.is_local_address(ip) or any(a.ip == ip for a in self.listen_addresses)
 
 
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 import httpx
@@ -24,6 +24,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from exo_discovery_core import SourceError
 from exo_discovery_core.remote import TooLarge, read_limited, short_reason
 
+T = TypeVar("T")
 Api = Literal["node", "machine"]
 TagField = Literal["tags", "forcedTags"]
 ErrorKind = Literal["auth", "not_found", "server", "timeout", "connect", "shape", "too_large"]
@@ -106,12 +107,7 @@ def parse_node_list(body: bytes, api: Api = "node") -> list[WireNode]:
     The key the API version answers with must be there; only an empty object ``{}`` (a server
     that omits empty fields) means "no nodes".
     """
-    try:
-        answer = _LIST.validate_json(body)
-    except ValidationError as exc:
-        raise HeadscaleError(
-            f"answer is not a Headscale node list: {_first_error(exc)}", kind="shape"
-        ) from None
+    answer = _validated(_LIST, body, "a Headscale node list")
     nodes = answer.nodes if api == "node" else answer.machines
     if nodes is None:
         nodes = answer.machines if api == "node" else answer.nodes
@@ -123,6 +119,14 @@ def parse_node_list(body: bytes, api: Api = "node") -> list[WireNode]:
             f"answer is not a Headscale node list: no {key!r} list in it", kind="shape"
         )
     return nodes
+
+
+def _validated(adapter: TypeAdapter[T], body: bytes, what: str, *, of: str = "answer") -> T:
+    """``body`` as ``adapter``'s type, or a ``shape`` error naming where it is wrong."""
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as exc:
+        raise HeadscaleError(f"{of} is not {what}: {_first_error(exc)}", kind="shape") from None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -228,12 +232,7 @@ class HeadscaleClient:
         body = await self._request(
             "POST", f"/api/v1/{api}/{node_id}/tags", content=payload, json_body=True
         )
-        try:
-            answer = _SET_TAGS.validate_json(body)
-        except ValidationError as exc:
-            raise HeadscaleError(
-                f"answer to set tags is not a Headscale node: {_first_error(exc)}", kind="shape"
-            ) from None
+        answer = _validated(_SET_TAGS, body, "a Headscale node", of="answer to set tags")
         return answer.node or answer.machine
 
     # -- transport --------------------------------------------------------------------------

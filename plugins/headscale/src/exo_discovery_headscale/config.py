@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 
 from exo_discovery_core import IP, option, parse_ip
+from exo_discovery_core.remote import check_http_url
 
 TAG_RULE = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
 """Tailscale's tag syntax: ``tag:``, a letter, then letters, digits and ``-`` only."""
@@ -94,21 +95,8 @@ class HeadscaleConfig(BaseModel):
         """http(s), a host, no credentials in the URL (they would show in logs)."""
         if value is None:
             return None
-        text = value.strip()
-        try:
-            parts = urlsplit(text)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL: {exc}") from None
-        if parts.scheme not in ("http", "https"):
-            raise ValueError("must start with http:// or https://")
-        if not parts.hostname:
-            raise ValueError("has no host (expected e.g. https://headscale.example.com)")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("must not hold credentials; put the API key in api_key")
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
-        return text.rstrip("/")
+        example = "https://headscale.example.com"
+        return check_http_url(value, example=example, allow_query=False).rstrip("/")
 
     @field_validator("tag", "port_tag_prefix")
     @classmethod

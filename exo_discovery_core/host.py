@@ -17,6 +17,8 @@ from .events import EventKind, NodeEvent
 from .identity import PeerId
 from .models import Address
 from .node import Node
+from .routes import RouteClass
+from .status import PeerAddress, PeerView, Status
 from .threaded import NodeThread
 
 __all__ = [
@@ -27,5 +29,9 @@ __all__ = [
     "NodeConfig",
     "NodeEvent",
     "NodeThread",
+    "PeerAddress",
     "PeerId",
+    "PeerView",
+    "RouteClass",
+    "Status",
 ]

@@ -34,6 +34,7 @@ from .pipeline import Pipeline
 from .plugins import PluginHost, installed_entry_points
 from .routes import listen_hosts
 from .sources import PluginSources
+from .status import PeerView
 
 log = logging.getLogger("exo_discovery.node")
 
@@ -214,21 +215,34 @@ class Node:
 
     def status(self) -> status.Status:
         """The typed snapshot ``exo-discovery peers`` and the live view show."""
-        run = self._run
-        connected, dials = run.connections.connected(), run.dialer.status()
         return status.Status(
             peer_id=self.peer_id,
             namespace=self.config.namespace,
             port=self.port,
-            plugins=run.plugins.statuses(),
-            peers=status.peer_rows(run.table.merged(), connected, dials, run.ordered),
+            plugins=self._run.plugins.statuses(),
+            peers=[view.row() for view in self.peers()],
+        )
+
+    def peers(self) -> list[PeerView]:
+        """Every peer, typed: ids, addresses with their route class, sources, state, metadata."""
+        run = self._run
+        return status.peer_views(
+            run.table.merged(),
+            {**run.connections.connected(), **run.host_connections},
+            run.dialer.status(),
+            run.ordered,
+            run.route,
         )
 
     def report_connection(
         self, peer_id: PeerId, connected: bool, address: Address | None = None, reason: str = ""
     ) -> None:
-        """For a host program with its own transport: tell the node a peer came or went."""
-        if connected:
-            self._run.connection_up(peer_id, address)
-        else:
-            self._run.connection_down(peer_id, reason or "reported by host")
+        """For a host program with its own transport: tell the node a peer came or went (a
+        report that changes nothing, up twice, is ignored: one event per transition)."""
+        run = self._run
+        if connected and peer_id not in run.host_connections:
+            run.host_connections[peer_id] = address
+            run.connection_up(peer_id, address)
+        elif not connected and peer_id in run.host_connections:
+            del run.host_connections[peer_id]
+            run.connection_down(peer_id, reason or "reported by host")

@@ -23,7 +23,7 @@ from .events import NodeEvent, connection_event, peer_events
 from .identity import Identity, PeerId
 from .models import Address, ConnectionEvent, ConnectionState
 from .peertable import PeerTable, TableDiff
-from .routes import LocalNetworks, by_preference
+from .routes import LocalNetworks, RouteClass, by_preference, route_class
 from .sources import PluginSources
 
 log = logging.getLogger("exo_discovery.node")
@@ -45,6 +45,7 @@ class Pipeline:
         self.publish = publish
         self.local = LocalNetworks()
         self.sources_at_up: dict[PeerId, frozenset[str]] = {}
+        self.host_connections: dict[PeerId, Address | None] = {}  # reported by the host program
         self.table = PeerTable(identity.peer_id, on_change=self.table_changed)
         self.connections = ConnectionManager(identity, config, port, self)
         self.exchange = exchange.PeerExchange(identity.peer_id, self.table, self.connections)
@@ -60,6 +61,9 @@ class Pipeline:
 
     def ordered(self, addresses: Iterable[Address]) -> list[Address]:
         return by_preference(addresses, self.local)
+
+    def route(self, address: Address) -> RouteClass:
+        return route_class(address, self.local)
 
     def table_changed(self, diff: TableDiff) -> None:
         for event in peer_events(diff):

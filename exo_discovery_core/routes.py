@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Literal
 
 from .ip import LocalNetworks, is_tailscale, local_addresses, local_interfaces
 from .models import Address
 
 __all__ = [
     "LocalNetworks",
+    "RouteClass",
     "by_preference",
     "is_tailscale",
     "local_addresses",
     "local_interfaces",
     "rank",
+    "route_class",
 ]
+
+RouteClass = Literal["loopback", "lan", "tailscale", "private", "public", "name"]
+"""How direct the route to an address is, most direct first (the order of :func:`rank`)."""
+_ROUTE_CLASSES: tuple[RouteClass, ...] = (
+    "loopback",
+    "lan",
+    "tailscale",
+    "private",
+    "public",
+    "name",
+)
 
 
 def rank(address: Address, local: LocalNetworks) -> int:
@@ -34,6 +48,12 @@ def rank(address: Address, local: LocalNetworks) -> int:
     if local.on_same_lan(ip) or ip.is_link_local:
         return 1
     return 3 if ip.is_private else 4
+
+
+def route_class(address: Address, local: LocalNetworks) -> RouteClass:
+    """The name of ``address``'s rank: this host, the same LAN, Tailscale, another private
+    network, the internet, or a DNS name not yet resolved."""
+    return _ROUTE_CLASSES[rank(address, local)]
 
 
 def by_preference(addresses: Iterable[Address], local: LocalNetworks) -> list[Address]:

@@ -1,7 +1,9 @@
 """What a running node shows of itself, and the local endpoint that serves it.
 
 :class:`Status` is one typed snapshot (the node, its plugins, one :class:`PeerRow` per peer); the
-CLI's live view and ``exo-discovery peers`` read the same type. The endpoint is a unix socket in
+CLI's live view and ``exo-discovery peers`` read the same type. A host program reads the same
+rows as :class:`PeerView` (``node.peers()``): typed ids and addresses, each with its route class,
+exactly what :meth:`Node.report_connection` takes back. The endpoint is a unix socket in
 the state directory that answers one JSON document per connection; it is only reachable by users
 who can enter the state directory (0700). It takes a snapshot function, not the node.
 """
@@ -12,6 +14,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -19,10 +22,12 @@ import anyio
 from anyio.abc import SocketStream, TaskGroup
 from pydantic import BaseModel, ConfigDict
 
+from .identity import PeerId
+from .models import Address
+from .routes import RouteClass
+
 if TYPE_CHECKING:
     from .dialer import DialStatus
-    from .identity import PeerId
-    from .models import Address
     from .peertable import Peer
 
 SOCKET_NAME = "status.sock"
@@ -72,37 +77,82 @@ class Status(BaseModel):
     peers: list[PeerRow]
 
 
-def peer_rows(
+@dataclass(frozen=True)
+class PeerAddress:
+    """One address of a peer and how direct the route to it is."""
+
+    address: Address
+    route: RouteClass
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """One peer, typed, for a host program: ``node.peers()`` gives these, and its ``peer_id`` and
+    an address (``view.addresses[0].address``) go straight into ``report_connection``."""
+
+    peer_id: PeerId | None  # None until a handshake told who answers at these addresses
+    addresses: tuple[PeerAddress, ...]  # in the order the dialer tries them
+    sources: frozenset[str]
+    state: Literal["connected", "known"]
+    address: Address | None = None  # the one in use, while connected
+    metadata: Mapping[str, str] = field(default_factory=dict)  # what the plugins said of it
+    meta: Mapping[str, str] | None = None  # its own signed record's (None: no record known)
+    rtt: float | None = None  # seconds, once measured
+    last_reason: str | None = None  # why the last dial failed, while not connected
+    retry_in: float | None = None  # seconds until the next dial, while not connected
+
+    def row(self) -> PeerRow:
+        """The same peer as ``exo-discovery peers --json`` shows it."""
+        return PeerRow(
+            peer_id=self.peer_id,
+            addresses=[str(a.address) for a in self.addresses],
+            sources=sorted(self.sources),
+            state=self.state,
+            address=str(self.address) if self.address else None,
+            metadata=dict(self.metadata),
+            rtt_ms=round(self.rtt * 1000, 3) if self.rtt is not None else None,
+            last_reason=self.last_reason,
+            retry_in=round(self.retry_in, 1) if self.retry_in is not None else None,
+        )
+
+
+def peer_views(
     peers: Mapping[str, Peer],
-    connected: Mapping[PeerId, Address],
+    connected: Mapping[PeerId, Address | None],
     dials: Mapping[str, DialStatus],
     order: Callable[[Iterable[Address]], list[Address]] = list,
-) -> list[PeerRow]:
+    route: Callable[[Address], RouteClass] = lambda address: "public",
+) -> list[PeerView]:
     """The table with connection state; connected peers first, then by id."""
-    rows: dict[str, PeerRow] = {}
+
+    def routed(addresses: Iterable[Address]) -> tuple[PeerAddress, ...]:
+        return tuple(PeerAddress(a, route(a)) for a in order(addresses))
+
+    views: dict[str, PeerView] = {}
     for key, peer in peers.items():
-        in_use = connected.get(peer.peer_id) if peer.peer_id else None
-        dial = dials.get(key) if in_use is None else None
-        rows[key] = PeerRow(
+        up = peer.peer_id is not None and peer.peer_id in connected
+        in_use = connected.get(peer.peer_id) if up and peer.peer_id else None
+        dial = None if up else dials.get(key)
+        views[key] = PeerView(
             peer_id=peer.peer_id,
-            addresses=[str(a) for a in order(peer.addresses)],
-            sources=sorted(peer.sources),
-            state="connected" if in_use else "known",
-            address=str(in_use) if in_use else None,
+            addresses=routed(peer.addresses),
+            sources=frozenset(peer.sources),
+            state="connected" if up else "known",
+            address=in_use,
             metadata=dict(peer.metadata),
             last_reason=dial.last_reason if dial else None,
-            retry_in=round(dial.retry_in, 1) if dial else None,
+            retry_in=dial.retry_in if dial else None,
         )
     for peer_id, address in connected.items():
-        if str(peer_id) not in rows:  # it dialed us; no source knows it
-            rows[str(peer_id)] = PeerRow(
+        if str(peer_id) not in views:  # it dialed us; no source knows it
+            views[str(peer_id)] = PeerView(
                 peer_id=peer_id,
-                addresses=[str(address)],
-                sources=["inbound"],
+                addresses=routed([address] if address else []),
+                sources=frozenset({"inbound"}),
                 state="connected",
-                address=str(address),
+                address=address,
             )
-    return sorted(rows.values(), key=lambda row: (row.state != "connected", str(row.peer_id)))
+    return sorted(views.values(), key=lambda view: (view.state != "connected", str(view.peer_id)))
 
 
 def socket_path(state_dir: Path) -> Path:

@@ -51,7 +51,7 @@ LOG_LEVELS = {
 }
 
 
-COMMANDS_WITHOUT_PLUGINS = {"id", "peers"}
+COMMANDS_WITHOUT_PLUGINS = {"id", "peers", "keygen"}
 
 
 class Prescan:
@@ -382,6 +382,26 @@ def build(setup: Setup) -> click.Group:
         if old is not None:
             click.echo(f"old key: {old}; kept as {state_dir / 'identity.key.old'}", err=True)
         click.echo(identity.peer_id)
+
+    @cli.command()
+    @click.argument("path", type=click.Path(path_type=Path))
+    @click.option("--force", is_flag=True, help="Replace an existing file (the old key is lost)")
+    def keygen(path: Path, force: bool) -> None:
+        """Write a new random cluster key to PATH (mode 0600); the key itself is never printed.
+
+        Give every node of the cluster the same file (`cluster_key_file`, `--cluster-key-file`
+        or EXO_DISCOVERY_CLUSTER_KEY_FILE); a node without it cannot join or learn anything."""
+        from .clusterkey import write_key_file
+
+        try:
+            fingerprint = write_key_file(path, force=force)
+        except FileExistsError:
+            _fail(ValueError(f"{path} exists; pass --force to replace it (nodes using it lose it)"))
+            return
+        except OSError as exc:
+            _fail(ValueError(f"cannot write {path}: {exc.strerror or exc}"))
+            return
+        click.echo(f"wrote a new cluster key to {path} (fingerprint {fingerprint})")
 
     return cli
 

@@ -22,8 +22,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
+
+from .clusterkey import ClusterKeyError, Keyring
+from .identity import PeerId
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -147,6 +158,22 @@ class NodeConfig(BaseModel):
         gt=0,
         le=120,
     )
+    cluster_key_file: Path | None = option(
+        None,
+        help="File of the cluster key (`exo-discovery keygen`); one key a line, the first dials",
+        flag="--cluster-key-file",
+        env="EXO_DISCOVERY_CLUSTER_KEY_FILE",
+    )
+    cluster_key: SecretStr | None = option(
+        None,
+        help="The cluster key itself, for containers (prefer cluster_key_file)",
+        env="EXO_DISCOVERY_CLUSTER_KEY",
+    )
+    trusted_peers: tuple[PeerId, ...] = option(
+        (),
+        help="If set, only these peer ids are connected; any other is refused, both ways",
+        env="EXO_DISCOVERY_TRUSTED_PEERS",
+    )
     peer_ttl: float = option(
         300.0,
         help="Seconds a failing plugin's last peers are kept while it restarts",
@@ -162,6 +189,47 @@ class NodeConfig(BaseModel):
         help="Cap of the backoff between restarts of a failing plugin",
         gt=0,
     )
+
+    @field_validator("cluster_key_file")
+    @classmethod
+    def _check_key_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _keyring_from_file(path)
+        return path
+
+    @field_validator("cluster_key")
+    @classmethod
+    def _check_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:
+            Keyring.parse(key.get_secret_value())
+        return key
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> NodeConfig:
+        if self.cluster_key is not None and self.cluster_key_file is not None:
+            raise ValueError("set cluster_key or cluster_key_file, not both")
+        return self
+
+    def keyring(self) -> Keyring:
+        """The cluster keys (primary first); empty without a key. Read at start."""
+        if self.cluster_key_file is not None:
+            try:
+                return _keyring_from_file(self.cluster_key_file)
+            except ClusterKeyError as exc:  # changed since the config was read
+                raise ConfigError(f"[node] cluster_key_file: {exc}") from None
+        if self.cluster_key is not None:
+            return Keyring.parse(self.cluster_key.get_secret_value(), "cluster_key")
+        return Keyring()
+
+
+def _keyring_from_file(path: Path) -> Keyring:
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClusterKeyError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    except ValueError:
+        raise ClusterKeyError(f"{str(path)!r} is not a key file (not text)") from None
+    return Keyring.parse(text, str(path))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import click
 
-from .config import ConfigSource
+from .config import ConfigSource, NodeConfig
 from .identity import KEY_FILE_NAME, Identity, IdentityError, PeerId
 from .models import Address, CheckResult, DiscoveryContext, NodeInfo
 from .plugins import PluginHost
@@ -40,9 +40,16 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
     )
     peer_id, key_check = _identity_check(node_config.state_dir / KEY_FILE_NAME)
     _print(key_check)
+    _print(_cluster_key_check(node_config))
     port = node_config.port  # 0 (any free port): no address to tell the plugins yet
     listen = (Address(host="127.0.0.1", port=port),) if port else ()
-    node = NodeInfo(peer_id, node_config.namespace, port, listen)
+    node = NodeInfo(
+        peer_id,
+        node_config.namespace,
+        port,
+        listen,
+        cluster_key_fingerprints=node_config.keyring().fingerprints,
+    )
     all_ok = key_check.ok
     for info in host.infos_sorted():
         if not info.enabled:
@@ -89,6 +96,26 @@ def _identity_check(key_file: Path) -> tuple[PeerId, CheckResult]:
         check = CheckResult(name="identity", ok=False, detail=problem, fix=fix)
         return Identity.generate().peer_id, check
     return peer_id, CheckResult(name="identity", ok=True, detail=f"peer id {peer_id}")
+
+
+def _cluster_key_check(config: NodeConfig) -> CheckResult:
+    """Whether a cluster key is set, named by its fingerprint (the key itself never shows)."""
+    keyring = config.keyring()
+    if not keyring:
+        return CheckResult(
+            name="cluster key",
+            ok=True,
+            detail="none: any node that reaches this one can join "
+            "(set one with `exo-discovery keygen` and cluster_key_file)",
+        )
+    source = f"file {config.cluster_key_file}" if config.cluster_key_file else "cluster_key"
+    primary, *others = keyring.fingerprints
+    detail = f"set ({source}), fingerprint {primary}"
+    if others:
+        detail += f"; also accepted: {', '.join(others)}"
+    if config.trusted_peers:
+        detail += f"; {len(config.trusted_peers)} trusted peers"
+    return CheckResult(name="cluster key", ok=True, detail=detail)
 
 
 async def _checks(host: PluginHost, name: str, context: DiscoveryContext[Any]) -> list[CheckResult]:

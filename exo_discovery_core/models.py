@@ -128,6 +128,9 @@ class NodeInfo:
         repr=False,
         compare=False,
     )
+    # fingerprints of the accepted cluster keys (clusterkey.fingerprint), primary first; an
+    # announcement may carry them so that nodes of other clusters are skipped before a dial
+    cluster_key_fingerprints: tuple[str, ...] = ()
 
     def own_ips(self) -> frozenset[IP]:
         """This node's IPs: every address of this host's interfaces and each listen address."""

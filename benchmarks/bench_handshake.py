@@ -1,29 +1,29 @@
-"""Handshake: connect + the authenticated handshake vs a bare TCP connect + close, one event loop.
+"""Handshake: connect + the v2 handshake vs a bare TCP connect + close, one event loop.
 
 Both listeners run in this process on 127.0.0.1, in the same anyio (asyncio) loop as the dialer:
-the handshake listener does what the node's ``ConnectionManager.handle_inbound`` does (a
-``BufferedByteReceiveStream``, ``handshake.perform`` under ``fail_after``), the plain one accepts
-and closes. The dialer times ``connect_tcp`` (+ ``handshake.perform``) + ``aclose``; the two kinds
-are interleaved in blocks so drift (CPU frequency, other load) hits both alike. Both ends run on
-one core, so "handshakes per second" counts the work of dialer *and* listener.
+the handshake listener does what the node's ``ConnectionManager.handle_inbound`` does
+(``handshake.respond`` under ``fail_after``, with the node's one ``Credentials``), the plain one
+accepts and closes. The dialer times ``connect_tcp`` (+ ``handshake.initiate``, which returns
+once the responder's sealed accept arrived) + ``aclose``; the kinds are interleaved in blocks so
+drift (CPU frequency, other load) hits all alike. Measured without and with a cluster key
+(Noise XX and XXpsk0). Both ends run on one core, so "handshakes per second" counts the work of
+dialer *and* listener.
 """
 
 from __future__ import annotations
 
-import contextlib
 import cProfile
 import io
 import pstats
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from exo_discovery_core import handshake
-from exo_discovery_core.identity import Identity, PeerId
+from exo_discovery_core import clusterkey, handshake, wire
+from exo_discovery_core.clusterkey import Keyring
+from exo_discovery_core.identity import Identity
 
 from .common import Row, median, quantile
 
@@ -37,15 +37,12 @@ TARGET_RATIO = 3.0
 Dial = Callable[[], Awaitable[None]]
 
 
-async def _serve_handshake(stream: anyio.abc.SocketStream, identity: Identity, port: int) -> None:
-    buffered = BufferedByteReceiveStream(stream)
+async def _serve_handshake(stream: anyio.abc.SocketStream, server: handshake.Credentials) -> None:
     try:
         with anyio.fail_after(5):
-            await handshake.perform(
-                stream, buffered, identity=identity, namespace=NAMESPACE, listen_port=port
-            )
-    except (handshake.HandshakeError, TimeoutError, OSError, anyio.EndOfStream,
-            anyio.IncompleteRead, anyio.BrokenResourceError):  # fmt: skip
+            await handshake.respond(stream, server)
+    except (handshake.HandshakeError, wire.ProtocolError, TimeoutError, OSError,
+            anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):  # fmt: skip
         pass
     finally:
         await anyio.aclose_forcefully(stream)
@@ -55,26 +52,37 @@ async def _serve_plain(stream: anyio.abc.SocketStream) -> None:
     await anyio.aclose_forcefully(stream)
 
 
-async def _measure(profile: bool) -> tuple[list[float], list[float], float, float, str]:
-    server_id, client_id = Identity.generate(), Identity.generate()
-    hs_listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    plain_listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    hs_port = int(hs_listener.extra(anyio.abc.SocketAttribute.local_port))
-    plain_port = int(plain_listener.extra(anyio.abc.SocketAttribute.local_port))
+class _Measured:
+    def __init__(self) -> None:
+        self.plain: list[float] = []
+        self.open: list[float] = []  # no cluster key: Noise XX
+        self.keyed: list[float] = []  # a cluster key: Noise XXpsk0
+        self.per_second = 0.0
+        self.cpu_each = 0.0
+        self.profile = ""
 
-    async def dial_handshake() -> None:
-        stream = await anyio.connect_tcp("127.0.0.1", hs_port)
-        try:
-            await handshake.perform(
-                stream,
-                BufferedByteReceiveStream(stream),
-                identity=client_id,
-                namespace=NAMESPACE,
-                listen_port=0,
-                expected=server_id.peer_id,
-            )
-        finally:
-            await stream.aclose()
+
+async def _measure(profile: bool) -> _Measured:
+    keyring = Keyring((clusterkey.generate(),))
+    server_id, client_id = Identity.generate(), Identity.generate()
+    servers = [handshake.Credentials(server_id, namespace=NAMESPACE, keyring=k)
+               for k in (Keyring(), keyring)]  # fmt: skip
+    clients = [handshake.Credentials(client_id, namespace=NAMESPACE, keyring=k)
+               for k in (Keyring(), keyring)]  # fmt: skip
+    listeners = [await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+                 for _ in range(3)]  # fmt: skip
+    plain_port, *hs_ports = (int(lst.extra(anyio.abc.SocketAttribute.local_port))
+                             for lst in listeners)  # fmt: skip
+
+    def dialer(which: int) -> Dial:
+        async def dial_handshake() -> None:
+            stream = await anyio.connect_tcp("127.0.0.1", hs_ports[which])
+            try:
+                await handshake.initiate(stream, clients[which], expected=server_id.peer_id)
+            finally:
+                await stream.aclose()
+
+        return dial_handshake
 
     async def dial_plain() -> None:
         stream = await anyio.connect_tcp("127.0.0.1", plain_port)
@@ -86,31 +94,33 @@ async def _measure(profile: bool) -> tuple[list[float], list[float], float, floa
             await dial()
             out.append(time.perf_counter() - t0)
 
-    hs_times: list[float] = []
-    tcp_times: list[float] = []
-    report = ""
+    result = _Measured()
+    open_dial, keyed_dial = dialer(0), dialer(1)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(hs_listener.serve, lambda s: _serve_handshake(s, server_id, hs_port))
-        tg.start_soon(plain_listener.serve, _serve_plain)
-        await timed(dial_handshake, BLOCK, [])  # warm-up (imports, caches, first connections)
-        await timed(dial_plain, BLOCK, [])
+        tg.start_soon(listeners[0].serve, _serve_plain)
+        for listener, server in zip(listeners[1:], servers, strict=True):
+            tg.start_soon(listener.serve, lambda s, c=server: _serve_handshake(s, c))
+        for dial in (open_dial, keyed_dial, dial_plain):  # warm-up (imports, first connections)
+            await timed(dial, BLOCK, [])
         for _ in range(ITERATIONS // BLOCK):
-            await timed(dial_plain, BLOCK, tcp_times)
-            await timed(dial_handshake, BLOCK, hs_times)
+            await timed(dial_plain, BLOCK, result.plain)
+            await timed(open_dial, BLOCK, result.open)
+            await timed(keyed_dial, BLOCK, result.keyed)
         # throughput: back to back, wall and CPU time of this (single-threaded) process
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        await timed(dial_handshake, ITERATIONS, [])
+        await timed(keyed_dial, ITERATIONS, [])
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        result.per_second, result.cpu_each = ITERATIONS / wall, cpu / ITERATIONS
         if profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            await timed(dial_handshake, 300, [])
+            await timed(keyed_dial, 300, [])
             profiler.disable()
-            report = _profile_report(profiler, 300)
+            result.profile = _profile_report(profiler, 300)
         tg.cancel_scope.cancel()
-    await hs_listener.aclose()
-    await plain_listener.aclose()
-    return hs_times, tcp_times, ITERATIONS / wall, cpu / ITERATIONS, report
+    for listener in listeners:
+        await listener.aclose()
+    return result
 
 
 def _profile_report(profiler: cProfile.Profile, n: int) -> str:
@@ -127,13 +137,13 @@ def _profile_report(profiler: cProfile.Profile, n: int) -> str:
     for tottime, _cumtime, where in rows[:14]:
         lines.append(f"    {tottime / n * 1e6:7.1f} µs  {tottime / total:5.1%}  {where}")
     groups = {
-        "Ed25519 sign + verify + key load (cryptography)": ("ed25519",),
-        "base58 (pure Python)": ("base58/",),
+        "X25519 + ChaCha20-Poly1305 + Ed25519 (cryptography)": ("x25519", "ed25519", "aead"),
+        "HMAC + hashes (hashlib)": ("hmac", "_hashlib", "openssl_"),
         "json": ("json/",),
         "asyncio event loop + selectors": ("asyncio/", "selectors.py", "select.epoll"),
         "anyio streams, cancel scopes": ("anyio/",),
         "socket syscalls": ("_socket.socket",),
-        "handshake + wire + identity (exo_discovery_core)": ("exo_discovery_core/",),
+        "noise + handshake + session (exo_discovery_core)": ("exo_discovery_core/",),
     }
     for label, needles in groups.items():
         own = sum(r[0] for r in rows if any(n in r[2] for n in needles))
@@ -148,61 +158,28 @@ def _short(filename: str) -> str:
     return filename
 
 
-@contextlib.contextmanager
-def _peer_key_cache() -> Iterator[None]:
-    """What-if (this process only, product code untouched): remember each peer id's decoded key,
-    so a handshake decodes base58 once per peer instead of twice per handshake on each side."""
-    keys: dict[str, Ed25519PublicKey] = {}
-    original_parse = PeerId.__dict__["parse"]
-    original_key = PeerId.__dict__["public_key"]
-
-    def parse(cls: type[PeerId], text: str) -> PeerId:
-        if isinstance(text, str) and text in keys:
-            return cls(text)
-        return original_parse.__func__(cls, text)  # type: ignore[no-any-return]
-
-    def public_key(self: PeerId) -> Ed25519PublicKey:
-        key = keys.get(self)
-        if key is None:
-            key = keys[str(self)] = original_key(self)
-        return key
-
-    PeerId.parse = classmethod(parse)  # type: ignore[method-assign,assignment]
-    PeerId.public_key = public_key  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        PeerId.parse = original_parse  # type: ignore[method-assign]
-        PeerId.public_key = original_key  # type: ignore[method-assign]
-
-
-def _what_if() -> tuple[float, float]:
-    """Median handshake and TCP connect with the peer-key cache applied."""
-    with _peer_key_cache():
-        hs, tcp, *_ = anyio.run(_measure, False)
-    return median(hs), median(tcp)
-
-
 def run() -> list[Row]:
-    hs, tcp, per_second, cpu_each, _ = anyio.run(_measure, False)
-    hs_med, tcp_med = median(hs), median(tcp)
+    measured = anyio.run(_measure, False)
+    tcp_med = median(measured.plain)
     profile = ""
-    rows: list[Row] = []
-    if hs_med > TARGET_RATIO * tcp_med:
-        profile = anyio.run(_measure, True)[4]
-        cached, cached_tcp = _what_if()
-        rows.append(Row(NAME, "what-if: peer-key cache, connect + handshake, median", cached, "s",
-                        "TCP connect + close, median", cached_tcp, note="PeerId.parse and "
-                        "PeerId.public_key memoised per peer id, patched in this process only "
-                        "(analysis of the missed target, not the product)"))  # fmt: skip
-    note = f"{len(hs)} iterations each, interleaved in blocks of {BLOCK}; asyncio, 127.0.0.1"
-    return [
-        Row(NAME, "connect + handshake, median", hs_med, "s",
-            "TCP connect + close, median", tcp_med, max_ratio=TARGET_RATIO, note=note,
-            extra={"profile": profile} if profile else {}),
-        Row(NAME, "connect + handshake, p99", quantile(hs, 0.99), "s",
-            "TCP connect + close, p99", quantile(tcp, 0.99), max_ratio=TARGET_RATIO),
-        Row(NAME, "handshakes per second, one core (both ends)", per_second, "/s",
-            note=f"CPU {cpu_each * 1e6:.0f} µs per handshake, dialer + listener"),
-        *rows,
-    ]  # fmt: skip
+    if max(median(measured.open), median(measured.keyed)) > TARGET_RATIO * tcp_med:
+        profile = anyio.run(_measure, True).profile
+    note = (f"{len(measured.plain)} iterations each, interleaved in blocks of {BLOCK}; "
+            "asyncio, 127.0.0.1")  # fmt: skip
+    rows = []
+    for label, times in (
+        ("no cluster key (XX)", measured.open),
+        ("cluster key (XXpsk0)", measured.keyed),
+    ):
+        rows += [
+            Row(NAME, f"connect + v2 handshake, {label}, median", median(times), "s",
+                "TCP connect + close, median", tcp_med, max_ratio=TARGET_RATIO, note=note,
+                extra={"profile": profile} if profile and "psk" in label else {}),
+            Row(NAME, f"connect + v2 handshake, {label}, p99", quantile(times, 0.99), "s",
+                "TCP connect + close, p99", quantile(measured.plain, 0.99),
+                max_ratio=TARGET_RATIO),
+        ]  # fmt: skip
+    rows.append(Row(NAME, "handshakes per second, one core (both ends), cluster key",
+                    measured.per_second, "/s",
+                    note=f"CPU {measured.cpu_each * 1e6:.0f} µs per handshake, dialer + listener"))  # fmt: skip
+    return rows

@@ -1,8 +1,9 @@
 """Scale: N members on loopback, each told only the first one's address, beside serf's N agents.
 
 For each N (20, then 50) the same measurement runs twice in one run, on exo-discovery nodes
-(``--plugins bootstrap --bootstrap-peers 127.0.0.1:P``) and on hashicorp serf agents
-(``-retry-join 127.0.0.1:P``, see ``benchmarks/serf.py``): member 0 starts first, then the other
+(``--plugins bootstrap --bootstrap-peers 127.0.0.1:P``, all with one cluster key, so every
+connection is the sealed v2 channel) and on hashicorp serf agents (``-retry-join 127.0.0.1:P``,
+with their gossip key, see ``benchmarks/serf.py``): member 0 starts first, then the other
 N-1 at once. Figures, each beside serf's from the same run:
 
 - last started -> every member sees all N-1 others (replayed from each member's
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from exo_discovery_core import exchange
+from exo_discovery_core import clusterkey, exchange
 from exo_discovery_core.config import NodeConfig
 from exo_discovery_core.identity import Identity
 from exo_discovery_core.models import Address
@@ -83,13 +84,16 @@ class System:
 
 
 def _exo() -> System:
+    # with a cluster key, as serf runs with its gossip key: the sealed v2 channel is what is measured
+    env = {"EXO_DISCOVERY_CLUSTER_KEY": clusterkey.encode(clusterkey.generate())}
+
     def first(fleet: Fleet, name: str) -> Member:
         port = free_port()
         return fleet.start(name, "--port", str(port), "--bootstrap-peers", f"127.0.0.1:{port}",
-                           plugins="bootstrap")  # fmt: skip
+                           plugins="bootstrap", env=env)  # fmt: skip
 
     def join(fleet: Fleet, name: str, address: str) -> Member:
-        return fleet.start(name, "--bootstrap-peers", address, plugins="bootstrap")
+        return fleet.start(name, "--bootstrap-peers", address, plugins="bootstrap", env=env)
 
     return System("exo-discovery", first, join)
 

@@ -7,8 +7,9 @@ come and go. When two nodes dial each other at once, both keep the connection di
 lower peer id; the loser is closed with a ``bye`` saying "duplicate", and the peer holding it
 waits a moment for the winner instead of reporting a disconnect.
 
-The handshake is called in one place (``_handshake``) and frames are read and written in one
-place (:class:`Channel`), so the wire protocol can change without touching the rest.
+The handshake is called in one place (``_handshake``: the v2 Noise handshake of
+:mod:`.handshake`) and frames are read and written in one place (the sealed
+:class:`~.session.Session`), so the wire protocol can change without touching the rest.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from . import handshake, wire
 from .config import NodeConfig
 from .identity import Identity, PeerId
 from .models import Address
+from .session import Session
 
 log = logging.getLogger("exo_discovery.connections")
 
@@ -74,34 +75,12 @@ class ConnectionListener(Protocol):
         """A frame other than a heartbeat or a bye from a connected peer."""
 
 
-class Channel:
-    """The framed byte pipe to one peer after the handshake: where frames are read and written."""
-
-    def __init__(self, stream: SocketStream, buffered: BufferedByteReceiveStream) -> None:
-        self._stream = stream
-        self._buffered = buffered
-        self._send_lock = anyio.Lock()
-
-    async def send(self, message: dict[str, Any], timeout: float) -> None:
-        """One frame, whole: heartbeats, exchanges and byes share the socket."""
-        data = wire.encode(message)
-        with anyio.fail_after(timeout):
-            async with self._send_lock:
-                await self._stream.send(data)
-
-    async def receive(self) -> dict[str, Any]:
-        return await wire.receive(self._buffered)
-
-    async def aclose(self) -> None:
-        await anyio.aclose_forcefully(self._stream)
-
-
 @dataclass(eq=False)
 class Connection:
     peer_id: PeerId
     address: Address
     dialer: PeerId
-    channel: Channel
+    channel: Session
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     close_reason: str | None = None
 
@@ -120,6 +99,13 @@ class ConnectionManager:
         self._config = config
         self._listen_port = listen_port
         self._listener = listener
+        # made once: the Noise static key and the identity's signature over it serve every handshake
+        self.credentials = handshake.Credentials(
+            identity,
+            namespace=config.namespace,
+            keyring=config.keyring(),
+            trusted=config.trusted_peers,
+        )
         self._current: dict[PeerId, Connection] = {}
         self._reported: dict[PeerId, Address] = {}
         self._grace: dict[PeerId, float] = {}
@@ -151,14 +137,14 @@ class ConnectionManager:
             await stream.aclose()
             return
         try:
-            peer_id, listen_port, channel = await self._handshake(stream, expected=None)
+            session = await self._handshake(stream, dialing=False)
         except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
             level = logging.DEBUG if isinstance(exc, handshake.SelfConnection) else logging.WARNING
             log.log(level, "refused inbound connection from %s: %s", remote, self._reason(exc))
             await stream.aclose()
             return
-        address = Address(host=remote.host, port=listen_port or 1)
-        await self._keep(Connection(peer_id, address, peer_id, channel))
+        address = Address(host=remote.host, port=session.listen_port or 1)
+        await self._keep(Connection(session.peer_id, address, session.peer_id, session))
 
     async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         """Connect and handshake (DialError if not); the connection lives on in its own task."""
@@ -171,7 +157,7 @@ class ConnectionManager:
         except OSError as exc:
             raise DialError(exc.strerror or str(exc) or type(exc).__name__) from None
         try:
-            peer_id, _, channel = await self._handshake(stream, expected=expected)
+            session = await self._handshake(stream, dialing=True, expected=expected)
         except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
             await anyio.aclose_forcefully(stream)
             if isinstance(exc, handshake.SelfConnection):
@@ -182,11 +168,11 @@ class ConnectionManager:
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
-        self._listener.identified(address, peer_id)
+        self._listener.identified(address, session.peer_id)
         self._tg.start_soon(
-            self._keep, Connection(peer_id, address, self._identity.peer_id, channel)
+            self._keep, Connection(session.peer_id, address, self._identity.peer_id, session)
         )
-        return peer_id
+        return session.peer_id
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         """Send ``message`` on every current connection; a failing one is left to its keeper."""
@@ -202,20 +188,15 @@ class ConnectionManager:
     # -- internals ---------------------------------------------------------------------------
 
     async def _handshake(
-        self, stream: SocketStream, expected: PeerId | None
-    ) -> tuple[PeerId, int, Channel]:
-        """Who is at the other end (and the port it listens on), and the channel to it."""
-        buffered = BufferedByteReceiveStream(stream)
+        self, stream: SocketStream, *, dialing: bool, expected: PeerId | None = None
+    ) -> Session:
+        """The sealed session to whoever is at the other end, proven to be that peer id."""
         with anyio.fail_after(self._config.handshake_timeout):
-            result = await handshake.perform(
-                stream,
-                buffered,
-                identity=self._identity,
-                namespace=self._config.namespace,
-                listen_port=self._listen_port,
-                expected=expected,
+            if not dialing:
+                return await handshake.respond(stream, self.credentials)
+            return await handshake.initiate(
+                stream, self.credentials, listen_port=self._listen_port, expected=expected
             )
-        return result.peer_id, result.listen_port, Channel(stream, buffered)
 
     def _reason(self, exc: BaseException) -> str:
         """Why a handshake failed, in words (never empty)."""
@@ -273,6 +254,9 @@ class ConnectionManager:
                     message = await conn.channel.receive()
             except TimeoutError:
                 return f"no heartbeat for {self._config.dead_after:g} s"
+            except wire.ProtocolError as exc:  # a forged or damaged frame: say so, once
+                log.warning("closed the connection to %s: bad frame: %s", conn.peer_id, exc)
+                return f"bad frame: {exc}"
             except _STREAM_ERRORS:
                 return "connection lost"
             if message["type"] == "bye":

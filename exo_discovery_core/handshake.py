@@ -1,9 +1,23 @@
-"""The mutual handshake: each side proves it holds the key of the peer id it claims.
+"""The v2 handshake: Noise XX (XXpsk0 with a cluster key) binding each side's Ed25519 peer id.
 
-Both sides send ``hello`` (protocol, namespace, peer id, a fresh 32-byte nonce, listen port) at
-once, then ``proof``: an Ed25519 signature over the other side's nonce bound to both peer ids and
-the namespace, so a proof cannot be replayed to another peer, another session or another cluster.
-The peer id embeds the public key, so no key needs to be trusted beyond the id itself.
+On the wire, every length big-endian::
+
+    I -> R  preamble, len16 + Noise message 1   payload empty
+    R -> I  preamble, len16 + Noise message 2   payload: R's proof and hello
+    I -> R  len16 + Noise message 3             payload: I's proof and hello
+    R -> I  only if R judges ids (trusted_peers): sealed accept, or a sealed refuse
+
+The preamble is one length byte and the protocol id in plaintext, so a peer of another version
+is answered with ours and the connection closed: both sides can say which versions met. With a
+cluster key, message 1 is sealed by it (psk0): a responder that cannot open it closes at once
+without a byte (WireGuard's habit), so a client without the key learns nothing, not even a peer
+id. A proof is what libp2p-noise sends: the identity key and its signature over a domain string
+and the sender's Noise static key, so the Noise session is the peer id's. Ephemeral keys give
+forward secrecy; the static key lives as long as the process, so its signature is made once.
+
+Each side checks the same things of the other (version, namespace, not itself), so after
+message 3 an honest initiator is accepted, and it need not wait for a verdict (one round trip
+less) unless the responder said it also judges peer ids: then its record waits for the accept.
 """
 
 from __future__ import annotations
@@ -11,119 +25,346 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import os
-from dataclasses import dataclass
+import functools
+import json
+from collections.abc import Iterable
 from typing import Any
 
-from anyio.abc import ByteSendStream
-from anyio.streams.buffered import BufferedByteReceiveStream
+import anyio
+from anyio.abc import ByteStream
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from . import wire
-from .identity import Identity, InvalidPeerId, PeerId
+from . import noise, wire
+from .clusterkey import Keyring
+from .identity import Identity, PeerId
+from .session import Reader, Session, frame, read_frame
 
-PROTOCOL = "exo-discovery/1"
-_NONCE_BYTES = 32
+PROTOCOL = "exo-discovery/2"
+PROTOCOL_FAMILY = "exo-discovery/"
+SIGNATURE_DOMAIN = b"exo-discovery-noise-static-key:"
+PATTERN = "Noise_XX_25519_ChaChaPoly_SHA256"
+PATTERN_WITH_KEY = "Noise_XXpsk0_25519_ChaChaPoly_SHA256"
+MAX_PREAMBLE = 32  # "exo-discovery/2" is 15
+MAX_FIRST = 64  # message 1: an ephemeral key and, with a cluster key, a tag
+MAX_HANDSHAKE = 8 * 1024  # messages 2 and 3: keys, a proof, a hello with a record
 
 
 class HandshakeError(Exception):
-    """The peer was refused; the message says why, for one clear log line."""
+    """The peer was refused, or refused us; the message says why, for one clear log line."""
 
 
 class SelfConnection(HandshakeError):
-    """We dialed ourselves (our own address was listed as a peer)."""
+    """The other end proved our own peer id: ourselves (our own address was listed as a peer),
+    or another node holding our key; ``record`` is the one it sent, to tell which (its boot)."""
+
+    def __init__(self, record: bytes) -> None:
+        super().__init__("connected to ourselves")
+        self.record = record
 
 
-@dataclass(frozen=True)
-class Handshake:
-    peer_id: PeerId
-    listen_port: int
+class NamespaceMismatch(HandshakeError):
+    """The peer is of another namespace; both are named."""
 
 
-def _transcript(nonce: bytes, signer: PeerId, verifier: PeerId, namespace: str) -> bytes:
-    return b"\0".join(
-        [PROTOCOL.encode(), b"proof", nonce, signer.encode(), verifier.encode(), namespace.encode()]
-    )
+class IncompatibleVersion(HandshakeError):
+    """The peer speaks another version of the protocol; both are named."""
+
+    def __init__(self, theirs: str, ours: str) -> None:
+        shown = theirs if _is_protocol_id(theirs.encode()) else repr(theirs[:40])
+        super().__init__(f"the peer speaks {shown}, this node speaks {ours}")
+        self.theirs, self.ours = theirs, ours
 
 
-def _field(message: dict[str, Any], name: str, kind: type) -> Any:
-    value = message.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise HandshakeError(f"{message.get('type')!r} frame has no valid {name!r}")
+class Credentials:
+    """What this node proves and demands in every handshake, prepared once per process."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        namespace: str,
+        keyring: Keyring | None = None,
+        trusted: Iterable[PeerId] = (),
+        protocol: str = PROTOCOL,
+    ) -> None:
+        self.peer_id = identity.peer_id
+        self.namespace = namespace
+        self.keyring = keyring or Keyring()
+        self.trusted = frozenset(trusted)
+        self.protocol = protocol
+        self.preamble = bytes([len(protocol)]) + protocol.encode()
+        self.static = X25519PrivateKey.generate()
+        static_public = noise.public_bytes(self.static)
+        key = identity.peer_id.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.proof = {
+            "key": _b64(key),
+            "sig": _b64(identity.sign(SIGNATURE_DOMAIN + static_public)),
+        }
+
+    def __repr__(self) -> str:
+        return f"Credentials(peer_id={self.peer_id!s}, keyring={self.keyring!r})"
+
+    def noise(self, *, initiator: bool, key: bytes | None) -> noise.HandshakeState:
+        return noise.HandshakeState(
+            PATTERN if key is None else PATTERN_WITH_KEY,
+            initiator=initiator,
+            prologue=self.protocol.encode(),
+            static=self.static,
+            psks=[] if key is None else [key],
+        )
+
+    def check_peer(
+        self, peer_id: PeerId, hello: dict[str, Any], expected: PeerId | None = None
+    ) -> None:
+        if peer_id == self.peer_id:
+            raise SelfConnection(_bytes(hello, "record"))
+        if expected is not None and peer_id != expected:
+            raise HandshakeError(f"answered as {peer_id}, expected {expected}")
+        if self.trusted and peer_id not in self.trusted:
+            raise HandshakeError(f"{peer_id} is not in trusted_peers")
+
+    def check_hello(self, hello: dict[str, Any]) -> None:
+        protocol, namespace = _text(hello, "protocol"), _text(hello, "namespace")
+        if protocol != self.protocol:
+            raise IncompatibleVersion(protocol, self.protocol)
+        if namespace != self.namespace:
+            raise NamespaceMismatch(
+                f"namespace {namespace[:64]!r} is not ours ({self.namespace!r})"
+            )
+
+
+async def initiate(
+    stream: ByteStream,
+    credentials: Credentials,
+    *,
+    local_record: bytes = b"",
+    listen_port: int = 0,
+    expected: PeerId | None = None,
+) -> Session:
+    """Dial side; HandshakeError if either side refuses (the caller bounds the time)."""
+    try:
+        return await _initiate(stream, credentials, local_record, listen_port, expected)
+    except noise.NoiseError as exc:  # e.g. a low-order ephemeral key from the peer
+        raise HandshakeError(f"handshake: {exc}") from None
+
+
+async def respond(
+    stream: ByteStream, credentials: Credentials, *, local_record: bytes = b""
+) -> Session:
+    """Listen side; HandshakeError if either side refuses (the caller bounds the time).
+
+    Until the initiator has proven that it holds an accepted cluster key, nothing is sent but,
+    to a client of another version, the preamble."""
+    try:
+        return await _respond(stream, credentials, local_record)
+    except noise.NoiseError as exc:
+        raise HandshakeError(f"handshake: {exc}") from None
+
+
+async def _initiate(
+    stream: ByteStream,
+    credentials: Credentials,
+    local_record: bytes,
+    listen_port: int,
+    expected: PeerId | None,
+) -> Session:
+    receive = Reader(stream)
+    state = credentials.noise(initiator=True, key=credentials.keyring.primary)
+    await stream.send(credentials.preamble + frame(state.write_message()))
+    try:
+        theirs = await _read_preamble(receive)
+    except wire.ProtocolError as exc:
+        raise HandshakeError(str(exc)) from None
+    if theirs is None:
+        raise HandshakeError(
+            "closed without answering: it is not an exo-discovery node, or its cluster key is "
+            "not ours" + (" (we have none)" if not credentials.keyring else "")
+        )
+    if theirs != credentials.protocol:
+        raise IncompatibleVersion(theirs, credentials.protocol)
+    answer = open_payload(state, await read_frame(receive, MAX_HANDSHAKE))
+    peer_id = verify_proof(answer, state.rs)
+    hello = {
+        **credentials.proof,
+        "protocol": credentials.protocol,
+        "namespace": credentials.namespace,
+        "record": _b64(local_record),
+        "port": listen_port,
+    }
+    message3 = frame(state.write_message(_json(hello)))
+    try:
+        credentials.check_peer(peer_id, answer, expected)
+        credentials.check_hello(answer)
+    except (SelfConnection, IncompatibleVersion, NamespaceMismatch):
+        await stream.send(message3)  # it finds the same in ours and says so (sealed), or not at all
+        raise
+    await stream.send(message3)
+    session = _session(stream, receive, state, peer_id)
+    if answer.get("judges") is not True:
+        # it checks nothing we did not check ourselves: an honest peer accepts us now
+        session.remote_record = _bytes(answer, "record")
+        return session
+    verdict = await session.receive()
+    if verdict["type"] == "refuse":
+        raise HandshakeError(f"refused by {peer_id}: {str(verdict.get('reason'))[:200]}")
+    if verdict["type"] != "accept":
+        raise HandshakeError(f"expected 'accept', got {verdict['type'][:40]!r}")
+    session.remote_record = _bytes(verdict, "record")
+    return session
+
+
+async def _respond(stream: ByteStream, credentials: Credentials, local_record: bytes) -> Session:
+    receive = Reader(stream)
+    theirs = await _read_preamble(receive)
+    if theirs is None or not theirs.startswith(PROTOCOL_FAMILY):
+        raise HandshakeError("not an exo-discovery client")
+    if theirs != credentials.protocol:
+        await stream.send(credentials.preamble)
+        raise IncompatibleVersion(theirs, credentials.protocol)
+    first = await read_frame(receive, MAX_FIRST)
+    state = _accept_first(credentials, first)
+    # With trusted_peers we judge the initiator's id, which it cannot foresee: it waits for our
+    # verdict, and our record goes with the accept, to no one we would refuse.
+    judges = bool(credentials.trusted)
+    answer = {
+        **credentials.proof,
+        "protocol": credentials.protocol,
+        "namespace": credentials.namespace,
+        "judges": judges,
+        "record": "" if judges else _b64(local_record),
+    }
+    await stream.send(credentials.preamble + frame(state.write_message(_json(answer))))
+    hello = open_payload(state, await read_frame(receive, MAX_HANDSHAKE))
+    peer_id = verify_proof(hello, state.rs)
+    session = _session(stream, receive, state, peer_id)
+    try:
+        credentials.check_peer(peer_id, hello)
+        credentials.check_hello(hello)
+        port = hello.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise HandshakeError("'port' is not a port number")
+        session.remote_record = _bytes(hello, "record")
+        session.listen_port = port
+    except HandshakeError as exc:
+        await _refuse(session, exc)
+        raise
+    if judges:
+        await session.send({"type": "accept", "record": _b64(local_record)}, timeout=5.0)
+    return session
+
+
+def _accept_first(credentials: Credentials, message: bytes) -> noise.HandshakeState:
+    """The handshake state under the first accepted key that opens message 1 (rotation: any)."""
+    for key in credentials.keyring.accepted or [None]:
+        state = credentials.noise(initiator=False, key=key)
+        try:
+            payload = state.read_message(message)
+        except noise.NoiseError:
+            continue
+        if payload:
+            break  # message 1 carries nothing; an XX responder reads a keyed message as payload
+        return state
+    if not credentials.keyring:
+        raise HandshakeError("the peer has a cluster key and we have none")
+    if len(message) == noise.DHLEN:
+        raise HandshakeError("the peer has no cluster key")
+    raise HandshakeError("the peer's cluster key is not one of ours")
+
+
+async def _read_preamble(receive: Reader) -> str | None:
+    """The peer's protocol id; None if it closed first. Anything but printable ASCII is refused."""
+    try:
+        (length,) = await receive.receive_exactly(1)
+    except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+        return None
+    if not 0 < length <= MAX_PREAMBLE:  # an HTTP request ("G" is 71) is refused at once
+        raise wire.ProtocolError("the preamble is not a protocol id")
+    raw = await receive.receive_exactly(length)
+    if not _is_protocol_id(raw):
+        raise wire.ProtocolError("the preamble is not a protocol id")
+    return raw.decode()
+
+
+def _is_protocol_id(raw: bytes) -> bool:
+    return 0 < len(raw) <= MAX_PREAMBLE and all(0x21 <= c <= 0x7E for c in raw)
+
+
+def open_payload(state: noise.HandshakeState, message: bytes) -> dict[str, Any]:
+    """Read handshake ``message``: its payload, a JSON object."""
+    try:
+        payload = state.read_message(message)
+    except noise.NoiseError as exc:
+        raise HandshakeError(f"handshake message: {exc}") from None
+    try:
+        value = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise HandshakeError("handshake payload is not JSON") from None
+    if not isinstance(value, dict):
+        raise HandshakeError("handshake payload is not an object")
     return value
 
 
-def _b64(message: dict[str, Any], name: str, size: int) -> bytes:
+def verify_proof(proof: dict[str, Any], static: bytes | None) -> PeerId:
+    """The peer id whose key signed the peer's Noise static key."""
+    key, signature = _bytes(proof, "key"), _bytes(proof, "sig")
+    if len(key) != 32 or len(signature) != 64 or static is None:
+        raise HandshakeError("the peer's proof is not an Ed25519 key and signature")
+    if not _signed(key, signature, static):
+        raise HandshakeError("the peer could not prove its peer id")
+    return _peer_id(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signed(key: bytes, signature: bytes, static: bytes) -> bool:
+    """A peer's static key lives as long as its process: each reconnection shows the same proof."""
     try:
-        data = base64.b64decode(_field(message, name, str), validate=True)
+        Ed25519PublicKey.from_public_bytes(key).verify(signature, SIGNATURE_DOMAIN + static)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _peer_id(key: bytes) -> PeerId:
+    return PeerId.from_public_key(Ed25519PublicKey.from_public_bytes(key))
+
+
+def _session(
+    stream: ByteStream,
+    receive: Reader,
+    state: noise.HandshakeState,
+    peer_id: PeerId,
+) -> Session:
+    assert state.transport is not None
+    return Session(stream, receive, state.transport, peer_id)
+
+
+async def _refuse(session: Session, reason: HandshakeError) -> None:
+    """Tell an authenticated peer why, sealed; it may be gone already, the refusal stands."""
+    with contextlib.suppress(Exception):
+        await session.send({"type": "refuse", "reason": str(reason)}, timeout=1.0)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _text(message: dict[str, Any], name: str) -> str:
+    value = message.get(name)
+    if not isinstance(value, str):
+        raise HandshakeError(f"handshake has no valid {name!r}")
+    return value
+
+
+def _bytes(message: dict[str, Any], name: str) -> bytes:
+    try:
+        return base64.b64decode(_text(message, name), validate=True)
     except (binascii.Error, ValueError):  # ValueError: a non-ASCII string
         raise HandshakeError(f"{name!r} is not base64") from None
-    if len(data) != size:
-        raise HandshakeError(f"{name!r} must be {size} bytes")
-    return data
 
 
-async def _expect(stream: BufferedByteReceiveStream, kind: str) -> dict[str, Any]:
-    message = await wire.receive(stream)
-    if message["type"] == "refuse":
-        raise HandshakeError(f"peer refused us: {str(message.get('reason', '?'))[:200]}")
-    if message["type"] != kind:
-        raise HandshakeError(f"expected {kind!r} frame, got {message['type'][:40]!r}")
-    return message
-
-
-async def perform(
-    send: ByteSendStream,
-    receive: BufferedByteReceiveStream,
-    *,
-    identity: Identity,
-    namespace: str,
-    listen_port: int,
-    expected: PeerId | None = None,
-) -> Handshake:
-    """Run the handshake on a fresh connection; raise HandshakeError (after telling the peer why)."""
-    nonce = os.urandom(_NONCE_BYTES)
-    await wire.send(
-        send,
-        {
-            "type": "hello",
-            "protocol": PROTOCOL,
-            "namespace": namespace,
-            "peer_id": str(identity.peer_id),
-            "nonce": base64.b64encode(nonce).decode(),
-            "port": listen_port,
-        },
-    )
-    try:
-        hello = await _expect(receive, "hello")
-        if hello.get("protocol") != PROTOCOL:
-            raise HandshakeError(
-                f"protocol {str(hello.get('protocol'))[:40]!r}, we speak {PROTOCOL!r}"
-            )
-        theirs = _field(hello, "namespace", str)
-        if theirs != namespace:
-            raise HandshakeError(f"namespace {theirs[:64]!r} is not ours ({namespace!r})")
-        try:
-            peer_id = PeerId.parse(_field(hello, "peer_id", str))
-        except InvalidPeerId as exc:
-            raise HandshakeError(str(exc)[:200]) from None
-        if peer_id == identity.peer_id:
-            raise SelfConnection("connected to ourselves")
-        if expected is not None and peer_id != expected:
-            raise HandshakeError(f"answered as {peer_id}, expected {expected}")
-        port = _field(hello, "port", int)
-        if not 0 <= port <= 65535:
-            raise HandshakeError(f"port {port} out of range")
-        their_nonce = _b64(hello, "nonce", _NONCE_BYTES)
-        signature = identity.sign(_transcript(their_nonce, identity.peer_id, peer_id, namespace))
-        await wire.send(send, {"type": "proof", "signature": base64.b64encode(signature).decode()})
-        proof = await _expect(receive, "proof")
-        if not peer_id.verify(
-            _b64(proof, "signature", 64), _transcript(nonce, peer_id, identity.peer_id, namespace)
-        ):
-            raise HandshakeError(f"peer could not prove it holds the key of {peer_id}")
-    except HandshakeError as exc:
-        # the peer may be gone already; the refusal stands either way
-        with contextlib.suppress(Exception):
-            await wire.send(send, {"type": "refuse", "reason": str(exc)})
-        raise
-    return Handshake(peer_id=peer_id, listen_port=port)
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

@@ -211,7 +211,14 @@ class Node:
         """Who we are and where we listen; on every interface, that is each address we have."""
         hosts = listen_hosts(self.config.listen_host)
         addresses = tuple(Address(host=host, port=self.port) for host in hosts)
-        return NodeInfo(self.peer_id, self.config.namespace, self.port, addresses)
+        fingerprints = self.connections.credentials.keyring.fingerprints
+        return NodeInfo(
+            self.peer_id,
+            self.config.namespace,
+            self.port,
+            addresses,
+            cluster_key_fingerprints=fingerprints,
+        )
 
     def status(self) -> status.Status:
         """The typed snapshot ``exo-discovery peers`` and the live view show."""

@@ -9,6 +9,7 @@ checked against the published cacophony and snow vectors byte for byte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -18,7 +19,6 @@ from typing import TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 MAX_MESSAGE = 65535  # §3: every Noise message, handshake or transport, is at most this long
 DHLEN = 32
@@ -49,19 +49,25 @@ def _need(value: _T | None) -> _T:
 
 
 def public_bytes(key: X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_key().public_bytes_raw()
 
 
 class CipherState:
     """§5.1: a key and a nonce counter; without a key it passes plaintext through."""
 
     def __init__(self, key: bytes | None = None) -> None:
-        self._aead = ChaCha20Poly1305(key) if key is not None else None
+        self._key = key
+        self._aead: ChaCha20Poly1305 | None = None  # made on first use: most keys never are
         self.nonce = 0
 
     @property
     def has_key(self) -> bool:
-        return self._aead is not None
+        return self._key is not None
+
+    def _cipher(self) -> ChaCha20Poly1305 | None:
+        if self._aead is None and self._key is not None:
+            self._aead = ChaCha20Poly1305(self._key)
+        return self._aead
 
     def _next_nonce(self) -> bytes:
         if self.nonce >= _MAX_NONCE:
@@ -69,17 +75,19 @@ class CipherState:
         return b"\0\0\0\0" + self.nonce.to_bytes(8, "little")
 
     def encrypt(self, ad: bytes, plaintext: bytes) -> bytes:
-        if self._aead is None:
+        aead = self._cipher()
+        if aead is None:
             return plaintext
-        ciphertext = self._aead.encrypt(self._next_nonce(), plaintext, ad)
+        ciphertext = aead.encrypt(self._next_nonce(), plaintext, ad)
         self.nonce += 1
         return ciphertext
 
     def decrypt(self, ad: bytes, ciphertext: bytes) -> bytes:
-        if self._aead is None:
+        aead = self._cipher()
+        if aead is None:
             return ciphertext
         try:
-            plaintext = self._aead.decrypt(self._next_nonce(), ciphertext, ad)
+            plaintext = aead.decrypt(self._next_nonce(), ciphertext, ad)
         except InvalidTag:
             raise NoiseError("message failed authentication") from None
         self.nonce += 1
@@ -100,12 +108,13 @@ class SymmetricState:
         self.cipher = CipherState()
 
     def _hkdf(self, ikm: bytes, outputs: int) -> list[bytes]:
-        """§4.3: HKDF with HMAC-HASH, chaining key as salt, no info."""
+        """§4.3: HKDF with HMAC-HASH, chaining key as salt, no info; two or three outputs."""
         temp_key = hmac.digest(self.ck, ikm, self._hash)
-        out = [hmac.digest(temp_key, b"\x01", self._hash)]
-        for i in range(2, outputs + 1):
-            out.append(hmac.digest(temp_key, out[-1] + bytes([i]), self._hash))
-        return out
+        first = hmac.digest(temp_key, b"\x01", self._hash)
+        second = hmac.digest(temp_key, first + b"\x02", self._hash)
+        if outputs == 2:
+            return [first, second]
+        return [first, second, hmac.digest(temp_key, second + b"\x03", self._hash)]
 
     def mix_key(self, ikm: bytes) -> None:
         self.ck, temp_k = self._hkdf(ikm, 2)
@@ -134,7 +143,8 @@ class SymmetricState:
         return CipherState(k1[:32]), CipherState(k2[:32])
 
 
-def parse_protocol_name(name: str) -> tuple[tuple[str, str], list[list[str]], str]:
+@functools.lru_cache(maxsize=64)
+def parse_protocol_name(name: str) -> tuple[tuple[str, str], tuple[tuple[str, ...], ...], str]:
     """Pre-messages, message patterns with the psk tokens placed (§9.2), and the hash name."""
     match = _NAME.fullmatch(name)
     if match is None or match.group(1) not in _PATTERNS:
@@ -150,7 +160,7 @@ def parse_protocol_name(name: str) -> tuple[tuple[str, str], list[list[str]], st
             messages[0].insert(0, "psk")
         else:
             messages[position - 1].append("psk")
-    return pre, messages, match.group(3)
+    return pre, tuple(tuple(tokens) for tokens in messages), match.group(3)
 
 
 class HandshakeState:
@@ -176,6 +186,7 @@ class HandshakeState:
         self.e = ephemeral
         self.rs = remote_static
         self.re: bytes | None = None
+        self._remote: dict[str, X25519PublicKey] = {}  # "e"/"s": parsed once, used twice
         self._psks = list(psks)
         self._psk_mode = any("psk" in m for m in self._messages)
         needed = sum(m.count("psk") for m in self._messages)
@@ -206,7 +217,7 @@ class HandshakeState:
     def my_turn(self) -> bool:
         return (self._index % 2 == 0) == self.initiator
 
-    def _tokens(self, writing: bool) -> list[str]:
+    def _tokens(self, writing: bool) -> tuple[str, ...]:
         if self.finished or self.my_turn != writing:
             raise NoiseError("out of turn")
         tokens = self._messages[self._index]
@@ -217,9 +228,12 @@ class HandshakeState:
         # §7.3: "es" is DH(e of initiator, s of responder), from whichever side computes it
         mine, theirs = (token[0], token[1]) if self.initiator else (token[1], token[0])
         local = _need(self.e if mine == "e" else self.s)
-        remote = _need(self.re if theirs == "e" else self.rs)
         try:
-            return local.exchange(X25519PublicKey.from_public_bytes(remote))
+            remote = self._remote.get(theirs)
+            if remote is None:
+                raw = _need(self.re if theirs == "e" else self.rs)
+                remote = self._remote[theirs] = X25519PublicKey.from_public_bytes(raw)
+            return local.exchange(remote)
         except ValueError:  # a low-order point gives an all-zero secret
             raise NoiseError("invalid public key") from None
 

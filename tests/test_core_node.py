@@ -201,7 +201,7 @@ async def test_a_peer_claiming_an_id_it_does_not_hold_is_refused(
         async with run_node(plugins, node=FAST, identity=impostor):
             with pytest.raises(TimeoutError):
                 await next_event(events, "connected", timeout=2)
-        assert "could not prove it holds the key" in caplog.text
+        assert "could not prove its peer id" in caplog.text
         await assert_still_serving(node)
 
 

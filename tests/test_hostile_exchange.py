@@ -37,7 +37,7 @@ from tests.support.hostile import (
     Listener,
     LiveNode,
     authenticate,
-    json_frame,
+    json_body,
     listeners,
     read_until_closed,
 )
@@ -148,8 +148,8 @@ def scenario(draw: st.DrawFn, me: PeerId, sender: PeerId, sink: int, honeypot: i
     for _ in range(draw(st.integers(1, 4))):
         if draw(st.booleans()):
             message, expected = draw(peers_frame(me, sender, sink, honeypot))
-            encoded = json_frame(message)
-            if len(encoded) - 4 > MAX_FRAME:
+            encoded = json_body(message)
+            if len(encoded) > MAX_FRAME:
                 continue  # an over-long frame ends the connection; tested on its own below
             result.frames.append(encoded)
             result.expected = expected
@@ -159,7 +159,7 @@ def scenario(draw: st.DrawFn, me: PeerId, sender: PeerId, sink: int, honeypot: i
                 | st.text(max_size=12).filter(lambda t: t not in ("bye", "peers"))
             )
             body = draw(st.dictionaries(st.text(max_size=6), JSON, max_size=4))
-            result.frames.append(json_frame({**body, "type": kind}))
+            result.frames.append(json_body({**body, "type": kind}))
     return result
 
 
@@ -174,12 +174,14 @@ class Peer:
         live = self.live
 
         async def run() -> Any:
-            stream, _ = await authenticate(live.node.port, self.identity)
-            async with stream:
+            session = await authenticate(live.node.port, self.identity)
+            try:
                 for data in frames:
-                    await stream.send(data)
+                    await session.send_bytes(data, 1.0)
                 await anyio.sleep(SETTLE)
                 return check()
+            finally:
+                await session.aclose()
 
         live.call(run)
         # gone: the node drops the connection and what this peer announced
@@ -230,7 +232,7 @@ def test_hostile_peers_frames_and_unknown_types() -> None:
 
 
 def test_more_entries_than_fit_or_are_read() -> None:
-    """Deterministic sizes: 10,000 entries (far over the 16 KiB frame: the connection is closed),
+    """Deterministic sizes: 10,000 entries (over the 16 KiB message limit: the connection is closed),
     5,000 junk entries that just fit, and 150 well-formed entries (only the first 100 are read)."""
     with listeners(2) as (sink, honeypot), LiveNode() as live:
         peer = Peer(live)
@@ -239,11 +241,11 @@ def test_more_entries_than_fit_or_are_read() -> None:
         assert len(json.dumps({"type": "peers", "peers": many})) < MAX_FRAME
         expected = {pid: Address(host="127.0.0.1", port=sink.port) for pid in ids[:MAX_PEERS]}
         peer.exchange(
-            [json_frame({"type": "peers", "peers": many})],
+            [json_body({"type": "peers", "peers": many})],
             lambda: _check(live, peer, expected, honeypot),
         )
-        junk = json_frame({"type": "peers", "peers": [0] * 5000})
-        assert len(junk) - 4 < MAX_FRAME
+        junk = json_body({"type": "peers", "peers": [0] * 5000})
+        assert len(junk) < MAX_FRAME
         peer.exchange([junk], lambda: _check(live, peer, {}, honeypot))
 
         huge = {
@@ -252,11 +254,13 @@ def test_more_entries_than_fit_or_are_read() -> None:
         }
 
         async def oversized() -> None:
-            stream, _ = await authenticate(live.node.port, peer.identity)
-            async with stream:
+            session = await authenticate(live.node.port, peer.identity)
+            try:  # as much of it as a frame can hold: more than a message may be
                 with contextlib.suppress(*CLOSED_ERRORS):
-                    await stream.send(json_frame(huge))
-                await read_until_closed(stream, 2.0)
+                    await session.send_bytes(json_body(huge)[: MAX_FRAME + 1], 1.0)
+                await read_until_closed(session._stream, 2.0)
+            finally:
+                await session.aclose()
 
         live.call(oversized)
         assert live.wait_until(lambda: not live.node.connections.connected())
@@ -328,11 +332,13 @@ def test_fixed_bug_peer_announcing_an_unencodable_host_kills_the_node(
             live.ensure_alive()
 
             async def send() -> None:
-                stream, _ = await authenticate(live.node.port, peer.identity)
-                async with stream:
+                session = await authenticate(live.node.port, peer.identity)
+                try:
                     entry = {"id": str(POOL[0]), "addr": f"{host}:5"}
-                    await stream.send(json_frame({"type": "peers", "peers": [entry]}))
+                    await session.send({"type": "peers", "peers": [entry]}, 1.0)
                     await anyio.sleep(0.5)
+                finally:
+                    await session.aclose()
 
             live.call(send)
             live.check_alive("the node stopped serving after a peers frame")

@@ -2,7 +2,7 @@
 does not stop a real peer from connecting. All on 127.0.0.1, against ONE real node per test.
 
 Cases: ``SLOW_CLIENTS`` (10) concurrent slow-loris clients (one byte per 100 ms, of a valid
-hello frame or of garbage); ``FLOOD`` (300) connections opened as fast as possible.
+handshake's first message or of garbage); ``FLOOD`` (300) connections opened as fast as possible.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import time
 import anyio
 from anyio.abc import SocketStream
 
-from exo_discovery_core.handshake import PROTOCOL
+from exo_discovery_core.handshake import Credentials
 from exo_discovery_core.identity import Identity
 from tests.support.hostile import (
     CLOSED_ERRORS,
     LOOPBACK,
+    PREAMBLE,
     LiveNode,
-    b64,
-    json_frame,
+    frame,
     real_peer_connects,
 )
 
@@ -31,18 +31,11 @@ SLACK = 1.5
 
 
 def test_slow_loris_is_cut_at_the_handshake_timeout() -> None:
-    """Ten clients each send one byte per 100 ms (half of a real hello, half garbage); every one
-    is cut within handshake_timeout + slack, and a real peer connects meanwhile."""
-    hello = json_frame(
-        {
-            "type": "hello",
-            "protocol": PROTOCOL,
-            "namespace": "exo",
-            "peer_id": str(Identity.generate().peer_id),
-            "nonce": b64(bytes(32)),
-            "port": 1,
-        }
-    )
+    """Ten clients each send one byte per 100 ms (half the start of a real handshake, half
+    garbage); every one is cut within handshake_timeout + slack, and a real peer connects
+    meanwhile."""
+    state = Credentials(Identity.generate(), namespace="exo").noise(initiator=True, key=None)
+    hello = (PREAMBLE + frame(state.write_message())) * 2
     with LiveNode(node={"handshake_timeout": HANDSHAKE_TIMEOUT}) as live:
         before = live.state()
 

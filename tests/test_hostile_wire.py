@@ -1,32 +1,49 @@
-"""Hostile bytes at the listen port of ONE real in-process node, reused across examples.
+"""Hostile bytes at the listen port of ONE real in-process node, reused across examples (v2).
 
 Each example opens a connection, sends what hypothesis generated and must see the node close it
 within ``CLOSE_WITHIN`` seconds (well before the 5 s handshake timeout: the node refuses, it does
-not just time out), after which the node still opens a handshake on a new connection and its peer
+not just time out), after which the node still proves its id on a new connection and its peer
 table and connection table are as before. After all examples a second real node connects.
 
-Cases per target: ``CASES_PER_TARGET`` (200) for the random-bytes, random-JSON-frame and
-hello+proof targets; ``BUG_CASES`` (15, no shrinking) for each regression target of a bug this suite found;
-all are fixed (see their reasons).
+Three layers, each its own targets:
+
+* before the handshake (the node has a cluster key): random bytes, random preambles, random
+  first messages. The node must answer NOTHING, not one byte, except the preamble to a client
+  that names another exo-discovery version;
+* the handshake (no key, so any client reaches message 3): a hello with fields kept, dropped or
+  wrong and proofs that are wrong, sealed correctly by Noise;
+* after the handshake: the outer sealed frames (random bytes where a sealed frame goes) and the
+  inner messages (sealed correctly, but random JSON, not JSON, deep, huge).
+
+Cases per target: ``CASES_PER_TARGET`` (200); ``BUG_CASES`` (15, no shrinking) for each
+regression target of a bug this suite found; all are fixed (see their reasons).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from exo_discovery_core.handshake import PROTOCOL
+from exo_discovery_core import clusterkey, handshake
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.session import LENGTH, MAX_SEALED
 from exo_discovery_core.wire import MAX_FRAME
 from tests.support.hostile import (
+    CLOSED_ERRORS,
+    PREAMBLE,
     LiveNode,
     authenticate,
     b64,
     frame,
-    json_frame,
+    json_body,
+    open_handshake,
+    probe,
     read_until_closed,
     send_and_expect_close,
 )
@@ -42,6 +59,8 @@ SETTINGS = settings(
 BUG_SETTINGS = settings(
     max_examples=BUG_CASES, deadline=None, phases=[Phase.generate], database=None
 )
+CLUSTER_KEY = clusterkey.encode(clusterkey.generate())
+KEYED = {"cluster_key": CLUSTER_KEY}
 CLIENT = Identity.generate()
 
 # -- strategies ---------------------------------------------------------------------------------
@@ -64,7 +83,14 @@ JSON = st.recursive(
     ),
     max_leaves=25,
 )
-TYPES = st.sampled_from(["hello", "proof", "refuse", "peers", "ping", "bye"]) | st.text(max_size=20)
+TYPES = st.sampled_from(["accept", "refuse", "peers", "ping", "bye"]) | st.text(max_size=20)
+# X25519 points of small order (RFC 7748 §6.1 lists them; p is 2^255 - 19), and the first
+# non-canonical encodings, equal to 1, 0 and -1 mod p: a DH with any of them is all zeros
+_P = 2**255 - 19
+LOW_ORDER = st.sampled_from(
+    [(n % 2**256).to_bytes(32, "little") for n in (0, 1, _P - 1, _P, _P + 1)]
+    + [bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")]
+)
 
 
 @st.composite
@@ -76,23 +102,29 @@ def nested(draw: st.DrawFn, max_depth: int) -> Any:
 
 
 @st.composite
-def json_object_frame(draw: st.DrawFn) -> bytes:
+def json_object(draw: st.DrawFn) -> bytes:
     body: dict[str, Any] = draw(st.dictionaries(st.text(max_size=10), JSON, max_size=6))
     if draw(st.booleans()):
         body["type"] = draw(TYPES | JSON)
     if draw(st.booleans()):
         body["deep"] = draw(nested(300))
-    return json_frame(body)
+    return json_body(body)
 
 
-FRAMES = st.lists(
-    json_object_frame()
-    | JSON.map(json_frame)  # any JSON value, an object or not
-    | st.just(frame(b""))  # length 0
-    | st.integers(MAX_FRAME + 1, 2**32 - 1).map(lambda n: n.to_bytes(4, "big")),  # too long
-    min_size=1,
-    max_size=3,
-).map(b"".join)
+def _preamble(protocol: bytes) -> bytes:
+    return bytes([len(protocol) % 256]) + protocol
+
+
+OTHER_VERSIONS = st.sampled_from([b"exo-discovery/1", b"exo-discovery/3", b"exo-discovery/20"])
+BEFORE_HANDSHAKE = (
+    st.binary(max_size=2048)  # anything at all
+    | st.binary(min_size=1, max_size=80).map(_preamble)  # a preamble of random bytes
+    | st.text(max_size=40).map(lambda t: _preamble(b"exo-discovery/" + t.encode()))
+    | st.binary(max_size=100).map(lambda b: PREAMBLE + frame(b))  # ours, then a random message 1
+    | st.binary(min_size=2, max_size=300).map(lambda b: PREAMBLE + b)  # ours, then random bytes
+    | LOW_ORDER.map(lambda p: PREAMBLE + frame(p + bytes(16)))  # a small-order ephemeral key
+    | OTHER_VERSIONS.map(_preamble)
+)
 
 
 def _ascii_only(value: Any) -> bool:
@@ -100,24 +132,31 @@ def _ascii_only(value: Any) -> bool:
 
 
 @st.composite
-def hello_then_bad_proof(draw: st.DrawFn, namespace: str = "exo") -> bytes:
-    """A hello (valid, or with fields dropped/retyped/wrong) followed by a proof that is wrong."""
+def bad_hello(draw: st.DrawFn) -> bytes:
+    """Message 3's payload: a hello with fields kept, dropped or wrong, and a wrong proof."""
+    other = Identity.generate()
     hello: dict[str, Any] = {
-        "type": "hello",
-        "protocol": PROTOCOL,
-        "namespace": namespace,
-        "peer_id": str(CLIENT.peer_id),
-        "nonce": b64(os.urandom(32)),
+        "key": b64(CLIENT.peer_id.public_key().public_bytes_raw()),
+        "sig": b64(CLIENT.sign(os.urandom(32))),  # a signature, but over something else
+        "protocol": handshake.PROTOCOL,
+        "namespace": "exo",
+        "record": b64(b""),
         "port": 52417,
     }
     wrong: dict[str, st.SearchStrategy[Any]] = {
-        "type": TYPES | JSON,
-        "protocol": st.sampled_from(["exo-discovery/2", "exo-discovery/0", "", PROTOCOL.upper()])
+        "key": st.sampled_from(
+            [b64(other.peer_id.public_key().public_bytes_raw()), b64(bytes(32)), ""]
+        )
+        | st.binary(max_size=64).map(b64)
+        | JSON.filter(_ascii_only),
+        "sig": st.binary(max_size=100).map(b64)
+        | st.binary(max_size=100).map(lambda raw: b64(other.sign(raw)))
+        | st.text(alphabet=st.characters(max_codepoint=127), max_size=100)
+        | JSON.filter(_ascii_only),
+        "protocol": st.sampled_from(["exo-discovery/1", "exo-discovery/3", "", "EXO-DISCOVERY/2"])
         | JSON,
         "namespace": st.sampled_from(["other", "EXO", "", "exo\x00"]) | JSON,
-        "peer_id": st.sampled_from(["", "12D3KooW", str(CLIENT.peer_id)[:-1], "Qm" + "a" * 44])
-        | JSON,
-        "nonce": st.binary(max_size=64).map(b64) | JSON,
+        "record": st.binary(max_size=64).map(b64) | JSON.filter(_ascii_only),
         "port": st.sampled_from([-1, 65536, 2**64, True, 1.5, "52417"]) | JSON,
     }
     for key in list(hello):
@@ -125,96 +164,152 @@ def hello_then_bad_proof(draw: st.DrawFn, namespace: str = "exo") -> bytes:
         if action == "drop":
             del hello[key]
         elif action == "wrong":
-            # bug B3 (fixed): a non-ASCII nonce crashed the node; routed to its own target below
-            hello[key] = draw(wrong[key].filter(_ascii_only) if key == "nonce" else wrong[key])
+            hello[key] = draw(wrong[key])
     hello.update(draw(st.dictionaries(st.text(max_size=8), JSON, max_size=3)))
-    signature = draw(
-        st.binary(min_size=64, max_size=64).map(
-            b64
-        )  # right size, not a signature of the transcript
-        | st.binary(max_size=100).map(lambda raw: b64(CLIENT.sign(raw)))  # ours, of something else
-        | st.binary(max_size=100).map(b64)
-        | st.text(alphabet=st.characters(max_codepoint=127), max_size=100)
-        | JSON.filter(_ascii_only)
-    )
-    proof: dict[str, Any] = {"type": "proof", "signature": signature}
     if draw(st.integers(0, 9)) == 0:
-        del proof["signature"]
-    return json_frame(hello) + json_frame(proof)
+        return draw(st.binary(max_size=200) | JSON.map(json_body))  # not a hello at all
+    return json_body(hello)
 
 
 # -- the targets --------------------------------------------------------------------------------
 
 
-def _run_target(live: LiveNode, payload: bytes, *, half_close: bool) -> None:
+def _run(live: LiveNode, attack: Callable[[], Awaitable[Any]]) -> Any:
+    """One example: the attack, then the node alive and its tables as before."""
     live.ensure_alive()
     before = live.state()
     try:
-        live.call(
-            lambda: send_and_expect_close(
-                live.node.port, payload, half_close=half_close, timeout=CLOSE_WITHIN
-            )
-        )
+        result = live.call(attack)
     except TimeoutError:
         live.fail(f"the connection was not closed within {CLOSE_WITHIN} s")
     live.check_alive()
-    assert live.state() == before, "a refused connection changed the node's tables"
+    assert live.wait_until(lambda: live.snapshot() == before), "the node's tables changed"
+    return result
 
 
-def test_random_bytes_are_refused() -> None:
-    """Random bytes, bare or behind a length header that matches them; then EOF.
+def test_before_the_handshake_a_keyed_node_says_nothing() -> None:
+    """Random bytes, random and other-version preambles, random first messages (small-order
+    keys among them), then EOF: the node closes and sends not one byte, except its preamble to a
+    client that named another exo-discovery version. Cases: CASES_PER_TARGET (200)."""
+    with LiveNode(node=KEYED) as live:
 
-    Cases: CASES_PER_TARGET (200).
-    """
+        @SETTINGS
+        @given(BEFORE_HANDSHAKE)
+        def target(payload: bytes) -> None:
+            async def attack() -> bytes:
+                stream = await anyio.connect_tcp("127.0.0.1", live.node.port)
+                async with stream:
+                    try:
+                        await stream.send(payload)
+                        await stream.send_eof()
+                    except CLOSED_ERRORS:
+                        pass
+                    return await read_until_closed(stream, CLOSE_WITHIN)
+
+            answer = _run(live, attack)
+            assert answer == (PREAMBLE if _names_another_version(payload) else b"")
+
+        target()
+        assert live.real_peer_connects() < 5.0
+
+
+def _names_another_version(payload: bytes) -> bool:
+    """Whether ``payload`` opens with a whole, well-formed preamble of another version."""
+    if not payload:
+        return False
+    version = payload[1 : 1 + payload[0]]
+    return (
+        0 < payload[0] <= handshake.MAX_PREAMBLE
+        and len(version) == payload[0]
+        and all(0x21 <= c <= 0x7E for c in version)
+        and version.startswith(b"exo-discovery/")
+        and version != handshake.PROTOCOL.encode()
+    )
+
+
+def test_bad_hellos_and_garbage_proofs_are_refused() -> None:
+    """Message 3 sealed by Noise as it should be, with a hello whose fields are kept, dropped or
+    wrong (protocol, namespace, key, record, port) and a proof that is wrong (another key's,
+    over something else, not base64, wrong types), or no hello at all. The node refuses and
+    closes. Cases: CASES_PER_TARGET (200)."""
+    with LiveNode() as live:
+
+        @SETTINGS
+        @given(bad_hello())
+        def target(payload: bytes) -> None:
+            async def attack() -> None:
+                half = await open_handshake(live.node.port)
+                async with half.stream:
+                    await half.stream.send(frame(half.state.write_message(payload)))
+                    await read_until_closed(half.stream, CLOSE_WITHIN)
+
+            _run(live, attack)
+
+        target()
+        assert live.real_peer_connects() < 5.0
+
+
+def _after_handshake(live: LiveNode, data: bytes, *, sealed: bool) -> Callable[[], Awaitable[Any]]:
+    async def attack() -> None:
+        session = await authenticate(live.node.port, Identity.generate())
+        try:
+            if sealed:
+                await session.send_bytes(data, 1.0)
+            else:
+                await session._stream.send(data)
+            # ignored or refused: either way the node drops us once we hang up
+            with anyio.move_on_after(0.05):
+                await session.receive()
+        except Exception:  # noqa: BLE001 - the node closed on us: fine
+            pass
+        finally:
+            await session.aclose()
+
+    return attack
+
+
+def test_hostile_outer_frames_after_the_handshake_close_the_connection() -> None:
+    """Where a sealed frame goes: random bytes, frames of random bytes, lengths past the limit;
+    then EOF (a frame shorter than its length waits for the rest until dead_after, as any
+    stream must). The node closes and acts on nothing. Cases: CASES_PER_TARGET (200)."""
     with LiveNode() as live:
 
         @SETTINGS
         @given(
-            st.binary(max_size=2048)
-            | st.binary(min_size=1, max_size=4096).map(frame)
-            | st.tuples(st.binary(min_size=1, max_size=512), st.binary(max_size=64)).map(
-                lambda parts: frame(parts[0]) + parts[1]
-            )
+            st.binary(min_size=1, max_size=2048)
+            | st.binary(max_size=2048).map(frame)
+            | st.integers(MAX_SEALED + 1, 65535).map(LENGTH.pack)
         )
-        def target(payload: bytes) -> None:
-            _run_target(live, payload, half_close=True)
+        def target(data: bytes) -> None:
+            async def attack() -> None:
+                session = await authenticate(live.node.port, Identity.generate())
+                async with session._stream:  # a frame is judged whole: then EOF
+                    await session._stream.send(data + os.urandom(16))
+                    await session._stream.send_eof()
+                    await read_until_closed(session._stream, CLOSE_WITHIN)
+
+            _run(live, attack)
 
         target()
         assert live.real_peer_connects() < 5.0
 
 
-def test_random_json_frames_are_refused() -> None:
-    """1-3 whole frames of random JSON (objects with wrong, missing or retyped fields, huge
-    numbers, NaN, nesting up to 300 deep, non-objects), plus empty and over-long headers; no EOF,
-    so the node must refuse on what it read. Cases: CASES_PER_TARGET (200)."""
+def test_hostile_inner_messages_are_ignored_or_close_the_connection() -> None:
+    """Sealed correctly, but the message is random JSON (objects with random or missing types,
+    huge numbers, NaN, nesting up to 300 deep), not an object, or not JSON at all, or empty.
+    Cases: CASES_PER_TARGET (200)."""
     with LiveNode() as live:
 
         @SETTINGS
-        @given(FRAMES)
-        def target(payload: bytes) -> None:
-            _run_target(live, payload, half_close=False)
+        @given(json_object() | JSON.map(json_body) | st.binary(max_size=512) | st.just(b""))
+        def target(data: bytes) -> None:
+            _run(live, _after_handshake(live, data, sealed=True))
 
         target()
         assert live.real_peer_connects() < 5.0
 
 
-def test_bad_hellos_and_garbage_proofs_are_refused() -> None:
-    """A hello with fields kept, dropped or wrong (protocol, non-string or other namespace,
-    invalid ids, bad nonces, bad ports) followed by a wrong proof (random bytes, our own key's
-    signature over something else, not base64, wrong types, missing). Cases: CASES_PER_TARGET
-    (200)."""
-    with LiveNode() as live:
-
-        @SETTINGS
-        @given(hello_then_bad_proof())
-        def target(payload: bytes) -> None:
-            _run_target(live, payload, half_close=False)
-
-        target()
-        assert live.real_peer_connects() < 5.0
-
-
-# -- regressions: bugs this suite found, now fixed: each crashes the whole node (the listener's task group dies) -------------------
+# -- regressions: bugs this suite found, now fixed ------------------------------------------------
 
 B1 = (
     "B1: wire.receive (wire.py:42) lets RecursionError out of json.loads for a frame nested "
@@ -233,80 +328,94 @@ B4 = (
     "B4: after the handshake, _receive_until_gone (connections.py:208) catches only stream "
     "errors; a deeply nested or 4300+-digit frame raises out of _keep and the node stops"
 )
+B5 = (
+    "B5 (v2, found while writing this suite): a small-order X25519 ephemeral key makes the DH "
+    "raise NoiseError while the responder writes message 2; respond() let it out as an internal "
+    "error, not a refusal"
+)
 
 
-def test_fixed_bug_deeply_nested_frame_kills_the_node() -> None:
-    """Cases: BUG_CASES (15), nesting depth 1500-8000 (the frame stays under 16 KiB)."""
-    with LiveNode() as live:
-
-        @BUG_SETTINGS
-        @given(st.integers(1500, 8000), st.sampled_from(["[]", "{}"]))
-        def target(depth: int, brackets: str) -> None:
-            if brackets == "[]":
-                body = "[" * depth + "]" * depth
-            else:
-                body = '{"a":' * depth + "1" + "}" * depth
-            _run_target(live, frame(body.encode()), half_close=False)
-
-        target()
+def _deep_or_huge(size: int, deep: bool) -> bytes:
+    if deep:
+        return ("[" * size + "]" * size).encode()
+    return ('{"type":"x","n":' + "9" * (4300 + size) + "}").encode()
 
 
-def test_fixed_bug_huge_integer_kills_the_node() -> None:
-    """Cases: BUG_CASES (15), integers of 4301-16000 digits in a hello field."""
-    with LiveNode() as live:
-
-        @BUG_SETTINGS
-        @given(st.integers(4301, 16000), st.sampled_from(["port", "type", "x"]))
-        def target(digits: int, key: str) -> None:
-            body = '{"type":"hello","%s":%s}' % (key, "9" * digits)  # noqa: UP031
-            _run_target(live, frame(body.encode()), half_close=False)
-
-        target()
-
-
-def test_fixed_bug_non_ascii_nonce_kills_the_node() -> None:
-    """Cases: BUG_CASES (15), a valid hello whose nonce is a string with a non-ASCII char."""
-    with LiveNode() as live:
-
-        @BUG_SETTINGS
-        @given(st.text(min_size=1, max_size=50).filter(lambda t: not t.isascii()))
-        def target(nonce: str) -> None:
-            hello = {
-                "type": "hello",
-                "protocol": PROTOCOL,
-                "namespace": "exo",
-                "peer_id": str(CLIENT.peer_id),
-                "nonce": nonce,
-                "port": 1,
-            }
-            _run_target(live, json_frame(hello), half_close=False)
-
-        target()
-
-
-def test_fixed_bug_deep_frame_after_the_handshake_kills_the_node() -> None:
-    """Cases: BUG_CASES (15): an authenticated peer sends a frame nested 1500-8000 deep or with a
-    4301+-digit integer; the node must drop that connection and keep serving."""
+def test_fixed_bug_deep_or_huge_handshake_payload() -> None:
+    """B1, B2 in message 3: cases BUG_CASES (15), nesting 1500-8000 deep or a 4301+-digit int."""
     with LiveNode() as live:
 
         @BUG_SETTINGS
         @given(st.integers(1500, 8000), st.booleans())
         def target(size: int, deep: bool) -> None:
-            live.ensure_alive()
-
             async def attack() -> None:
-                stream, _ = await authenticate(live.node.port, Identity.generate())
-                async with stream:
-                    digits = "9" * (4300 + size)  # past Python's int-conversion limit
-                    number = '{"type":"x","n":' + digits + "}"
-                    body = "[" * size + "]" * size if deep else number
-                    await stream.send(frame(body.encode()))
-                    await read_until_closed(stream, CLOSE_WITHIN)
+                half = await open_handshake(live.node.port)
+                async with half.stream:
+                    message = half.state.write_message(_deep_or_huge(size, deep))
+                    await half.stream.send(frame(message))
+                    await read_until_closed(half.stream, CLOSE_WITHIN)
 
-            try:
-                live.call(attack)
-            except TimeoutError:
-                live.fail(f"the connection was not closed within {CLOSE_WITHIN} s")
-            live.check_alive()
+            _run(live, attack)
 
         target()
+
+
+def test_fixed_bug_non_ascii_base64_in_the_proof() -> None:
+    """B3: cases BUG_CASES (15), a hello whose key or signature is a non-ASCII string."""
+    with LiveNode() as live:
+
+        @BUG_SETTINGS
+        @given(st.text(min_size=1, max_size=50).filter(lambda t: not t.isascii()), st.booleans())
+        def target(text: str, in_key: bool) -> None:
+            hello = {"key": b64(bytes(32)), "sig": b64(bytes(64)), "protocol": handshake.PROTOCOL,
+                     "namespace": "exo", "record": "", "port": 1}  # fmt: skip
+            hello["key" if in_key else "sig"] = text
+
+            async def attack() -> None:
+                half = await open_handshake(live.node.port)
+                async with half.stream:
+                    await half.stream.send(frame(half.state.write_message(json_body(hello))))
+                    await read_until_closed(half.stream, CLOSE_WITHIN)
+
+            _run(live, attack)
+
+        target()
+
+
+def test_fixed_bug_deep_frame_after_the_handshake_kills_the_node() -> None:
+    """B4: cases BUG_CASES (15): an authenticated peer sends a sealed message nested 1500-8000
+    deep or with a 4301+-digit integer; the node must drop that connection and keep serving."""
+    with LiveNode() as live:
+
+        @BUG_SETTINGS
+        @given(st.integers(1500, 8000), st.booleans())
+        def target(size: int, deep: bool) -> None:
+            body = _deep_or_huge(size, deep)[:MAX_FRAME]
+            _run(live, _after_handshake(live, body, sealed=True))
+
+        target()
+
+
+def test_fixed_bug_small_order_ephemeral_key(caplog: pytest.LogCaptureFixture) -> None:
+    """B5: every one of the six small-order points (6 cases: hypothesis stops when it has tried
+    them all; no key, so the node reads message 1 and must refuse while writing message 2)."""
+    with LiveNode() as live:
+
+        @BUG_SETTINGS
+        @given(LOW_ORDER)
+        def target(point: bytes) -> None:
+            payload = PREAMBLE + frame(point)
+            _run(live, lambda: send_and_expect_close(live.node.port, payload, half_close=False,
+                                                      timeout=CLOSE_WITHIN))  # fmt: skip
+
+        target()
+    assert "internal error" not in caplog.text
+    assert "refused inbound connection from 127.0.0.1" in caplog.text
+
+
+def test_the_helpers_speak_the_real_protocol() -> None:
+    """A client with the right key is answered with the node's proof; one without, with nothing."""
+    with LiveNode(node=KEYED) as live:
+        assert live.alive()
+        assert not live.call(probe, live.node.port, live.node.peer_id, None)
+        assert not live.call(probe, live.node.port, live.node.peer_id, clusterkey.generate())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import struct
 import sys
 import threading
 import traceback
@@ -24,14 +23,15 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 import anyio
-from anyio.abc import SocketStream
+from anyio.abc import ByteReceiveStream, SocketStream
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from exo_discovery_core import Address, PeerCandidate, wire
+from exo_discovery_core import Address, PeerCandidate, handshake, noise, session, wire
+from exo_discovery_core.clusterkey import Keyring
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.node import Node
 from exo_discovery_core.peertable import Peer
+from exo_discovery_core.session import Session
 from exo_discovery_core.testing import next_event, run_node
 from tests.support.fake_headscale import FakeHeadscale
 from tests.support.static import Static
@@ -56,20 +56,27 @@ FAST_PEER: dict[str, Any] = {"handshake_timeout": 2.0, "redial_max": 0.5}
 
 
 def frame(body: bytes) -> bytes:
-    """A length-prefixed frame around ``body`` (whatever it is)."""
-    return struct.pack(">I", len(body)) + body
+    """A 2-byte length-prefixed frame around ``body`` (whatever it is), as v2 frames go."""
+    return session.frame(body)
+
+
+def json_body(value: Any) -> bytes:
+    """``value`` as JSON bytes; NaN/Infinity allowed (Python's json reads them back)."""
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def json_frame(value: Any) -> bytes:
-    """``value`` as a frame; NaN/Infinity allowed (Python's json reads them back)."""
-    return frame(json.dumps(value, separators=(",", ":")).encode())
+    return frame(json_body(value))
+
+
+PREAMBLE = bytes([len(handshake.PROTOCOL)]) + handshake.PROTOCOL.encode()
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def read_until_closed(stream: SocketStream, timeout: float) -> bytes:
+async def read_until_closed(stream: ByteReceiveStream, timeout: float) -> bytes:
     """Everything the node sends until it closes the connection; TimeoutError if it does not."""
     data = bytearray()
     with anyio.fail_after(timeout):
@@ -98,35 +105,67 @@ async def send_and_expect_close(
     return anyio.current_time() - started
 
 
-async def probe_hello(port: int, expected: PeerId, timeout: float = 3.0) -> bool:
-    """True if the node accepts a connection and opens the handshake with its own valid hello."""
-    try:
-        with anyio.fail_after(timeout):
-            stream = await anyio.connect_tcp(LOOPBACK, port)
-            async with stream:
-                hello = await wire.receive(BufferedByteReceiveStream(stream))
-    except (TimeoutError, wire.ProtocolError, *CLOSED_ERRORS):
-        return False
-    return hello.get("type") == "hello" and hello.get("peer_id") == str(expected)
+@dataclass
+class HalfHandshake:
+    """A client that went as far as message 2: it knows who answered and may write message 3."""
+
+    stream: SocketStream
+    state: noise.HandshakeState
+    peer_id: PeerId
 
 
-async def authenticate(
-    port: int, identity: Identity, namespace: str = "exo"
-) -> tuple[SocketStream, BufferedByteReceiveStream]:
-    """A client that passes the real handshake (the core's own code on the client side)."""
-    from exo_discovery_core import handshake
-
+async def open_handshake(port: int, key: bytes | None = None) -> HalfHandshake:
+    """Preamble and message 1 (under ``key``), then the node's proof, checked as the core does."""
+    client = handshake.Credentials(Identity.generate(), namespace="exo")
     stream = await anyio.connect_tcp(LOOPBACK, port)
-    buffered = BufferedByteReceiveStream(stream)
     try:
-        with anyio.fail_after(5):
-            await handshake.perform(
-                stream, buffered, identity=identity, namespace=namespace, listen_port=0
-            )
+        state = client.noise(initiator=True, key=key)
+        await stream.send(PREAMBLE + frame(state.write_message()))
+        receive = session.Reader(stream)
+        if await receive.receive_exactly(len(PREAMBLE)) != PREAMBLE:
+            raise wire.ProtocolError("not our preamble")
+        proof = handshake.open_payload(state, await session.read_frame(receive, 65535))
+        peer_id = handshake.verify_proof(proof, state.rs)
     except BaseException:
         await anyio.aclose_forcefully(stream)
         raise
-    return stream, buffered
+    return HalfHandshake(stream, state, peer_id)
+
+
+async def probe(
+    port: int, expected: PeerId, key: bytes | None = None, timeout: float = 3.0
+) -> bool:
+    """True if the node accepts a connection and proves its peer id in message 2."""
+    try:
+        with anyio.fail_after(timeout):
+            half = await open_handshake(port, key)
+            await half.stream.aclose()
+    except (TimeoutError, wire.ProtocolError, handshake.HandshakeError, *CLOSED_ERRORS):
+        return False
+    return half.peer_id == expected
+
+
+async def authenticate(
+    port: int, identity: Identity, namespace: str = "exo", keyring: Keyring | None = None
+) -> Session:
+    """A client that passes the real handshake (the core's own code on the client side)."""
+    credentials = handshake.Credentials(identity, namespace=namespace, keyring=keyring)
+    stream = await anyio.connect_tcp(LOOPBACK, port)
+    try:
+        with anyio.fail_after(5):
+            return await handshake.initiate(stream, credentials)
+    except BaseException:
+        await anyio.aclose_forcefully(stream)
+        raise
+
+
+def same_key(node: Node) -> dict[str, Any]:
+    """``[node]`` settings that give another node ``node``'s cluster key."""
+    if node.config.cluster_key_file is not None:
+        return {"cluster_key_file": str(node.config.cluster_key_file)}
+    if node.config.cluster_key is not None:
+        return {"cluster_key": node.config.cluster_key.get_secret_value()}
+    return {}
 
 
 async def real_peer_connects(node: Node, within: float = 5.0) -> float:
@@ -139,7 +178,7 @@ async def real_peer_connects(node: Node, within: float = 5.0) -> float:
     async with node.events() as node_events:
         plugin = Static(PeerCandidate.at(LOOPBACK, node.port, str(node.peer_id)))
         async with (
-            run_node({"static": plugin}, node=FAST_PEER) as probe,
+            run_node({"static": plugin}, node={**FAST_PEER, **same_key(node)}) as probe,
             probe.events() as events,
         ):
             await next_event(events, "connected", timeout=within, peer_id=node.peer_id)
@@ -223,8 +262,12 @@ class LiveNode(AbstractContextManager["LiveNode"]):
         """Run ``func(*args)`` (sync or async) in the node's loop."""
         return self.portal.call(func, *args)
 
+    @property
+    def keyring(self) -> Keyring:
+        return self.node.config.keyring()
+
     def alive(self) -> bool:
-        result: bool = self.call(probe_hello, self.node.port, self.node.peer_id)
+        result: bool = self.call(probe, self.node.port, self.node.peer_id, self.keyring.primary)
         return result
 
     def fail(self, message: str) -> NoReturn:
@@ -248,14 +291,15 @@ class LiveNode(AbstractContextManager["LiveNode"]):
                 self.crashes.append("the node stopped serving without raising")
             self._start()
 
-    def state(self) -> NodeState:
-        def read() -> NodeState:
-            node = self.node
-            return NodeState(
-                table=dict(node.table.merged()), connected=dict(node.connections.connected())
-            )
+    def snapshot(self) -> NodeState:
+        """The node's state, read in its loop (``state`` from the test's thread)."""
+        node = self.node
+        return NodeState(
+            table=dict(node.table.merged()), connected=dict(node.connections.connected())
+        )
 
-        result: NodeState = self.call(read)
+    def state(self) -> NodeState:
+        result: NodeState = self.call(self.snapshot)
         return result
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

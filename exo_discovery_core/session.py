@@ -1,0 +1,103 @@
+"""A session: the sealed frames two peers exchange after the handshake (:mod:`.handshake`).
+
+Each frame is a 2-byte big-endian length, then one message (:mod:`.wire`) sealed by the Noise
+transport CipherState of its direction: ChaCha20-Poly1305 under a key only the two ends hold,
+with a counter as nonce. So a frame that was modified, replayed, reordered, truncated or
+inserted fails to open, and the connection is closed; nothing it said is acted on.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteStream
+
+from . import wire
+from .identity import PeerId
+from .noise import TAGLEN, CipherState, NoiseError
+
+LENGTH = struct.Struct(">H")
+MAX_SEALED = wire.MAX_FRAME + TAGLEN
+
+
+class Reader:
+    """Exact byte counts from a stream, taking whatever has arrived in one read.
+
+    anyio's ``BufferedByteReceiveStream`` asks the socket for just the bytes still missing, and
+    every socket read is an event-loop checkpoint: a length and then a body cost two. Here one
+    read usually holds a whole handshake message. The buffer stays below one read plus the
+    largest count asked for (a 64 KiB frame).
+    """
+
+    def __init__(self, stream: ByteReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def receive_exactly(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            try:
+                self._buffer += await self._stream.receive()
+            except anyio.EndOfStream:
+                raise anyio.IncompleteRead from None
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+
+async def read_frame(receive: Reader, limit: int) -> bytes:
+    """One length-prefixed frame of at most ``limit`` bytes (ProtocolError past it)."""
+    (length,) = LENGTH.unpack(await receive.receive_exactly(LENGTH.size))
+    if length > limit:
+        raise wire.ProtocolError(f"frame of {length} bytes exceeds {limit}")
+    return await receive.receive_exactly(length) if length else b""
+
+
+def frame(body: bytes) -> bytes:
+    return LENGTH.pack(len(body)) + body
+
+
+class Session:
+    """The sealed channel to one authenticated peer: ``send`` and ``receive`` whole messages."""
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        receive: Reader,
+        ciphers: tuple[CipherState, CipherState],
+        peer_id: PeerId,
+    ) -> None:
+        self._stream = stream
+        self._receive = receive
+        self._send_cipher, self._receive_cipher = ciphers
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self.peer_id = peer_id
+        self.remote_record = b""
+        self.listen_port = 0
+
+    def __repr__(self) -> str:
+        return f"Session(peer_id={self.peer_id!s})"
+
+    async def send(self, message: dict[str, Any], timeout: float) -> None:
+        """One message, sealed and whole: heartbeats, exchanges and byes share the socket."""
+        await self.send_bytes(wire.dumps(message), timeout)
+
+    async def send_bytes(self, plaintext: bytes, timeout: float) -> None:
+        """Seal ``plaintext`` as one frame (the hostile suite sends what is not a message)."""
+        with anyio.fail_after(timeout):
+            async with self._send_lock:  # the nonce order is the order on the wire
+                sealed = self._send_cipher.encrypt(b"", plaintext)
+                await self._stream.send(frame(sealed))
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message; ProtocolError if a frame fails to open or is not a message."""
+        sealed = await read_frame(self._receive, MAX_SEALED)
+        try:
+            plaintext = self._receive_cipher.decrypt(b"", sealed)
+        except NoiseError as exc:
+            raise wire.ProtocolError(f"sealed frame: {exc}") from None
+        return wire.loads(plaintext)
+
+    async def aclose(self) -> None:
+        await anyio.aclose_forcefully(self._stream)

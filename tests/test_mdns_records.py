@@ -75,6 +75,38 @@ def test_records_that_are_not_peers_say_why(
     assert result.quiet is quiet
 
 
+@pytest.mark.parametrize(
+    ("theirs", "ours", "accepted"),
+    [
+        ((), (), True),
+        (("aaaa",), ("aaaa",), True),
+        (("bbbb", "aaaa"), ("aaaa", "bbbb"), True),  # mid-rotation: their primary we accept
+        (("aaaa",), (), False),  # they have a key, we have none
+        ((), ("aaaa",), False),  # we have a key, they have none
+        (("cccc",), ("aaaa", "bbbb"), False),  # another cluster
+    ],
+)
+def test_nodes_whose_cluster_key_we_do_not_accept_are_skipped(
+    theirs: tuple[str, ...], ours: tuple[str, ...], accepted: bool
+) -> None:
+    """The TXT record carries the fingerprint of the key a node dials with, never the key."""
+    txt = txt_properties(PEER, "exo", theirs)
+    assert txt.get("ck") == (theirs[0] if theirs else None)
+    result = candidate_from_service(
+        name=f"box-1234.{DEFAULT_SERVICE_TYPE}",
+        properties=txt,
+        addresses=("10.0.0.2",),
+        port=52417,
+        own_id=ME,
+        namespace="exo",
+        key_fingerprints=ours,
+    )
+    assert isinstance(result, PeerCandidate) is accepted
+    if not accepted:
+        assert isinstance(result, Rejected) and result.quiet
+        assert "cluster key" in result.reason
+
+
 def test_addresses_follow_ip_version_and_unusable_ones_are_dropped() -> None:
     mixed = ("10.0.0.2", "fd00::2", "127.0.0.1", "::1", "fe80::1", "fe80::1%3")
     v4 = _parse(addresses=mixed, ip_version="v4")

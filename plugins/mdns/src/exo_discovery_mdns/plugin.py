@@ -175,7 +175,7 @@ class MdnsRun:
             self.type,
             f"{instance}.{self.type}",
             port=node.port,
-            properties=txt_properties(node.peer_id, node.namespace),
+            properties=txt_properties(node.peer_id, node.namespace, node.cluster_key_fingerprints),
             server=server_name(instance),
             host_ttl=ttl,
             other_ttl=ttl,
@@ -333,6 +333,7 @@ class MdnsRun:
             namespace=self.context.node.namespace,
             ip_version=self.config.ip_version,
             server=info.server,
+            key_fingerprints=self.context.node.cluster_key_fingerprints,
         )
         self._foreign_changed(name, result.namespace if isinstance(result, Rejected) else None)
         if isinstance(result, Rejected):

@@ -4,7 +4,9 @@ TXT record (DNS-SD key=value strings):
 
 * ``id`` — the node's libp2p peer id (``12D3KooW...``), so a peer is known before the handshake;
 * ``ns`` — the node's namespace: nodes of another namespace are never reported;
-* ``v``  — the record format version, ``1``; a record of another version is ignored.
+* ``v``  — the record format version, ``1``; a record of another version is ignored;
+* ``ck`` — with a cluster key, the fingerprint of the key the node dials with (never the key):
+  a node whose key this node does not accept is skipped before any dial.
 
 Kept free of sockets so the rules (namespace filter, self-skip, bad ids) are tested directly.
 """
@@ -22,9 +24,14 @@ PROTOCOL_VERSION = "1"
 MAX_HOSTNAME_LABEL = 40
 
 
-def txt_properties(peer_id: PeerId, namespace: str) -> dict[str, str]:
-    """The TXT record of this node."""
-    return {"id": str(peer_id), "ns": namespace, "v": PROTOCOL_VERSION}
+def txt_properties(
+    peer_id: PeerId, namespace: str, key_fingerprints: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The TXT record of this node (``key_fingerprints``: NodeInfo's, primary first)."""
+    txt = {"id": str(peer_id), "ns": namespace, "v": PROTOCOL_VERSION}
+    if key_fingerprints:
+        txt["ck"] = key_fingerprints[0]
+    return txt
 
 
 def default_instance_name(peer_id: PeerId, hostname: str | None = None) -> str:
@@ -94,6 +101,7 @@ def candidate_from_service(
     namespace: str,
     ip_version: str = "all",
     server: str | None = None,
+    key_fingerprints: tuple[str, ...] = (),
 ) -> PeerCandidate | Rejected:
     """The peer a resolved service stands for, or why it is not one."""
     txt = _decode(properties)
@@ -104,6 +112,9 @@ def candidate_from_service(
         return Rejected(
             f"namespace {txt.get('ns')!r}, not ours", quiet=True, namespace=txt.get("ns") or "?"
         )
+    if txt.get("ck") not in (key_fingerprints or (None,)):
+        theirs = f"cluster key {txt['ck'][:16]!r}" if "ck" in txt else "no cluster key"
+        return Rejected(f"{theirs}, not one we accept", quiet=True)
     try:
         peer_id = PeerId.parse(txt.get("id", ""))
     except ValueError as exc:

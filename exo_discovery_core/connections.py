@@ -83,6 +83,7 @@ class Connection:
     channel: Session
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     close_reason: str | None = None
+    rtt: float | None = None  # seconds: the TCP connect of a connection we dialed (one round trip)
 
 
 class ConnectionManager:
@@ -114,6 +115,10 @@ class ConnectionManager:
     def connected(self) -> Mapping[PeerId, Address]:
         """The peers reported connected, with the address in use (a copy)."""
         return dict(self._reported)
+
+    def round_trips(self) -> Mapping[PeerId, float]:
+        """The round-trip time to each connected peer we dialed, in seconds (a copy)."""
+        return {pid: c.rtt for pid, c in self._current.items() if c.rtt is not None}
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -149,9 +154,11 @@ class ConnectionManager:
     async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         """Connect and handshake (DialError if not); the connection lives on in its own task."""
         assert self._tg is not None, "start() first"
+        started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
                 stream = await anyio.connect_tcp(address.host, address.port)
+            rtt = time.monotonic() - started  # SYN to SYN-ACK: one round trip
         except TimeoutError:
             raise DialError(f"no answer within {timeout:g} s") from None
         except OSError as exc:
@@ -170,7 +177,8 @@ class ConnectionManager:
             raise
         self._listener.identified(address, session.peer_id)
         self._tg.start_soon(
-            self._keep, Connection(session.peer_id, address, self._identity.peer_id, session)
+            self._keep,
+            Connection(session.peer_id, address, self._identity.peer_id, session, rtt=rtt),
         )
         return session.peer_id
 

@@ -239,6 +239,7 @@ class Node:
             run.dialer.status(),
             run.ordered,
             run.route,
+            run.connections.round_trips(),
         )
 
     def report_connection(

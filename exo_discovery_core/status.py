@@ -122,6 +122,7 @@ def peer_views(
     dials: Mapping[str, DialStatus],
     order: Callable[[Iterable[Address]], list[Address]] = list,
     route: Callable[[Address], RouteClass] = lambda address: "public",
+    rtts: Mapping[PeerId, float] | None = None,
 ) -> list[PeerView]:
     """The table with connection state; connected peers first, then by id."""
 
@@ -140,6 +141,7 @@ def peer_views(
             state="connected" if up else "known",
             address=in_use,
             metadata=dict(peer.metadata),
+            rtt=(rtts or {}).get(peer.peer_id) if up and peer.peer_id else None,
             last_reason=dial.last_reason if dial else None,
             retry_in=dial.retry_in if dial else None,
         )
@@ -151,6 +153,7 @@ def peer_views(
                 sources=frozenset({"inbound"}),
                 state="connected",
                 address=address,
+                rtt=(rtts or {}).get(peer_id),
             )
     return sorted(views.values(), key=lambda view: (view.state != "connected", str(view.peer_id)))
 

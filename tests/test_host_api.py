@@ -36,6 +36,7 @@ async def test_snapshot_is_typed_with_route_classes() -> None:
             assert view.address == Address(host="127.0.0.1", port=target.port)
             assert view.sources == frozenset({"static"})
             assert view.metadata == {"role": "gpu"}
+            assert view.rtt is not None and 0 < view.rtt < 3  # the TCP connect of our dial
             row = node.status().peers[0]  # the CLI's row is the same peer, as text
             assert row.peer_id == str(target.peer_id) and row.addresses == [f"127.0.0.1:{target.port}"]
 

@@ -510,11 +510,11 @@ def _describe(event: NodeEvent) -> str:
 def _peer_rows(peers: list[PeerRow]) -> str:
     if not peers:
         return "  no peers yet"
-    lines = [f"  {'PEER':<54} {'STATE':<10} {'ADDRESS':<28} SOURCES"]
+    lines = [f"  {'PEER':<54} {'STATE':<12} {'ADDRESS':<28} SOURCES"]
     for row in peers:
         address = row.address or (row.addresses[0] if row.addresses else "-")
         lines.append(
-            f"  {row.peer_id or '(unknown yet)':<54} {row.state:<10} "
+            f"  {row.peer_id or '(unknown yet)':<54} {row.state:<12} "
             f"{address:<28} {','.join(row.sources)}"
         )
         if row.last_reason:

@@ -48,11 +48,15 @@ class DialError(Exception):
 
     ``refused`` is True when the peer answered and the handshake refused it (another namespace,
     another id, a bad proof): worth a warning, unlike a peer that is not up yet.
+    ``incompatible`` is the protocol the peer speaks when it is not ours.
     """
 
-    def __init__(self, reason: str, *, refused: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, refused: bool = False, incompatible: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.refused = refused
+        self.incompatible = incompatible
 
 
 class DialedSelf(DialError):
@@ -171,7 +175,8 @@ class ConnectionManager:
                 self._listener.identified(address, self._identity.peer_id)
                 raise DialedSelf("this is this node's own address") from None
             refused = isinstance(exc, handshake.HandshakeError)
-            raise DialError(self._reason(exc), refused=refused) from None
+            theirs = exc.theirs if isinstance(exc, handshake.IncompatibleVersion) else None
+            raise DialError(self._reason(exc), refused=refused, incompatible=theirs) from None
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise

@@ -53,6 +53,7 @@ class DialStatus:
 
     last_reason: str | None  # None until a dial failed
     retry_in: float  # seconds until the next try (0: now)
+    incompatible: str | None = None  # the protocol it speaks, when the last dial found not ours
 
 
 @dataclass
@@ -61,6 +62,7 @@ class _State:
     next_at: float = 0.0
     busy: bool = False
     last_reason: str | None = None
+    incompatible: str | None = None
     warned: set[str] = field(default_factory=set)
 
 
@@ -103,7 +105,7 @@ class Dialer:
         """By table key, for every peer the dialer has tried or is waiting to try."""
         now = self._clock()
         return {
-            key: DialStatus(state.last_reason, max(0.0, state.next_at - now))
+            key: DialStatus(state.last_reason, max(0.0, state.next_at - now), state.incompatible)
             for key, state in self._states.items()
         }
 
@@ -154,6 +156,7 @@ class Dialer:
     async def attempt(self, peer: Peer) -> None:
         """Dial ``peer``'s addresses in order until one connects; record why if none does."""
         state = self._states[peer.key]
+        state.incompatible = None
         reasons = []
         try:
             for address in self._order(peer.addresses):
@@ -165,6 +168,7 @@ class Dialer:
                     break  # the table drops this address now
                 except DialError as exc:
                     reasons.append(f"{address}: {exc}")
+                    state.incompatible = exc.incompatible or state.incompatible
                     self._log_failure(state, address, str(exc), loud=exc.refused)
                     continue
                 except Exception as exc:  # noqa: BLE001 - one bad address never stops the node

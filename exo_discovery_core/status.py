@@ -42,7 +42,7 @@ class PeerRow(BaseModel):
     peer_id: str | None  # None until a handshake told who answers at these addresses
     addresses: list[str]  # in the order the dialer tries them
     sources: list[str]
-    state: Literal["connected", "known"]
+    state: Literal["connected", "known", "incompatible"]  # incompatible: another protocol version
     address: str | None = None  # the one in use, while connected
     metadata: dict[str, str] = {}
     rtt_ms: float | None = None  # round-trip time, once measured
@@ -93,7 +93,7 @@ class PeerView:
     peer_id: PeerId | None  # None until a handshake told who answers at these addresses
     addresses: tuple[PeerAddress, ...]  # in the order the dialer tries them
     sources: frozenset[str]
-    state: Literal["connected", "known"]
+    state: Literal["connected", "known", "incompatible"]  # incompatible: another protocol version
     address: Address | None = None  # the one in use, while connected
     metadata: Mapping[str, str] = field(default_factory=dict)  # what the plugins said of it
     meta: Mapping[str, str] | None = None  # its own signed record's (None: no record known)
@@ -138,7 +138,7 @@ def peer_views(
             peer_id=peer.peer_id,
             addresses=routed(peer.addresses),
             sources=frozenset(peer.sources),
-            state="connected" if up else "known",
+            state="connected" if up else "incompatible" if dial and dial.incompatible else "known",
             address=in_use,
             metadata=dict(peer.metadata),
             rtt=(rtts or {}).get(peer.peer_id) if up and peer.peer_id else None,

@@ -344,3 +344,34 @@ async def test_a_truncated_frame_ends_the_session() -> None:
         with pytest.raises(anyio.IncompleteRead), anyio.fail_after(3):
             await theirs.receive()
         await raw.aclose()
+
+
+async def test_a_peer_of_another_version_is_listed_as_incompatible_naming_both() -> None:
+    """A real node dials a listener that answers as exo-discovery/3 would (its preamble, then
+    close): the peer is listed as incompatible, not hidden, and the reason names both versions."""
+    from exo_discovery_core import PeerCandidate
+    from exo_discovery_core.testing import run_node
+    from tests.support.static import Static
+
+    async def newer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.send(b"\x0fexo-discovery/3")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, newer)
+        plugin = Static(PeerCandidate.at("127.0.0.1", port))
+        async with run_node({"static": plugin}) as node:
+            with anyio.fail_after(5):
+                while not [v for v in node.peers() if v.state == "incompatible"]:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)  # the table has no event for a failed dial
+            [view] = node.peers()
+            assert view.last_reason is not None
+            assert (
+                "the peer speaks exo-discovery/3, this node speaks exo-discovery/2"
+                in view.last_reason
+            )
+            assert view.row().state == "incompatible"
+        tg.cancel_scope.cancel()
+    await listener.aclose()

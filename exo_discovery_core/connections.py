@@ -33,6 +33,7 @@ from .session import Session
 log = logging.getLogger("exo_discovery.connections")
 
 DUPLICATE = "duplicate"
+VERIFIED = "verified"  # the bye to an initiator that only came to verify us
 _STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.IncompleteRead,
@@ -152,12 +153,37 @@ class ConnectionManager:
             log.log(level, "refused inbound connection from %s: %s", remote, self._reason(exc))
             await stream.aclose()
             return
+        if session.verify_only:  # it learned who we are; there is nothing to keep
+            log.debug("verified by %s from %s", session.peer_id, remote)
+            await self._close(
+                Connection(session.peer_id, remote, session.peer_id, session), VERIFIED
+            )
+            return
         address = Address(host=remote.host, port=session.listen_port or 1)
         await self._keep(Connection(session.peer_id, address, session.peer_id, session))
 
     async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         """Connect and handshake (DialError if not); the connection lives on in its own task."""
         assert self._tg is not None, "start() first"
+        session, rtt = await self._open(address, expected, timeout, verify_only=False)
+        self._tg.start_soon(
+            self._keep,
+            Connection(session.peer_id, address, self._identity.peer_id, session, rtt=rtt),
+        )
+        return session.peer_id
+
+    async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+        """Handshake to learn who answers at ``address`` (its proven id, its record), then close:
+        discover-only (``connect = false``). DialError if not."""
+        assert self._tg is not None, "start() first"
+        session, _ = await self._open(address, expected, timeout, verify_only=True)
+        self._tg.start_soon(session.aclose)  # the caller learns the id before anything else runs
+        return session.peer_id
+
+    async def _open(
+        self, address: Address, expected: PeerId | None, timeout: float, *, verify_only: bool
+    ) -> tuple[Session, float]:
+        """Connect and handshake; the session and the TCP connect's round trip (DialError)."""
         started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
@@ -168,7 +194,9 @@ class ConnectionManager:
         except OSError as exc:
             raise DialError(exc.strerror or str(exc) or type(exc).__name__) from None
         try:
-            session = await self._handshake(stream, dialing=True, expected=expected)
+            session = await self._handshake(
+                stream, dialing=True, expected=expected, verify_only=verify_only
+            )
         except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
             await anyio.aclose_forcefully(stream)
             if isinstance(exc, handshake.SelfConnection):
@@ -181,11 +209,7 @@ class ConnectionManager:
             await anyio.aclose_forcefully(stream)
             raise
         self._listener.identified(address, session.peer_id)
-        self._tg.start_soon(
-            self._keep,
-            Connection(session.peer_id, address, self._identity.peer_id, session, rtt=rtt),
-        )
-        return session.peer_id
+        return session, rtt
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         """Send ``message`` on every current connection; a failing one is left to its keeper."""
@@ -201,14 +225,23 @@ class ConnectionManager:
     # -- internals ---------------------------------------------------------------------------
 
     async def _handshake(
-        self, stream: SocketStream, *, dialing: bool, expected: PeerId | None = None
+        self,
+        stream: SocketStream,
+        *,
+        dialing: bool,
+        expected: PeerId | None = None,
+        verify_only: bool = False,
     ) -> Session:
         """The sealed session to whoever is at the other end, proven to be that peer id."""
         with anyio.fail_after(self._config.handshake_timeout):
             if not dialing:
                 return await handshake.respond(stream, self.credentials)
             return await handshake.initiate(
-                stream, self.credentials, listen_port=self._listen_port, expected=expected
+                stream,
+                self.credentials,
+                listen_port=self._listen_port,
+                expected=expected,
+                verify_only=verify_only,
             )
 
     def _reason(self, exc: BaseException) -> str:

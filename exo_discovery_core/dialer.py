@@ -8,6 +8,10 @@ by peer exchange know of us too: the lower peer id dials first and the other wai
 
 Every failed dial leaves its reason (never empty) and the time of the next try, so
 ``exo-discovery peers`` can say why a peer does not connect.
+
+With ``verify_only`` (``connect = false``: discover only) the same loop verifies instead of
+connecting: one handshake per peer, which proves its id and reads its record, then closes. A peer
+is verified again only when its addresses change; a failed verification backs off as a dial does.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class Links(Protocol):
         """Connect to ``address`` (refusing anyone but ``expected``); DialError if not."""
         ...
 
+    async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+        """Handshake with ``address`` to learn who it is, then close; DialError if not."""
+        ...
+
 
 @dataclass(frozen=True)
 class DialStatus:
@@ -79,6 +87,7 @@ class Dialer:
         redial_max: float = 30.0,
         mutual_source: str = "exchange",
         clock: Callable[[], float] = time.monotonic,
+        verify_only: bool = False,
     ) -> None:
         self._me = me
         self._peers = peers
@@ -87,6 +96,8 @@ class Dialer:
         self._redial_max = redial_max
         self._mutual_source = mutual_source
         self._clock = clock
+        self._verify_only = verify_only
+        self._verified: dict[PeerId, frozenset[Address]] = {}  # verify_only: by id, at these
         self._states: dict[str, _State] = {}
         self._wake = anyio.Event()
 
@@ -128,6 +139,9 @@ class Dialer:
         for key in self._states.keys() - peers.keys():
             if not self._states[key].busy:
                 del self._states[key]
+        known = {peer.peer_id for peer in peers.values()}
+        for peer_id in self._verified.keys() - known:
+            del self._verified[peer_id]
         due, soonest = [], IDLE_WAKE
         for key, peer in peers.items():
             if peer.peer_id is not None and peer.peer_id in connected:
@@ -137,7 +151,7 @@ class Dialer:
                 state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
                 if self._dials_second(peer):
                     state.next_at = now + MUTUAL_SECOND_DIAL  # let the peer dial first
-            if state.busy:
+            if state.busy or (self._verify_only and self._was_verified(peer)):
                 continue
             if state.next_at > now:
                 soonest = min(soonest, state.next_at - now)
@@ -145,6 +159,13 @@ class Dialer:
             state.busy = True
             due.append(peer)
         return due, soonest
+
+    def _was_verified(self, peer: Peer) -> bool:
+        """Verified at exactly these addresses (by its id: the table re-keys a peer whose id a
+        verification taught it)."""
+        return peer.peer_id is not None and self._verified.get(peer.peer_id) == frozenset(
+            peer.addresses
+        )
 
     def _dials_second(self, peer: Peer) -> bool:
         return (
@@ -161,7 +182,8 @@ class Dialer:
         try:
             for address in self._order(peer.addresses):
                 try:
-                    peer_id = await self._links.dial(address, peer.peer_id, CONNECT_TIMEOUT)
+                    reach = self._links.verify if self._verify_only else self._links.dial
+                    peer_id = await reach(address, peer.peer_id, CONNECT_TIMEOUT)
                 except DialedSelf as exc:
                     reasons.append(f"{address}: {exc}")
                     log.debug("dial %s: %s", address, exc)
@@ -180,6 +202,8 @@ class Dialer:
                 state.last_reason = None
                 state.backoff.reset()
                 state.next_at = self._clock() + state.backoff.next()
+                if self._verify_only:  # known by its id from now on: no second handshake
+                    self._verified[peer_id] = frozenset(peer.addresses)
                 return
             state.last_reason = "; ".join(reasons) or "no address to dial"
             state.next_at = self._clock() + state.backoff.next()

@@ -143,10 +143,16 @@ async def initiate(
     local_record: bytes = b"",
     listen_port: int = 0,
     expected: PeerId | None = None,
+    verify_only: bool = False,
 ) -> Session:
-    """Dial side; HandshakeError if either side refuses (the caller bounds the time)."""
+    """Dial side; HandshakeError if either side refuses (the caller bounds the time).
+
+    ``verify_only`` says in our hello that we came to learn who answers (its proven id and its
+    record) and will close: the responder then does not count it as a connection."""
     try:
-        return await _initiate(stream, credentials, local_record, listen_port, expected)
+        return await _initiate(
+            stream, credentials, local_record, listen_port, expected, verify_only
+        )
     except noise.NoiseError as exc:  # e.g. a low-order ephemeral key from the peer
         raise HandshakeError(f"handshake: {exc}") from None
 
@@ -170,6 +176,7 @@ async def _initiate(
     local_record: bytes,
     listen_port: int,
     expected: PeerId | None,
+    verify_only: bool = False,
 ) -> Session:
     receive = Reader(stream)
     state = credentials.noise(initiator=True, key=credentials.keyring.primary)
@@ -193,6 +200,7 @@ async def _initiate(
         "namespace": credentials.namespace,
         "record": _b64(local_record),
         "port": listen_port,
+        **({"verify": True} if verify_only else {}),
     }
     message3 = frame(state.write_message(_json(hello)))
     try:
@@ -248,6 +256,7 @@ async def _respond(stream: ByteStream, credentials: Credentials, local_record: b
             raise HandshakeError("'port' is not a port number")
         session.remote_record = _bytes(hello, "record")
         session.listen_port = port
+        session.verify_only = hello.get("verify") is True
     except HandshakeError as exc:
         await _refuse(session, exc)
         raise

@@ -154,8 +154,7 @@ class Node:
             tg.start_soon(listener.serve, run.connections.handle_inbound)
             await status.serve(config.state_dir, self.status, stack, tg)
             run.plugins.start(tg, self.info, config, run.table)
-            if config.connect:
-                tg.start_soon(run.dialer.run, tg)
+            tg.start_soon(run.dialer.run, tg)  # connect = false: it verifies, then closes
         except BaseException:
             self._started = None
             await stack.__aexit__(*sys.exc_info())

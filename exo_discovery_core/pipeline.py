@@ -57,6 +57,7 @@ class Pipeline:
             order=self.ordered,
             redial_max=config.redial_max,
             mutual_source=exchange.SOURCE,
+            verify_only=not config.connect,
         )
 
     def ordered(self, addresses: Iterable[Address]) -> list[Address]:

@@ -75,6 +75,7 @@ class Session:
         self.peer_id = peer_id
         self.remote_record = b""
         self.listen_port = 0
+        self.verify_only = False  # the initiator came to verify us, not to stay
 
     def __repr__(self) -> str:
         return f"Session(peer_id={self.peer_id!s})"

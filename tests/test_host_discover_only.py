@@ -1,0 +1,82 @@
+"""Discover-only (``connect = false``): each candidate is verified by one handshake (its id
+proven, its record read) and the connection closed, so the host gets ids without connections."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import anyio
+import pytest
+
+from exo_discovery_core.host import ConfigError, Node, PeerId, PeerView
+from exo_discovery_core.testing import next_event, run_node
+
+pytestmark = pytest.mark.anyio
+
+
+def discover_only(*bootstrap: str, **settings: object) -> Node:
+    return Node.from_settings(
+        namespace="lab",
+        port=0,
+        listen_host="127.0.0.1",
+        state_dir=tempfile.mkdtemp(),
+        connect=False,
+        plugins={"enabled": ["bootstrap"], "bootstrap": {"peers": list(bootstrap)}},
+        **settings,
+    )
+
+
+async def identified(node: Node) -> PeerView:
+    """The peer a handshake identified (its ``peer_identified`` event, then its row)."""
+    async with node.events(replay=True) as events:
+        event = await next_event(events, "peer_identified")
+    [peer] = [p for p in node.peers() if str(p.peer_id) == event.peer_id]
+    return peer
+
+
+async def test_a_bootstrap_address_alone_gives_the_peers_id_without_a_connection() -> None:
+    async with (
+        run_node(node={"namespace": "lab"}) as target,
+        target.events() as target_events,
+    ):
+        host = discover_only(f"127.0.0.1:{target.port}")
+        async with host, host.events(replay=True) as events:
+            peer = await identified(host)
+            assert peer.peer_id == target.peer_id
+            assert [a.address.port for a in peer.addresses] == [target.port]
+            assert peer.state == "known" and peer.address is None
+            assert host.connections.connected() == {}
+            kinds = []
+            with anyio.move_on_after(1.0):  # the verification is over; nothing may follow it
+                async for event in events:
+                    kinds.append(event.event)
+            assert "connected" not in kinds and "peer_identified" in kinds
+        target_kinds = []
+        with anyio.move_on_after(0.2):
+            async for event in target_events:
+                target_kinds.append(event.event)
+        assert "connected" not in target_kinds, "the verified peer counted it as a connection"
+        assert target.connections.connected() == {}
+
+
+async def test_each_peer_is_verified_once() -> None:
+    async with run_node(node={"namespace": "lab"}) as target:
+        host = discover_only(f"127.0.0.1:{target.port}")
+        async with host:
+            calls = []
+            verify = host.connections.verify
+
+            async def counted(*args: Any) -> PeerId:
+                calls.append(args[0])
+                return await verify(*args)
+
+            host.connections.verify = counted  # type: ignore[method-assign]
+            await identified(host)
+            await anyio.sleep(2.5)  # more than two rounds of the dialer (IDLE_WAKE is 1 s)
+            assert len(calls) == 1, calls
+
+
+def test_a_wrong_settings_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^settings \[node\] conect: unknown key"):
+        discover_only("127.0.0.1:1", conect=False)

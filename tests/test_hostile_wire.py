@@ -419,3 +419,39 @@ def test_the_helpers_speak_the_real_protocol() -> None:
         assert live.alive()
         assert not live.call(probe, live.node.port, live.node.peer_id, None)
         assert not live.call(probe, live.node.port, live.node.peer_id, clusterkey.generate())
+
+
+def test_verify_only_handshakes_are_answered_and_closed_never_kept() -> None:
+    """The hello's ``verify`` flag (a discover-only node learning who answers): a client that
+    passes the real handshake with it, from a new identity each time, under one listen port,
+    with the flag's value hostile too (true, false, a string, a number). With ``true`` the node
+    says ``bye: verified`` and closes within CLOSE_WITHIN; either way its peer and connection
+    tables end as before and a real peer still connects. Cases: the five values (hypothesis
+    stops when a small space is exhausted)."""
+    with LiveNode() as live:
+
+        @SETTINGS
+        @given(st.sampled_from([True, False, "true", 1, None]))
+        def target(flag: Any) -> None:
+            async def attack() -> dict[str, Any] | None:
+                credentials = handshake.Credentials(Identity.generate(), namespace="exo")
+                stream = await anyio.connect_tcp("127.0.0.1", live.node.port)
+                verify = flag is True
+                if not verify and flag is not None:  # a wrong type goes in the hello as it is
+                    credentials.proof = {**credentials.proof, "verify": flag}
+                with anyio.fail_after(CLOSE_WITHIN):
+                    session = await handshake.initiate(stream, credentials, verify_only=verify)
+                    try:
+                        said = await session.receive() if verify else None
+                        if verify:
+                            await read_until_closed(stream, CLOSE_WITHIN)
+                    finally:
+                        await session.aclose()
+                return said
+
+            said = _run(live, attack)
+            if flag is True:
+                assert said == {"type": "bye", "reason": "verified"}
+
+        target()
+        assert live.real_peer_connects() < 5.0

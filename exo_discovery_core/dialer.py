@@ -37,6 +37,14 @@ CONNECT_TIMEOUT = 3.0
 REDIAL_INITIAL = 0.25
 MUTUAL_SECOND_DIAL = 2.0
 IDLE_WAKE = 1.0  # seconds; the loop looks again at least this often
+MAX_REASON = 300  # characters of a failure reason kept for ``peers``
+
+
+def _shown(reason: str) -> str:
+    """A reason as ``peers`` may print it: part of it can come from the peer (its refusal), so
+    no control character reaches a terminal, and it is bounded."""
+    text = "".join(c if c.isprintable() else "?" for c in reason)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 class Links(Protocol):
@@ -205,7 +213,7 @@ class Dialer:
                 if self._verify_only:  # known by its id from now on: no second handshake
                     self._verified[peer_id] = frozenset(peer.addresses)
                 return
-            state.last_reason = "; ".join(reasons) or "no address to dial"
+            state.last_reason = _shown("; ".join(reasons) or "no address to dial")
             state.next_at = self._clock() + state.backoff.next()
         finally:
             state.busy = False
@@ -218,4 +226,4 @@ class Dialer:
             state.warned.clear()
         state.warned.add(reason)
         level = (logging.WARNING if loud else logging.INFO) if first else logging.DEBUG
-        log.log(level, "dial %s failed: %s", address, reason)
+        log.log(level, "dial %s failed: %s", address, _shown(reason))

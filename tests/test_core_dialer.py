@@ -9,7 +9,7 @@ import pytest
 
 from exo_discovery_core import Address, PeerCandidate
 from exo_discovery_core.connections import DialedSelf, DialError
-from exo_discovery_core.dialer import MUTUAL_SECOND_DIAL, Dialer
+from exo_discovery_core.dialer import MAX_REASON, MUTUAL_SECOND_DIAL, Dialer
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.peertable import Peer, PeerTable
 
@@ -168,3 +168,14 @@ async def test_the_loop_dials_when_woken() -> None:
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     assert links.dialed == [address(1)]
+
+
+async def test_a_reason_from_the_peer_reaches_no_terminal_raw_and_is_bounded() -> None:
+    table, clock = PeerTable(ME), Clock()
+    hostile = DialError("peer refused us: \x1b[2J\x1b]0;owned\x07" + "x" * 5000, refused=True)
+    table.replace("static", [PeerCandidate(addresses=(address(1),))])
+    dialer = make(table, Links({address(1): hostile}), clock)
+    await dial_due(dialer)
+    reason = dialer.status()["127.0.0.1:1"].last_reason or ""
+    assert reason.startswith("127.0.0.1:1: peer refused us: ?[2J?]0;owned?xxx")
+    assert all(c.isprintable() for c in reason) and len(reason) <= MAX_REASON

@@ -241,3 +241,24 @@ def test_peer_exchange_meshes_nodes_that_know_only_one_address(
     c2.wait_for("connected", timeout=10, peer_id=a2.peer_id)
     time.sleep(1.0)
     assert b2.connected_peers() == {a2.peer_id} and c2.connected_peers() == {a2.peer_id}
+
+
+def test_events_of_a_run_from_started_to_stopped_carry_no_empty_lists(
+    nodes: NodeFleet, static_plugin_env: dict[str, str]
+) -> None:
+    """One peer_discovered per peer (then peer_identified), addresses in started/connected, and
+    'stopped' as the last line of ``run --json`` after SIGTERM."""
+    args = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
+    a = nodes.start("a", *args, env=static_plugin_env)
+    b = nodes.start("b", *args, "--static-peers", a.address, env=static_plugin_env)
+    assert a.events[0]["addresses"] == [a.address]  # started: where it listens
+    connected = b.wait_for("connected", timeout=10, peer_id=a.peer_id)
+    assert connected["address"] == a.address and connected["addresses"] == [a.address]
+    b.wait_for("peer_identified", timeout=5, peer_id=a.peer_id)
+    assert b.stop() == 0
+    b.join_reader()
+    b.drain()
+    kinds = [e["event"] for e in b.events]
+    assert kinds[0] == "started" and kinds[-1] == "stopped", kinds
+    assert kinds.count("peer_discovered") == 1, kinds  # the address, then its id: one peer
+    assert all(e.get("addresses", ["-"]) and e.get("sources", ["-"]) for e in b.events), b.events

@@ -7,7 +7,9 @@ by peer exchange know of us too: the lower peer id dials first and the other wai
 ``MUTUAL_SECOND_DIAL`` seconds, so a forming mesh makes no duplicate connections.
 
 Every failed dial leaves its reason (never empty) and the time of the next try, so
-``exo-discovery peers`` can say why a peer does not connect.
+``exo-discovery peers`` can say why a peer does not connect. A peer whose every address refused
+us in the handshake (another namespace, another version, another id) is tried again only every
+``REFUSED_RETRY`` seconds, and its reason says so.
 
 With ``verify_only`` (``connect = false``: discover only) the same loop verifies instead of
 connecting: one handshake per peer, which proves its id and reads its record, then closes. A peer
@@ -36,6 +38,7 @@ log = logging.getLogger("exo_discovery.dialer")
 CONNECT_TIMEOUT = 3.0
 REDIAL_INITIAL = 0.25
 MUTUAL_SECOND_DIAL = 2.0
+REFUSED_RETRY = 30.0  # seconds; a peer that refused us (namespace, version, id) is not pressed
 IDLE_WAKE = 1.0  # seconds; the loop looks again at least this often
 MAX_REASON = 300  # characters of a failure reason kept for ``peers``
 
@@ -187,6 +190,7 @@ class Dialer:
         state = self._states[peer.key]
         state.incompatible = None
         reasons = []
+        refusals = 0
         try:
             for address in self._order(peer.addresses):
                 try:
@@ -199,6 +203,7 @@ class Dialer:
                 except DialError as exc:
                     reasons.append(f"{address}: {exc}")
                     state.incompatible = exc.incompatible or state.incompatible
+                    refusals += exc.refused
                     self._log_failure(state, address, str(exc), loud=exc.refused)
                     continue
                 except Exception as exc:  # noqa: BLE001 - one bad address never stops the node
@@ -213,8 +218,13 @@ class Dialer:
                 if self._verify_only:  # known by its id from now on: no second handshake
                     self._verified[peer_id] = frozenset(peer.addresses)
                 return
-            state.last_reason = _shown("; ".join(reasons) or "no address to dial")
-            state.next_at = self._clock() + state.backoff.next()
+            delay = state.backoff.next()
+            reason = "; ".join(reasons) or "no address to dial"
+            if refusals and refusals == len(reasons):  # asking again soon changes nothing
+                delay = max(delay, REFUSED_RETRY)
+                reason += f" (refused: tried again every {REFUSED_RETRY:g} s)"
+            state.last_reason = _shown(reason)
+            state.next_at = self._clock() + delay
         finally:
             state.busy = False
             self.wake()

@@ -9,7 +9,7 @@ import pytest
 
 from exo_discovery_core import Address, PeerCandidate
 from exo_discovery_core.connections import DialedSelf, DialError
-from exo_discovery_core.dialer import MAX_REASON, MUTUAL_SECOND_DIAL, Dialer
+from exo_discovery_core.dialer import MAX_REASON, MUTUAL_SECOND_DIAL, REFUSED_RETRY, Dialer
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.peertable import Peer, PeerTable
 
@@ -76,7 +76,7 @@ async def test_a_known_peer_is_dialed_once_and_not_again_while_connected() -> No
 async def test_a_failed_dial_keeps_a_reason_for_every_address_and_backs_off() -> None:
     table = PeerTable(ME)
     refused = DialError("Connection refused")
-    other = DialError("namespace 'blue' is not ours ('exo')", refused=True)
+    other = DialError("namespace 'blue' is not ours ('exo')", refused=True)  # one refusal of two
     links, clock = Links({address(1): refused, address(2): other}), Clock()
     table.replace("static", [PeerCandidate(addresses=(address(1), address(2)))])
     dialer = make(table, links, clock)
@@ -179,3 +179,16 @@ async def test_a_reason_from_the_peer_reaches_no_terminal_raw_and_is_bounded() -
     reason = dialer.status()["127.0.0.1:1"].last_reason or ""
     assert reason.startswith("127.0.0.1:1: peer refused us: ?[2J?]0;owned?xxx")
     assert all(c.isprintable() for c in reason) and len(reason) <= MAX_REASON
+
+
+async def test_a_peer_that_refused_us_at_every_address_is_not_pressed() -> None:
+    table, clock = PeerTable(ME), Clock()
+    other = DialError("namespace 'blue' is not ours ('exo')", refused=True)
+    table.replace("static", [PeerCandidate(addresses=(address(1),))])
+    dialer = make(table, Links({address(1): other}), clock)
+    await dial_due(dialer)
+    status = dialer.status()["127.0.0.1:1"]
+    assert status.retry_in == REFUSED_RETRY
+    assert status.last_reason == (
+        "127.0.0.1:1: namespace 'blue' is not ours ('exo') (refused: tried again every 30 s)"
+    )

@@ -210,13 +210,10 @@ class Node:
         """Who we are and where we listen; on every interface, that is each address we have."""
         hosts = listen_hosts(self.config.listen_host)
         addresses = tuple(Address(host=host, port=self.port) for host in hosts)
-        fingerprints = self.connections.credentials.keyring.fingerprints
+        keys = self.connections.credentials.keyring.fingerprints
+        namespace = self.config.namespace
         return NodeInfo(
-            self.peer_id,
-            self.config.namespace,
-            self.port,
-            addresses,
-            cluster_key_fingerprints=fingerprints,
+            self.peer_id, namespace, self.port, addresses, cluster_key_fingerprints=keys
         )
 
     def status(self) -> status.Status:
@@ -231,25 +228,11 @@ class Node:
 
     def peers(self) -> list[PeerView]:
         """Every peer, typed: ids, addresses with their route class, sources, state, metadata."""
-        run = self._run
-        return status.peer_views(
-            run.table.merged(),
-            {**run.connections.connected(), **run.host_connections},
-            run.dialer.status(),
-            run.ordered,
-            run.route,
-            run.connections.round_trips(),
-        )
+        return self._run.peer_views()
 
     def report_connection(
         self, peer_id: PeerId, connected: bool, address: Address | None = None, reason: str = ""
     ) -> None:
         """For a host program with its own transport: tell the node a peer came or went (a
         report that changes nothing, up twice, is ignored: one event per transition)."""
-        run = self._run
-        if connected and peer_id not in run.host_connections:
-            run.host_connections[peer_id] = address
-            run.connection_up(peer_id, address)
-        elif not connected and peer_id in run.host_connections:
-            del run.host_connections[peer_id]
-            run.connection_down(peer_id, reason or "reported by host")
+        self._run.host_reported(peer_id, connected, address, reason or "reported by host")

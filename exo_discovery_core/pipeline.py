@@ -25,6 +25,7 @@ from .models import Address, ConnectionEvent, ConnectionState
 from .peertable import PeerTable, TableDiff
 from .routes import LocalNetworks, RouteClass, by_preference, route_class
 from .sources import PluginSources
+from .status import PeerView, peer_views
 
 log = logging.getLogger("exo_discovery.node")
 
@@ -66,12 +67,35 @@ class Pipeline:
     def route(self, address: Address) -> RouteClass:
         return route_class(address, self.local)
 
+    def peer_views(self) -> list[PeerView]:
+        """The table as users see it: with each peer's connection, last dial and route."""
+        return peer_views(
+            self.table.merged(),
+            {**self.connections.connected(), **self.host_connections},
+            self.dialer.status(),
+            self.ordered,
+            self.route,
+            self.connections.round_trips(),
+        )
+
     def table_changed(self, diff: TableDiff) -> None:
         for event in peer_events(diff):
             self.publish(event)
         self.dialer.wake()
 
-    # -- the connection manager's outlet ------------------------------------------------------
+    # -- the connection manager's outlet, and the host program's reports --------------------
+
+    def host_reported(
+        self, peer_id: PeerId, connected: bool, address: Address | None, reason: str
+    ) -> None:
+        """A host program with its own transport says a peer came or went; a report that
+        changes nothing (up twice) is ignored, so there is one event per transition."""
+        if connected and peer_id not in self.host_connections:
+            self.host_connections[peer_id] = address
+            self.connection_up(peer_id, address)
+        elif not connected and peer_id in self.host_connections:
+            del self.host_connections[peer_id]
+            self.connection_down(peer_id, reason)
 
     def identified(self, address: Address, peer_id: PeerId) -> None:
         self.table.learn(address, peer_id)

@@ -141,14 +141,14 @@ class NodeConfig(BaseModel):
         env="EXO_DISCOVERY_EXCHANGE",
     )
     heartbeat_interval: float = option(
-        1.0,
-        help="Seconds between heartbeats on a connection",
+        0.5,
+        help="Seconds between heartbeats to the few peers that watch this node (its ring neighbours)",
         gt=0,
         le=60,
     )
     dead_after: float = option(
         2.5,
-        help="Seconds of silence after which a peer is declared disconnected",
+        help="Seconds of silence (suspicion, then an unanswered probe) before a peer is declared disconnected",
         gt=0,
         le=600,
     )

@@ -1,4 +1,4 @@
-"""Node-to-node connections: listen, dial, handshake, heartbeats, one connection per peer.
+"""Node-to-node connections: listen, dial, handshake, liveness, one connection per peer.
 
 Everything the manager has to say goes to one :class:`ConnectionListener`. Every transition a
 user sees goes through ``_admit``/``_release``, which keep the set of peers reported connected, so
@@ -10,12 +10,15 @@ waits a moment for the winner instead of reporting a disconnect.
 The handshake is called in one place (``_handshake``: the v2 Noise handshake of
 :mod:`.handshake`) and frames are read and written in one place (the sealed
 :class:`~.session.Session`), so the wire protocol can change without touching the rest.
+Whether a silent peer is still alive is :mod:`.liveness`'s business: one timer for the node
+(``_timer``) runs it, and every frame in or out is reported to it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,9 +27,10 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from . import handshake, wire
+from . import handshake, liveness, wire
 from .config import NodeConfig
 from .identity import Identity, PeerId
+from .liveness import Liveness
 from .models import Address
 from .session import Session
 
@@ -34,6 +38,12 @@ log = logging.getLogger("exo_discovery.connections")
 
 DUPLICATE = "duplicate"
 VERIFIED = "verified"  # the bye to an initiator that only came to verify us
+# A connection no heartbeat watches (not a ring neighbour) still notices a dead link: the kernel
+# probes it after this idle time, and gives up after KEEPALIVE_COUNT unanswered probes.
+KEEPALIVE_IDLE_S = 10
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 3
+SEND_WAIT_S = 0.2  # a liveness frame that cannot be written this fast waits for the next batch
 _STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.IncompleteRead,
@@ -116,6 +126,10 @@ class ConnectionManager:
         self._reported: dict[PeerId, Address] = {}
         self._grace: dict[PeerId, float] = {}
         self._tg: TaskGroup | None = None
+        self._timer_wake = anyio.Event()
+        self.liveness = Liveness(
+            identity.peer_id, interval=config.heartbeat_interval, dead_after=config.dead_after
+        )
 
     def connected(self) -> Mapping[PeerId, Address]:
         """The peers reported connected, with the address in use (a copy)."""
@@ -129,7 +143,7 @@ class ConnectionManager:
 
     def start(self, tg: TaskGroup) -> None:
         self._tg = tg
-        tg.start_soon(self._sweep_grace)
+        tg.start_soon(self._timer)
 
     async def handle_inbound(self, stream: SocketStream) -> None:
         """A listener callback: whatever a peer sends, at worst its own connection is closed."""
@@ -215,7 +229,11 @@ class ConnectionManager:
         """Send ``message`` on every current connection; a failing one is left to its keeper."""
         for conn in list(self._current.values()):
             with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
-                await conn.channel.send(message, self._config.dead_after)
+                await self._send(conn, message, self._config.dead_after)
+
+    async def _send(self, conn: Connection, message: dict[str, Any], timeout: float) -> None:
+        await conn.channel.send(message, timeout)
+        self.liveness.sent(conn.peer_id)
 
     async def close_all(self, reason: str = "shutdown") -> None:
         with anyio.move_on_after(1.0, shield=True):
@@ -233,6 +251,7 @@ class ConnectionManager:
         verify_only: bool = False,
     ) -> Session:
         """The sealed session to whoever is at the other end, proven to be that peer id."""
+        _keep_alive(stream)
         with anyio.fail_after(self._config.handshake_timeout):
             if not dialing:
                 return await handshake.respond(stream, self.credentials)
@@ -260,6 +279,7 @@ class ConnectionManager:
             return False
         self._current[conn.peer_id] = conn
         self._grace.pop(conn.peer_id, None)
+        self.liveness.add(conn.peer_id)
         if existing is not None:
             existing.close_reason = DUPLICATE
             if self._tg is not None:
@@ -282,10 +302,7 @@ class ConnectionManager:
         reason = "closed"
         try:
             with conn.scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._heartbeat, conn)
-                    reason = await self._receive_until_gone(conn)
-                    tg.cancel_scope.cancel()
+                reason = await self._receive_until_gone(conn)
         except Exception:  # a bug on one connection ends that connection only
             log.exception("internal error on the connection to %s; closed it", conn.peer_id)
             reason = "internal error"
@@ -294,38 +311,67 @@ class ConnectionManager:
             self._release(conn, conn.close_reason or reason)
 
     async def _receive_until_gone(self, conn: Connection) -> str:
+        """Frames until the peer leaves or the socket fails; silence is the timer's to judge."""
         while True:
             try:
-                with anyio.fail_after(self._config.dead_after):
-                    message = await conn.channel.receive()
-            except TimeoutError:
-                return f"no heartbeat for {self._config.dead_after:g} s"
+                message = await conn.channel.receive()
             except wire.ProtocolError as exc:  # a forged or damaged frame: say so, once
                 log.warning("closed the connection to %s: bad frame: %s", conn.peer_id, exc)
                 return f"bad frame: {exc}"
             except _STREAM_ERRORS:
                 return "connection lost"
-            if message["type"] == "bye":
+            kind = message["type"]
+            if kind == "bye":
                 said = str(message.get("reason", ""))[:100]
                 return DUPLICATE if said == DUPLICATE else f"peer closed ({said or 'no reason'})"
-            if message["type"] != "ping" and self._current.get(conn.peer_id) is conn:
+            if self._current.get(conn.peer_id) is not conn:
+                continue  # a duplicate on its way out
+            self.liveness.heard(conn.peer_id)
+            if kind in liveness.FRAME_TYPES:
+                due = self.liveness.next_due
+                await self._act(self.liveness.on_frame(conn.peer_id, message))
+                if self.liveness.next_due < due:
+                    self._timer_wake.set()
+            else:
                 self._listener.received(conn.peer_id, conn.address, message)
 
-    async def _heartbeat(self, conn: Connection) -> None:
+    async def _timer(self) -> None:
+        """The node's one timer: liveness (heartbeats, suspicions) and the duplicates' grace.
+
+        It sleeps until liveness has something due: a batch of heartbeats every interval, or
+        sooner a silence or a probe's wait running out (a report of a silent peer wakes it)."""
+        self.liveness.start()
         while True:
-            await anyio.sleep(self._config.heartbeat_interval)
+            with anyio.move_on_after(max(0.0, self.liveness.next_due - time.monotonic())):
+                await self._timer_wake.wait()
+            self._timer_wake = anyio.Event()
+            await self._act(self.liveness.tick())
+            self._sweep_grace()
+
+    async def _act(self, actions: liveness.Actions) -> None:
+        """Send what liveness asks for (never waiting on a stuck peer) and drop the dead."""
+        for peer_id, reason in actions.dead:
+            conn = self._current.get(peer_id)
+            if conn is not None and self._tg is not None:
+                conn.close_reason = conn.close_reason or reason
+                self._tg.start_soon(self._close, conn, reason)
+        for peer_id, frame in actions.send:
+            conn = self._current.get(peer_id)
+            if conn is None:
+                continue
             try:
-                await conn.channel.send({"type": "ping"}, self._config.dead_after)
-            except (TimeoutError, *_STREAM_ERRORS):
+                await self._send(conn, frame, SEND_WAIT_S)
+            except TimeoutError:
+                pass  # its send buffer is full: a frozen peer, which the timer will judge
+            except _STREAM_ERRORS:
                 conn.close_reason = conn.close_reason or "connection lost"
                 conn.scope.cancel()
-                return
 
     async def _close(self, conn: Connection, reason: str) -> None:
         conn.close_reason = conn.close_reason or reason
         with anyio.move_on_after(0.5, shield=True):
             with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
-                await conn.channel.send({"type": "bye", "reason": reason}, 0.5)
+                await self._send(conn, {"type": "bye", "reason": reason}, 0.5)
         conn.scope.cancel()
         await conn.channel.aclose()
 
@@ -333,6 +379,7 @@ class ConnectionManager:
         if self._current.get(conn.peer_id) is not conn:
             return  # a duplicate that lost; the peer is still connected through the winner
         del self._current[conn.peer_id]
+        self.liveness.remove(conn.peer_id)
         if reason == DUPLICATE:
             # the peer kept another connection of ours; give it time to arrive before we say "down"
             self._grace[conn.peer_id] = time.monotonic() + self._config.handshake_timeout
@@ -343,12 +390,22 @@ class ConnectionManager:
         if self._reported.pop(peer_id, None) is not None:
             self._listener.connection_down(peer_id, reason)
 
-    async def _sweep_grace(self) -> None:
-        while True:
-            await anyio.sleep(0.25)
-            now = time.monotonic()
-            for peer_id, deadline in list(self._grace.items()):
-                if deadline <= now:
-                    del self._grace[peer_id]
-                    if peer_id not in self._current:
-                        self._report_down(peer_id, "connection lost (duplicate not replaced)")
+    def _sweep_grace(self) -> None:
+        now = time.monotonic()
+        for peer_id, deadline in list(self._grace.items()):
+            if deadline <= now:
+                del self._grace[peer_id]
+                if peer_id not in self._current:
+                    self._report_down(peer_id, "connection lost (duplicate not replaced)")
+
+
+def _keep_alive(stream: SocketStream) -> None:
+    """Kernel keepalive on the socket: a link that died without a word is noticed at no cost."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)

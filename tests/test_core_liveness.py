@@ -1,0 +1,282 @@
+"""The liveness state machine, driven by a clock of the test's own: no sleeps, no timing luck.
+
+Each test plays the node's one timer (``tick``) and the frames that arrive (``heard`` /
+``on_frame``) at chosen instants, and checks what the machine asks to send or drop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from exo_discovery_core import PeerCandidate
+from exo_discovery_core.identity import Identity, PeerId
+from exo_discovery_core.liveness import HEARTBEAT, PROBE, WATCHERS, WATCHING, Actions, Liveness
+from exo_discovery_core.testing import next_event, run_node
+from tests.support.nodes import NodeFleet
+from tests.support.static import Static
+
+INTERVAL = 0.5
+DEAD_AFTER = 2.5
+SPEAKS_EVERY = 0.25  # a live peer's frames, in these tests
+SLACK = 0.02  # the timer wakes at the instant something is due, give or take its minimum wait
+
+
+def _ids(count: int) -> list[PeerId]:
+    return sorted(Identity.generate().peer_id for _ in range(count))
+
+
+def _node(peers: list[PeerId], me: PeerId | None = None) -> Liveness:
+    me = me or Identity.generate().peer_id
+    live = Liveness(me, interval=INTERVAL, dead_after=DEAD_AFTER)
+    live.start(0.0)
+    for peer in peers:
+        live.add(peer, now=0.0)
+    return live
+
+
+class Clock:
+    """Plays the node's timer, waking when the machine says (or late, to play a stalled loop),
+    and the frames of the peers that speak; collects what the machine asks for."""
+
+    def __init__(self, live: Liveness) -> None:
+        self.live = live
+        self.now = 0.0
+        self.actions: list[tuple[float, Actions]] = []
+
+    def run(self, until: float, *, heard: Sequence[PeerId] = ()) -> None:
+        """On time until ``until``; the peers in ``heard`` send a frame every SPEAKS_EVERY."""
+        speaks = self.now + SPEAKS_EVERY
+        while min(self.live.next_due, speaks) <= until + 1e-9:
+            if speaks <= self.live.next_due:
+                self.now = speaks
+                for peer in heard:
+                    self.live.heard(peer, self.now)
+                speaks += SPEAKS_EVERY
+            else:
+                self.now = self.live.next_due
+                self.actions.append((self.now, self.live.tick(self.now)))
+        self.now = until
+
+    def stall(self, seconds: float) -> None:
+        """The loop is blocked: the timer's next wake-up comes ``seconds`` late."""
+        self.now = self.live.next_due + seconds
+        self.actions.append((self.now, self.live.tick(self.now)))
+
+    def dead(self) -> list[tuple[float, PeerId]]:
+        return [(t, p) for t, a in self.actions for p, _ in a.dead]
+
+    def sent(self, frame: dict[str, object], to: PeerId | None = None) -> list[float]:
+        return [t for t, a in self.actions for p, f in a.send if f == frame and to in (None, p)]
+
+
+def test_a_silent_peer_is_suspected_probed_then_dropped_after_dead_after() -> None:
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(5.0, heard=[c])
+    [(when, peer)] = clock.dead()
+    assert peer == b
+    assert DEAD_AFTER <= when <= DEAD_AFTER + SLACK
+    probed = clock.sent(PROBE, to=b)
+    assert probed and live.suspect_after <= probed[0] < when
+    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
+    assert told == [{"type": "suspect", "peer": str(b)}], "the other peers hear of it once"
+
+
+def test_a_suspicion_is_cleared_by_traffic() -> None:
+    (b,) = _ids(1)
+    live = _node([b])
+    clock = Clock(live)
+    clock.run(live.suspect_after + SLACK)
+    assert list(live.suspected) == [b]
+    live.heard(b, clock.now)  # the answer to the probe, or any other frame
+    assert list(live.suspected) == []
+    clock.run(clock.now + live.suspect_after - 0.1)
+    clock.run(clock.now + 3.0, heard=[b])
+    assert clock.dead() == []
+
+
+def test_a_node_whose_loop_stalls_does_not_blame_its_peers() -> None:
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(1.0, heard=[b, c])
+    clock.stall(5.0)  # twice dead_after without a tick: the host blocked our loop
+    assert clock.dead() == [] and list(live.suspected) == []
+    # the frames that queued while we were stalled are read now: the peers were alive all along
+    live.heard(b, clock.now)
+    live.heard(c, clock.now)
+    clock.run(clock.now + 3.0, heard=[b, c])
+    assert clock.dead() == [] and clock.sent(PROBE) == []
+
+
+def test_after_a_stall_a_really_silent_peer_is_still_dropped() -> None:
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(1.0, heard=[b, c])
+    clock.stall(5.0)
+    clock.run(clock.now + 4.0, heard=[c])  # b never speaks again
+    [(when, peer)] = clock.dead()
+    assert peer == b
+    # its silence counts from the resumption: the stalled seconds are not held against it
+    assert when >= 1.0 + 5.0 + DEAD_AFTER - INTERVAL
+
+
+def test_a_late_loop_raises_awareness_and_gives_probes_longer() -> None:
+    (b,) = _ids(1)
+    live = _node([b])
+    clock = Clock(live)
+    for _ in range(3):
+        live.heard(b, clock.now)
+        clock.stall(0.5)
+    assert live.awareness == 3
+    live.heard(b, clock.now)  # b's last word; our loop is on time from here
+    start = clock.now
+    clock.run(start + 10.0)
+    [(when, _)] = clock.dead()
+    # an on-time node would have dropped b after dead_after; a late one waits longer for the probe
+    assert when - start >= live.suspect_after + 2 * live.confirm_within
+
+
+def test_awareness_falls_back_once_the_loop_is_on_time() -> None:
+    (b,) = _ids(1)
+    live = _node([b])
+    clock = Clock(live)
+    clock.stall(0.5)
+    assert live.awareness == 1
+    clock.run(clock.now + 3.0, heard=[b])
+    assert live.awareness == 0
+
+
+def test_a_probe_is_answered_at_once() -> None:
+    (b,) = _ids(1)
+    live = _node([b])
+    live.heard(b, 0.1)
+    assert live.on_frame(b, PROBE, now=0.1).send == [(b, HEARTBEAT)]
+
+
+def test_a_report_makes_the_node_probe_and_only_its_own_probe_convinces_it() -> None:
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(0.5, heard=[b, c])
+    actions = live.on_frame(c, {"type": "suspect", "peer": str(b)}, now=clock.now)
+    assert actions.send == [(b, PROBE)]
+    live.heard(b, clock.now + 0.1)  # b answers: c was wrong (or lying)
+    clock.run(clock.now + 3.0, heard=[b, c])
+    assert clock.dead() == []
+
+
+def test_a_reported_peer_that_does_not_answer_is_dropped() -> None:
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(0.5, heard=[b, c])
+    live.on_frame(c, {"type": "suspect", "peer": str(b)}, now=clock.now)
+    reported = clock.now
+    clock.run(clock.now + 2.0, heard=[c])
+    [(when, peer)] = clock.dead()
+    assert peer == b and when - reported <= live.confirm_within + SLACK
+
+
+def test_reports_cannot_make_a_node_flood_or_drop_anyone() -> None:
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(0.5, heard=[b, c])
+    probes = 0
+    for name in [str(b)] * 50 + ["", "x" * 1000, str(live.me), str(_ids(1)[0])]:
+        probes += len(live.on_frame(c, {"type": "suspect", "peer": name}, now=clock.now).send)
+    for junk in (None, 7, ["a"], {"a": 1}):
+        assert not live.on_frame(c, {"type": "suspect", "peer": junk}, now=clock.now)
+    assert probes == 1, "one probe for the whole burst"
+    live.heard(b, clock.now)
+    clock.run(clock.now + 2.0, heard=[b, c])
+    assert clock.dead() == []
+
+
+def test_large_clusters_watch_a_constant_number_of_peers() -> None:
+    peers = _ids(30)
+    live = _node(peers)
+    partners = live.partners(0.0)
+    assert len(partners) == 2 * WATCHERS
+    clock = Clock(live)
+    clock.run(5.0, heard=list(partners))
+    assert clock.dead() == [], "a quiet non-partner is not suspected: its watchers do that"
+    beats = {p for t, a in clock.actions for p, f in a.send if f.get("type") == "hb"}
+    assert beats == partners
+    assert clock.sent(HEARTBEAT) == [], "each says it watches: the other watches it back"
+
+
+def test_a_peer_that_heartbeats_us_is_heartbeated_back() -> None:
+    peers = _ids(30)
+    live = _node(peers)
+    stranger = next(p for p in peers if p not in live.partners(0.0))
+    live.heard(stranger, 0.3)
+    live.on_frame(stranger, WATCHING, now=0.3)
+    assert stranger in live.partners(0.3)
+    clock = Clock(live)
+    clock.now = 0.3
+    clock.run(2.0, heard=list(live.partners(0.3)))
+    assert clock.sent(HEARTBEAT, to=stranger), "answered, without claiming to watch it"
+    assert clock.sent(WATCHING, to=stranger) == []
+
+
+def test_heartbeating_back_ends_when_the_watcher_stops_watching() -> None:
+    peers = _ids(30)
+    live = _node(peers)
+    stranger = next(p for p in peers if p not in live.partners(0.0))
+    live.on_frame(stranger, WATCHING, now=0.0)
+    clock = Clock(live)
+    clock.run(1.0, heard=[*live.partners(0.0)])
+    live.on_frame(stranger, HEARTBEAT, now=clock.now)  # a heartbeat back is no reason to go on
+    clock.run(clock.now + DEAD_AFTER + 1.0, heard=[*live.partners(0.0)])
+    assert stranger not in live.partners(clock.now)
+    late = [t for t in clock.sent(HEARTBEAT, to=stranger) if t > DEAD_AFTER + live.interval]
+    assert late == []
+
+
+def test_no_heartbeat_on_a_connection_that_carried_traffic() -> None:
+    (b,) = _ids(1)
+    live = _node([b])
+    clock = Clock(live)
+    for _ in range(24):
+        live.sent(b, clock.now)  # other frames go to b, and come from it, all the time
+        live.heard(b, clock.now)
+        clock.run(clock.now + 0.125)
+    assert [f for _, a in clock.actions for p, f in a.send if p == b] == []
+
+
+# -- a real node whose loop is blocked -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_node_whose_loop_is_blocked_reports_no_live_peer_gone(
+    nodes: NodeFleet, tmp_path: Path
+) -> None:
+    config = tmp_path / "patient.toml"
+    config.write_text("[node]\ndead_after = 30.0\n")  # the peer waits for us however long we stall
+    peer = nodes.start("peer", "--config", str(config), "--plugins", "",
+                       "--listen-host", "127.0.0.1", "--port", "0")  # fmt: skip
+    plugin = Static(PeerCandidate.at("127.0.0.1", peer.port, peer.peer_id))
+    async with run_node({"static": plugin}) as node, node.events() as events:
+        await next_event(events, "connected", timeout=10, peer_id=peer.peer_id)
+        assert node.connections is not None
+        live = node.connections.liveness
+        time.sleep(2 * DEAD_AFTER)  # noqa: ASYNC251 - a blocking call holds the node's loop
+        resumed = time.monotonic()
+        # our timer runs on for longer than dead_after after the stall (a deadline, not a sleep)
+        with anyio.fail_after(4 * DEAD_AFTER):
+            while (live.last_tick or 0.0) < resumed + DEAD_AFTER + INTERVAL:  # noqa: ASYNC110
+                await anyio.sleep(INTERVAL / 2)
+        assert peer.peer_id in node.connections.connected()
+        assert live.suspicions == 0, "the stalled seconds were held against the peer"
+        with anyio.move_on_after(0):
+            async for event in events:
+                assert event.event != "disconnected", event

@@ -83,7 +83,7 @@ class System:
     join: Callable[[Fleet, str, str], Member]
 
 
-def _exo() -> System:
+def exo_system() -> System:
     # with a cluster key, as serf runs with its gossip key: the sealed v2 channel is what is measured
     env = {"EXO_DISCOVERY_CLUSTER_KEY": clusterkey.encode(clusterkey.generate())}
 
@@ -98,7 +98,7 @@ def _exo() -> System:
     return System("exo-discovery", first, join)
 
 
-def _serf() -> System:
+def serf_system() -> System:
     key = serf.cluster_key()
     return System(
         f"serf {serf.version()}",
@@ -272,13 +272,13 @@ def run() -> list[Row]:
     deadline = Deadline(590, NAME)
     try:
         serf.binary()
-        reference: System | None = _serf()
+        reference: System | None = serf_system()
         why = ""
     except serf.SerfMissing as exc:
         reference, why = None, str(exc)
     rows: list[Row] = []
     for count in SIZES:
-        ours = _measure(_exo(), count, deadline)
+        ours = _measure(exo_system(), count, deadline)
         theirs = _measure(reference, count, deadline) if reference else None
         rows += _rows(ours, theirs, why)
     return [*rows, _exchange_cost()]

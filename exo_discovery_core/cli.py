@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .events import NodeEvent
     from .identity import Identity
     from .node import Node
-    from .status import PeerRow
+    from .status import PeerRow, PluginStatus
 
 # The node, its status socket and the key are imported by the commands that use them, so that
 # `plugins` and `id` start fast.
@@ -295,8 +295,14 @@ def build(setup: Setup) -> click.Group:
         if setup.source is not None:
             _warn(setup.source)
         infos = setup.host.infos_sorted()
+        running = _running_plugins(setup)  # what a node running with this state dir says
         if as_json:
-            click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
+            listed = []
+            for info in infos:
+                now = running.get(info.name)
+                live = {"state": now.state, "health": now.health} if now else {}
+                listed.append({**info.as_dict(), **live})
+            click.echo(json.dumps(listed, indent=2))
             return
         if not infos:
             click.echo(
@@ -308,8 +314,13 @@ def build(setup: Setup) -> click.Group:
             state = "enabled" if info.enabled else f"disabled ({info.status})"
             if info.error:
                 state = f"ERROR: {info.error}"
+            now = running.get(info.name)
+            if now is not None and now.state is not None:
+                state = f"{now.state}: {now.health}" if now.health else now.state
             rows.append((info.name, info.distribution, info.version, state))
         click.echo(_columns(rows))
+        if running:
+            click.echo("(STATE from the node running with this state dir)")
 
     @cli.command()
     @click.option(
@@ -409,6 +420,20 @@ def build(setup: Setup) -> click.Group:
 def _warn(source: ConfigSource) -> None:
     for warning in source.warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+def _running_plugins(setup: Setup) -> dict[str, PluginStatus]:
+    """The plugins of the node running with this state dir, by name; none when none runs."""
+    from .status import query, socket_path
+
+    try:
+        state_dir = setup.with_flags({}).node_config().state_dir
+        if not socket_path(state_dir).exists():
+            return {}
+        status = anyio.run(query, state_dir, 1.0)
+    except (ConfigError, ConnectionError, OSError, TimeoutError, ValueError):
+        return {}  # no node, or not one we can read: the installed plugins are still listed
+    return {plugin.name: plugin for plugin in status.plugins}
 
 
 def _state_dir_default(setup: Setup) -> Path:

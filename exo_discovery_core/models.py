@@ -161,6 +161,10 @@ class DiscoveryContext(Generic[ConfigT]):
     ``start_soon(fn)`` runs ``await fn()`` beside the plugin's iterator (a watch stream that sets
     a :class:`~exo_discovery_core.Trigger`); it is cancelled when the iterator ends or fails, so a
     plugin never holds a task group open across a ``yield``.
+
+    ``report_health(ok, message)`` says the plugin works (and what it sees) or why not;
+    ``report_idle(message)`` that it has nothing to do here and how to change that (not
+    configured, its daemon not on this machine). Users see ``ok``, ``failing`` or ``idle``.
     """
 
     plugin_name: str
@@ -169,6 +173,7 @@ class DiscoveryContext(Generic[ConfigT]):
     state_dir: Path
     log: logging.Logger
     report_health: Callable[[bool, str], None] = field(default=lambda ok, message: None)
+    report_idle: Callable[[str], None] = field(default=lambda message: None)
     start_soon: Callable[[BackgroundTask], None] = field(default=_no_background)
 
     def how_to_set(self, *keys: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sized
 from typing import TypeVar
 
 import anyio
@@ -28,13 +28,23 @@ class SourceError(Exception):
     """A source failed in a way worth one clear message.
 
     ``retry_after`` overrides the backoff (an API key that was rejected); ``fix`` says what a user
-    can do, for ``doctor`` to show.
+    can do, for ``doctor`` to show. ``idle`` means nothing is broken: what the source reads is not
+    on this machine (yet), e.g. no tailscaled. The plugin shows as idle, not failing, and the
+    source keeps being asked, so it is found when it appears.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, fix: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        fix: str = "",
+        idle: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.fix = fix
+        self.idle = idle
 
 
 class Trigger:
@@ -83,13 +93,15 @@ async def poll(
     timeout: float | None = None,
     trigger: Trigger | None = None,
     report_health: Callable[[bool, str], None] | None = None,
+    report_idle: Callable[[str], None] | None = None,
 ) -> AsyncGenerator[T, None]:
     """Yield ``await fetch()`` when it differs from the last good one; forever, until closed.
 
     ``interval`` may be a function, asked before every wait, for a source that says when to ask
     again (an HTTP answer's refresh header). ``timeout`` bounds a fetch that hangs (default: the
     interval, at least 5 s). Errors other than cancellation are caught: a bug in ``fetch`` is
-    logged with its traceback, once.
+    logged with its traceback, once. Health goes to ``report_health`` (ok with what was fetched,
+    or the failure), an idle :class:`SourceError` to ``report_idle`` (pass the context's).
     """
     interval_now = interval if callable(interval) else (lambda: interval)
     first = interval_now()
@@ -100,16 +112,18 @@ async def poll(
     last: T | None = None
     have_last = False
     failing: str | None = None
+    seen = "ok"
     while True:
         problem: str | None = None
         retry_after: float | None = None
+        idle = False
         try:
             with anyio.fail_after(limit):
                 result = await fetch()
         except TimeoutError:
             problem = f"no answer within {limit:g} s"
         except SourceError as exc:
-            problem, retry_after = str(exc), exc.retry_after
+            problem, retry_after, idle = str(exc), exc.retry_after, exc.idle
         except Exception as exc:  # a bug in fetch must not end discovery
             problem = repr(exc)
             if said.changed(what, problem):
@@ -119,10 +133,15 @@ async def poll(
                 log.info("%s is answering again", what)
             backoff.reset()
             delay = interval_now()  # asked after the fetch, which may have changed it
+            seen = _what_was_seen(result, what)
             if not have_last or result != last:
                 last, have_last = result, True
                 yield result
-        if problem is not None:
+        if problem is not None and idle:
+            if said.changed(what, problem):
+                log.info("%s: %s (idle; asking again every %g s)", what, problem, interval_now())
+            delay = interval_now()
+        elif problem is not None:
             if said.changed(what, problem):
                 kept = "keeping the last good result; " if failing is None else ""
                 log.warning("%s failed: %s (%sretrying with backoff)", what, problem, kept)
@@ -131,7 +150,17 @@ async def poll(
             delay = backoff.next()  # the backoff grows even while retry_after overrides it
             if retry_after is not None:
                 delay = retry_after
-        failing = problem
-        if report_health is not None:
-            report_health(failing is None, failing or "ok")
+        failing = None if idle else problem
+        if idle and problem is not None and report_idle is not None:
+            report_idle(problem)
+        elif report_health is not None:
+            report_health(failing is None, failing or seen)
         await trigger.wait(delay)
+
+
+def _what_was_seen(result: object, what: str) -> str:
+    """``3 peers from <what>`` for a set of peers; ``ok`` for anything else."""
+    if isinstance(result, Sized) and not isinstance(result, str | bytes):
+        count = len(result)
+        return f"{count} peer{'' if count == 1 else 's'} from {what}"
+    return "ok"

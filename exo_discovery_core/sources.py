@@ -1,8 +1,9 @@
 """The plugins as the node runs them: each one's context, supervision, health and on_connection.
 
 Each plugin is a source of the peer table: its sets go into the table under its name, and when it
-fails its last set is kept for the peer TTL. A plugin's health is reported by the plugin itself
-(``context.report_health``) and by its supervisor; turning bad or good again is an event.
+fails its last set is kept for the peer TTL. A plugin's state (``starting``, ``ok``, ``idle``,
+``failing``, each with a message) is reported by the plugin itself (``context.report_health``,
+``context.report_idle``) and by its supervisor; turning failing or good again is an event.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .events import NodeEvent
 from .models import ConnectionEvent, DiscoveryContext, NodeInfo
 from .peertable import PeerTable
 from .plugins import PluginHost
-from .status import PluginStatus
+from .status import PluginState, PluginStatus
 from .supervisor import supervise
 
 log = logging.getLogger("exo_discovery.node")
@@ -35,8 +36,8 @@ EXPIRE_EVERY = 1.0  # seconds between looks for failed plugins' sets past their 
 
 @dataclass
 class PluginHealth:
-    ok: bool = True
-    message: str = "ok"
+    state: PluginState = "starting"
+    message: str = "starting"
     since: float = field(default_factory=time.time)
 
 
@@ -63,10 +64,10 @@ class PluginSources:
 
         def on_error(plugin: str, message: str) -> None:
             table.source_failed(plugin, config.peer_ttl)
-            self.report(plugin, False, message)
+            self.report(plugin, "failing", message)
 
         def on_recovered(plugin: str) -> None:
-            self.report(plugin, True, "recovered")
+            self.report(plugin, "ok", "recovered")
 
         async def run(context: DiscoveryContext[Any]) -> None:
             await supervise(
@@ -98,26 +99,39 @@ class PluginSources:
         self._health[name] = PluginHealth()
 
         def report(ok: bool, message: str) -> None:
-            self.report(name, ok, message)
+            self.report(name, "ok" if ok else "failing", message)
+
+        def report_idle(message: str) -> None:
+            self.report(name, "idle", message)
 
         plugin_log = logging.getLogger(f"exo_discovery.plugin.{name}")
-        return DiscoveryContext(name, plugin_config, node, plugin_dir, plugin_log, report)
+        return DiscoveryContext(
+            name, plugin_config, node, plugin_dir, plugin_log, report, report_idle=report_idle
+        )
 
-    def report(self, plugin: str, ok: bool, message: str) -> None:
+    def report(self, plugin: str, state: PluginState, message: str) -> None:
         health = self._health.setdefault(plugin, PluginHealth())
-        if health.ok != ok:
-            kind = "plugin_recovered" if ok else "plugin_error"
-            self._publish(NodeEvent(event=kind, plugin=plugin, error=None if ok else message))
+        failing, was_failing = state == "failing", health.state == "failing"
+        if failing != was_failing:
+            kind = "plugin_error" if failing else "plugin_recovered"
+            self._publish(NodeEvent(event=kind, plugin=plugin, error=message if failing else None))
+        if state != health.state:
             health.since = time.time()
-        health.ok, health.message = ok, message
+        health.state, health.message = state, message
 
     def statuses(self) -> list[PluginStatus]:
         """Every installed plugin, with its health while it runs."""
         rows = []
         for info in self._host.infos_sorted():
             health = self._health.get(info.name)  # none for a plugin that is not running
-            healthy, message = (health.ok, health.message) if health else (None, None)
-            rows.append(PluginStatus(**info.as_dict(), healthy=healthy, health=message))
+            rows.append(
+                PluginStatus(
+                    **info.as_dict(),
+                    healthy=health.state != "failing" if health else None,
+                    health=health.message if health else None,
+                    state=health.state if health else None,
+                )
+            )
         return rows
 
     # -- on_connection -----------------------------------------------------------------------

@@ -50,6 +50,10 @@ class PeerRow(BaseModel):
     retry_in: float | None = None  # seconds until the next dial, while not connected
 
 
+PluginState = Literal["starting", "ok", "idle", "failing"]
+"""``idle``: nothing to do here (not configured, its daemon absent), with how to change that."""
+
+
 class PluginStatus(BaseModel):
     """One plugin: what ``exo-discovery plugins`` says of it, and its health while it runs."""
 
@@ -61,8 +65,9 @@ class PluginStatus(BaseModel):
     enabled: bool
     status: str
     error: str | None = None
-    healthy: bool | None = None  # None: not running
-    health: str | None = None
+    healthy: bool | None = None  # None: not running; else False only while failing
+    health: str | None = None  # what it sees (ok), how to configure it (idle), why (failing)
+    state: PluginState | None = None  # None: not running
 
 
 class Status(BaseModel):

@@ -109,6 +109,7 @@ async def running(host: PluginHost, context: DiscoveryContext[Any]) -> AsyncIter
                     context.plugin_name,
                     f"; to use it, {how}" if how else " (discover_peers returned None)",
                 )
+                context.report_idle(f"to use it, {how}" if how else "nothing to do here")
                 yield None
             else:
                 async with aclosing(stream):

@@ -61,6 +61,7 @@ def make_context(
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
     report_health: Callable[[bool, str], None] | None = None,
+    report_idle: Callable[[str], None] | None = None,
 ) -> DiscoveryContext[Any]:
     """The context the node would give ``plugin``, with ``config`` validated by its own model."""
     host = PluginHost()
@@ -79,6 +80,7 @@ def make_context(
         state_dir=state_dir or Path(tempfile.mkdtemp(prefix=f"exo-{name}-")),
         log=logging.getLogger(f"exo_discovery.plugin.{name}"),
         report_health=report_health or (lambda ok, message: None),
+        report_idle=report_idle or (lambda message: None),
     )
 
 

@@ -232,8 +232,11 @@ async def test_stopped_daemon_means_no_peers(caplog: pytest.LogCaptureFixture) -
 async def test_missing_socket_message(tmp_path: Path) -> None:
     path = tmp_path / "nope.sock"
     async with LocalAPI(path) as api:
-        with pytest.raises(LocalAPIError, match=f"tailscaled not running or socket not at {path}"):
+        with pytest.raises(
+            LocalAPIError, match=f"no tailscaled on this machine \\(no socket at {path}\\)"
+        ) as caught:
             await api.status()
+    assert caught.value.idle, "no tailscaled at all is idle, not failing"
 
 
 async def test_missing_socket_is_logged_once_and_nothing_yielded(
@@ -243,9 +246,11 @@ async def test_missing_socket_is_logged_once_and_nothing_yielded(
     path = tmp_path / "nope.sock"
     with pytest.raises(TimeoutError):
         await peer_sets(tailscale, {"socket": str(path), "poll_interval": 0.05}, timeout=1.0)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(f"socket not at {path}" in r.getMessage() for r in warnings)
-    assert sum("socket not at" in r.getMessage() for r in warnings) == 1  # not on every retry
+    said = [
+        r for r in caplog.records if r.levelno >= logging.INFO and "no socket at" in r.getMessage()
+    ]
+    assert len(said) == 1, said  # not on every retry
+    assert said[0].levelno == logging.INFO and f"no socket at {path}" in said[0].getMessage()
 
 
 async def test_bad_json_message() -> None:
@@ -337,8 +342,9 @@ async def test_without_bus_it_polls_and_says_so_once(caplog: pytest.LogCaptureFi
 async def test_doctor_missing_socket(tmp_path: Path) -> None:
     path = tmp_path / "nope.sock"
     [check] = await tailscale.doctor(make_context(tailscale, {"socket": str(path)}))
-    assert not check.ok and f"socket not at {path}" in check.detail
-    assert "TAILSCALE_SOCKET" in check.fix
+    assert check.ok, "no tailscaled on this machine: the plugin is idle, not failing"
+    assert f"no socket at {path}), so the plugin stays idle" in check.detail
+    assert "TAILSCALE_SOCKET" in check.detail
 
 
 async def test_doctor_needs_login() -> None:

@@ -70,11 +70,14 @@ def find_socket(configured: Path | None) -> Path:
 class LocalAPIError(SourceError):
     """A LocalAPI failure with one clear message and its ``fix`` (``SourceError.fix``).
 
-    ``unreachable`` means tailscaled could not be reached at all (as opposed to a bad answer).
+    ``unreachable`` means tailscaled could not be reached at all (as opposed to a bad answer);
+    ``idle`` that there is no tailscaled here at all (no socket): the plugin is idle, not failing.
     """
 
-    def __init__(self, message: str, *, fix: str = "", unreachable: bool = False) -> None:
-        super().__init__(message, fix=fix)
+    def __init__(
+        self, message: str, *, fix: str = "", unreachable: bool = False, idle: bool = False
+    ) -> None:
+        super().__init__(message, fix=fix, idle=idle)
         self.unreachable = unreachable
 
 
@@ -241,7 +244,10 @@ def check_socket(socket: Path) -> None:
     """LocalAPIError if there is nothing at ``socket`` (a clearer message than ENOENT)."""
     if not socket.exists():
         raise LocalAPIError(
-            f"tailscaled not running or socket not at {socket}", fix=FIX_START, unreachable=True
+            f"no tailscaled on this machine (no socket at {socket}); to use it, {FIX_START}",
+            fix=FIX_START,
+            unreachable=True,
+            idle=True,
         )
 
 

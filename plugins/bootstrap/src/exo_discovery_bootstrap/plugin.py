@@ -283,7 +283,8 @@ class _Round:
         problems = [p for p in (self.read_problem, self.content_problem) if p] + [
             f"{name}: {why}" for name, why in sorted(self.unresolved.items())
         ]
-        self.context.report_health(not problems, "; ".join(problems) or f"{len(peers)} peers")
+        seen = f"{len(peers)} peer{'' if len(peers) == 1 else 's'} configured"
+        self.context.report_health(not problems, "; ".join(problems) or seen)
         return peers
 
     # -- the file ---------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import importlib.metadata as metadata
 import json
 import logging
 import os
-import signal
+import shutil
 import sys
-import time
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,10 +34,10 @@ from .identity import IdentityError
 from .plugins import PluginHost, installed_entry_points
 
 if TYPE_CHECKING:
-    from .events import NodeEvent
     from .identity import Identity
+    from .liveview import View
     from .node import Node
-    from .status import PeerRow, PluginStatus
+    from .status import PluginStatus
 
 # The node, its status socket and the key are imported by the commands that use them, so that
 # `plugins` and `id` start fast.
@@ -263,23 +263,37 @@ def build(setup: Setup) -> click.Group:
     @cli.command(cls=GroupedCommand)
     @_common
     @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout")
+    @click.option(
+        "--wait-for",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="Exit 0 with a ready line once N peers are connected (1 at --timeout)",
+    )
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=60.0,
+        show_default=True,
+        help="Seconds --wait-for waits",
+    )
     @_log_options
-    def run(as_json: bool, **params: Any) -> None:
+    def run(as_json: bool, wait_for: int | None, timeout: float, **params: Any) -> None:
         """Start the node and show its peers as they come and go."""
         source = setup.with_flags(_flags_by_name(setup, params))
         config = source.node_config()
         _warn(source)
         identity = _identity(config.state_dir)
+        from . import runner
         from .node import Node
 
         node = Node(config, source=source, host=setup.host, identity=identity)
-        try:
-            signum = anyio.run(_run, node, as_json)
-        except OSError as exc:
-            if exc.filename and Path(exc.filename).is_relative_to(config.state_dir):
-                raise state_dir_error(config.state_dir, exc) from exc
-            raise listen_error(config, exc) or exc from exc
-        sys.exit(EXIT_INTERRUPTED if signum == signal.SIGINT else 0)
+        view = _view(node, as_json)
+        goal = None
+        if wait_for is not None:
+            goal = runner.Goal(wait_for, timeout, out=sys.stderr if as_json else sys.stdout)
+        with _listen_errors(config):
+            sys.exit(anyio.run(runner.run, node, view, goal))
 
     for option in flag_options:
         run.params.append(option)
@@ -330,22 +344,78 @@ def build(setup: Setup) -> click.Group:
         help="State dir of the running node",
     )
     @click.option("--json", "as_json", is_flag=True, help="JSON output")
+    @click.option(
+        "--state",
+        "states",
+        type=click.Choice(["connected", "known"]),
+        multiple=True,
+        help="Only peers in this state (repeatable)",
+    )
     @_log_options
-    def peers(state_dir: Path | None, as_json: bool) -> None:
-        """Show the peer table of the node running with this state dir."""
+    def peers(state_dir: Path | None, as_json: bool, states: tuple[str, ...]) -> None:
+        """Show the members of the node running with this state dir: short id, host, state,
+        route, round-trip time, last seen, sources, and why a known peer is not connected."""
         state_dir = state_dir or _state_dir_default(setup)
         try:
             from .status import query
 
             data = anyio.run(query, state_dir)
         except ConnectionError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            raise UserError(
+                str(exc), "start one (exo-discovery run), or give its --state-dir"
+            ) from exc
+        if states:
+            data = data.model_copy(update={"peers": [r for r in data.peers if r.state in states]})
         if as_json:
             click.echo(data.model_dump_json(indent=2))
             return
-        click.echo(f"node {data.peer_id} port {data.port} namespace {data.namespace}")
-        click.echo(_peer_rows(data.peers))
+        from . import members
+
+        width = shutil.get_terminal_size().columns
+        me = data.peer_id if width >= 90 else f"{data.peer_id[:12]}… (exo-discovery id: all of it)"
+        click.echo(f"node {me}  port {data.port}  namespace {data.namespace}")
+        for line in members.render(data.peers, width):
+            click.echo(line)
+
+    @cli.command()
+    @_common
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=5.0,
+        show_default=True,
+        help="Seconds to look for peers",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="The peers as a JSON list")
+    @_log_options
+    def discover(timeout: float, as_json: bool, **params: Any) -> None:
+        """Look for peers for --timeout seconds, print what was found and exit (for scripts).
+
+        It runs as a node of its own with a new peer id, on a free port unless one is set, so
+        it can run beside the node of this machine."""
+        source = setup.with_flags(_flags_by_name(setup, params))
+        config = source.node_config()
+        _warn(source)
+        from . import members, runner
+        from .identity import Identity
+        from .node import Node
+
+        with tempfile.TemporaryDirectory(prefix="exo-discovery-discover-") as scratch:
+            port = config.port if _port_was_set(source) else 0
+            config = config.model_copy(update={"state_dir": Path(scratch), "port": port})
+            node = Node(config, source=source, host=setup.host, identity=Identity.generate())
+            with _listen_errors(config):
+                found = anyio.run(runner.discover, node, timeout)
+        if as_json:
+            click.echo(json.dumps([row.model_dump() for row in found.peers], indent=2))
+            return
+        count = len(found.peers)
+        click.echo(f"{count} peer{'' if count == 1 else 's'} found in {timeout:g} s")
+        for line in members.render(found.peers, shutil.get_terminal_size().columns):
+            click.echo(line)
+
+    for option in flag_options:
+        discover.params.append(option)
 
     @cli.command(cls=GroupedCommand)
     @_common
@@ -444,107 +514,47 @@ def _state_dir_default(setup: Setup) -> Path:
         raise
 
 
-async def _run(node: Node, as_json: bool) -> int:
-    """Show the node's events until SIGINT or SIGTERM; the signal that stopped it."""
-    view = _JsonView() if as_json else _TextView(node)
-    received = 0
-    # subscribed before the start, so "started" comes first; the stream ends after "stopped"
-    async with node.events() as events:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with node, anyio.create_task_group() as tg:
+def _view(node: Node, as_json: bool) -> View:
+    """JSON lines, a line per event, or (on a terminal) the live view with its log area."""
+    from .liveview import JsonView, LineView, LiveView, LogArea
 
-                async def stop_on_signal() -> None:
-                    nonlocal received
-                    async for signum in signals:
-                        received = signum
-                        tg.cancel_scope.cancel()
-                        return
-
-                tg.start_soon(stop_on_signal)
-                async for event in events:
-                    view.show(event)
-        async for event in events:  # what the node said while it stopped, "stopped" last
-            view.show(event)
-    return received
-
-
-class _JsonView:
-    def show(self, event: NodeEvent) -> None:
-        sys.stdout.write(event.to_json() + "\n")
-        sys.stdout.flush()
-
-
-class _TextView:
-    """A line per event; on a terminal, the peer table redrawn under a header."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.tty = sys.stdout.isatty()
-        self.recent: list[str] = []
-
-    def show(self, event: NodeEvent) -> None:
-        line = _describe(event)
-        if not self.tty:
-            click.echo(line)
-            return
-        self.recent = ([*self.recent, line])[-8:]
-        if event.event == "stopped":
-            return  # the node is gone: keep the last frame
-        status = self.node.status()
-        click.clear()
-        click.echo(
-            f"exo-discovery  node {status.peer_id}  port {status.port}  "
-            f"namespace {status.namespace}   (Ctrl-C to stop)\n"
+    if as_json:
+        return JsonView()
+    if not sys.stdout.isatty():
+        return LineView()
+    view = LiveView(node.status)
+    if sys.stderr.isatty():  # the same terminal: log lines go into the frame, not through it
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                root.removeHandler(handler)
+        area = LogArea(view)
+        area.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
-        for plugin in status.plugins:
-            if plugin.healthy is None:
-                continue  # not running
-            mark = (
-                click.style("ok", fg="green")
-                if plugin.healthy
-                else click.style(plugin.health or "failing", fg="red")
-            )
-            click.echo(f"  plugin {plugin.name:<12} {mark}")
-        click.echo("")
-        click.echo(_peer_rows(status.peers))
-        click.echo("\nrecent:")
-        for item in self.recent:
-            click.echo(f"  {item}")
+        root.addHandler(area)
+    return view
 
 
-def _describe(event: NodeEvent) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
-    addresses, sources = ", ".join(event.addresses or []), ", ".join(event.sources or [])
-    who = event.peer_id or addresses
-    details = {
-        "started": f"node {event.peer_id} listening on {addresses}, namespace {event.namespace}",
-        "peer_discovered": f"found {who} at {addresses} via {sources}",
-        "peer_identified": f"{who} answers at {addresses}",
-        "peer_updated": f"{who} now at {addresses} via {sources}",
-        "peer_lost": f"lost {who}",
-        "connected": f"connected {event.peer_id} at {event.address} ({sources})",
-        "disconnected": f"disconnected {event.peer_id}: {event.reason}",
-        "plugin_error": f"plugin {event.plugin} failing: {event.error}",
-        "plugin_recovered": f"plugin {event.plugin} recovered",
-        "lagged": f"missed {event.count} events (too slow to show them all)",
-        "stopped": "stopped",
-    }
-    return f"{stamp} {details[event.event]}"
+@contextmanager
+def _listen_errors(config: NodeConfig) -> Iterator[None]:
+    """A node that cannot start where it was told to: the state dir or the port, named."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename and Path(exc.filename).is_relative_to(config.state_dir):
+            raise state_dir_error(config.state_dir, exc) from exc
+        raise listen_error(config, exc) or exc from exc
 
 
-def _peer_rows(peers: list[PeerRow]) -> str:
-    if not peers:
-        return "  no peers yet"
-    lines = [f"  {'PEER':<54} {'STATE':<12} {'ADDRESS':<28} SOURCES"]
-    for row in peers:
-        address = row.address or (row.addresses[0] if row.addresses else "-")
-        lines.append(
-            f"  {row.peer_id or '(unknown yet)':<54} {row.state:<12} "
-            f"{address:<28} {','.join(row.sources)}"
-        )
-        if row.last_reason:
-            lines.append(f"  {'':<54} last dial: {row.last_reason}; next in {row.retry_in:g} s")
-    return "\n".join(lines)
+def _port_was_set(source: ConfigSource) -> bool:
+    """Whether a flag, the env or the file chose the port (else ``discover`` takes a free one)."""
+    node_table = source.file_data.get("node", {})
+    return (
+        source.flags.get("--port") is not None
+        or bool(source.env.get("EXO_DISCOVERY_PORT"))
+        or (isinstance(node_table, dict) and "port" in node_table)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

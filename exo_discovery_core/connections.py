@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from anyio.abc import SocketStream, TaskGroup
 
 from . import handshake, liveness, wire
 from .config import NodeConfig
+from .heartbeat import PingClock
 from .identity import Identity, PeerId
 from .liveness import Liveness
 from .models import Address
@@ -90,6 +92,19 @@ class ConnectionListener(Protocol):
         """A frame other than a heartbeat or a bye from a connected peer."""
 
 
+def _connect_failure(exc: OSError) -> str:
+    """``connection refused``, not anyio's "All connection attempts failed" around it."""
+    causes: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):  # one per address the name resolved to
+        causes = [*exc.__cause__.exceptions, exc]
+    elif exc.__cause__ is not None:
+        causes = [exc.__cause__, exc]
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 @dataclass(eq=False)
 class Connection:
     peer_id: PeerId
@@ -99,6 +114,7 @@ class Connection:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     close_reason: str | None = None
     rtt: float | None = None  # seconds: the TCP connect of a connection we dialed (one round trip)
+    clock: PingClock = field(default_factory=PingClock)  # then the heartbeats' round trips
 
 
 class ConnectionManager:
@@ -136,8 +152,22 @@ class ConnectionManager:
         return dict(self._reported)
 
     def round_trips(self) -> Mapping[PeerId, float]:
-        """The round-trip time to each connected peer we dialed, in seconds (a copy)."""
-        return {pid: c.rtt for pid, c in self._current.items() if c.rtt is not None}
+        """The round-trip time to each connected peer, in seconds: the heartbeats' (smoothed)
+        once measured, else the TCP connect of a connection we dialed (a copy)."""
+        trips = {
+            pid: c.clock.rtt if c.clock.rtt is not None else c.rtt
+            for pid, c in self._current.items()
+        }
+        return {pid: rtt for pid, rtt in trips.items() if rtt is not None}
+
+    def last_heard(self) -> Mapping[PeerId, float]:
+        """Seconds since the last frame from each connected peer."""
+        now = time.monotonic()
+        return {
+            pid: max(now - c.clock.heard_at, 0.0)
+            for pid, c in self._current.items()
+            if pid in self._reported
+        }
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -206,7 +236,7 @@ class ConnectionManager:
         except TimeoutError:
             raise DialError(f"no answer within {timeout:g} s") from None
         except OSError as exc:
-            raise DialError(exc.strerror or str(exc) or type(exc).__name__) from None
+            raise DialError(_connect_failure(exc)) from None
         try:
             session = await self._handshake(
                 stream, dialing=True, expected=expected, verify_only=verify_only
@@ -321,6 +351,7 @@ class ConnectionManager:
             except _STREAM_ERRORS:
                 return "connection lost"
             kind = message["type"]
+            conn.clock.heard(message)
             if kind == "bye":
                 said = str(message.get("reason", ""))[:100]
                 return DUPLICATE if said == DUPLICATE else f"peer closed ({said or 'no reason'})"
@@ -360,7 +391,7 @@ class ConnectionManager:
             if conn is None:
                 continue
             try:
-                await self._send(conn, frame, SEND_WAIT_S)
+                await self._send(conn, conn.clock.stamp(frame), SEND_WAIT_S)
             except TimeoutError:
                 pass  # its send buffer is full: a frozen peer, which the timer will judge
             except _STREAM_ERRORS:

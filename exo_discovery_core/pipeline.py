@@ -10,6 +10,7 @@ table. Data moves one way; each stage is testable without the others. :class:`No
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +31,9 @@ from .status import PeerView, peer_views
 log = logging.getLogger("exo_discovery.node")
 
 
+LAST_UP_KEPT = 4096  # disconnected peers whose last-seen time is remembered
+
+
 class Pipeline:
     """Everything that exists while a node runs, made at its start; the connections' listener."""
 
@@ -47,6 +51,7 @@ class Pipeline:
         self.local = LocalNetworks()
         self.sources_at_up: dict[PeerId, frozenset[str]] = {}
         self.host_connections: dict[PeerId, Address | None] = {}  # reported by the host program
+        self.last_up: dict[PeerId, float] = {}  # when each peer was last connected (time.time)
         self.table = PeerTable(identity.peer_id, on_change=self.table_changed)
         self.connections = ConnectionManager(identity, config, port, self)
         self.exchange = exchange.PeerExchange(identity.peer_id, self.table, self.connections)
@@ -76,6 +81,8 @@ class Pipeline:
             self.ordered,
             self.route,
             self.connections.round_trips(),
+            heard=self.connections.last_heard(),
+            last_up=self.last_up,
         )
 
     def table_changed(self, diff: TableDiff) -> None:
@@ -107,6 +114,10 @@ class Pipeline:
         self._changed(ConnectionState.CONNECTED, peer_id, address, "")
 
     def connection_down(self, peer_id: PeerId, reason: str) -> None:
+        self.last_up.pop(peer_id, None)
+        self.last_up[peer_id] = time.time()
+        if len(self.last_up) > LAST_UP_KEPT:  # ids are cheap to make: remember a bounded few
+            del self.last_up[next(iter(self.last_up))]
         self._changed(ConnectionState.DISCONNECTED, peer_id, None, reason)
         self.dialer.peer_down(peer_id)
         self.exchange.forget(peer_id)

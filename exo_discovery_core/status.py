@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class PeerRow(BaseModel):
     address: str | None = None  # the one in use, while connected
     metadata: dict[str, str] = {}
     rtt_ms: float | None = None  # round-trip time, once measured
+    route: RouteClass | None = None  # of the address in use, while connected
+    last_seen: float | None = None  # time.time() of the last frame (or the disconnect); None: never
     last_reason: str | None = None  # why the last dial failed, while not connected
     retry_in: float | None = None  # seconds until the next dial, while not connected
 
@@ -105,6 +108,14 @@ class PeerView:
     rtt: float | None = None  # seconds, once measured
     last_reason: str | None = None  # why the last dial failed, while not connected
     retry_in: float | None = None  # seconds until the next dial, while not connected
+    last_seen: float | None = None  # time.time() of the last frame (or the disconnect); None: never
+
+    @property
+    def route(self) -> RouteClass | None:
+        """The route class of the address in use, while connected."""
+        if self.address is None:
+            return None
+        return next((a.route for a in self.addresses if a.address == self.address), None)
 
     def row(self) -> PeerRow:
         """The same peer as ``exo-discovery peers --json`` shows it."""
@@ -116,6 +127,8 @@ class PeerView:
             address=str(self.address) if self.address else None,
             metadata=dict(self.metadata),
             rtt_ms=round(self.rtt * 1000, 3) if self.rtt is not None else None,
+            route=self.route,
+            last_seen=self.last_seen,
             last_reason=self.last_reason,
             retry_in=round(self.retry_in, 1) if self.retry_in is not None else None,
         )
@@ -128,8 +141,23 @@ def peer_views(
     order: Callable[[Iterable[Address]], list[Address]] = list,
     route: Callable[[Address], RouteClass] = lambda address: "public",
     rtts: Mapping[PeerId, float] | None = None,
+    *,
+    heard: Mapping[PeerId, float] | None = None,
+    last_up: Mapping[PeerId, float] | None = None,
 ) -> list[PeerView]:
-    """The table with connection state; connected peers first, then by id."""
+    """The table with connection state; connected peers first, then by id.
+
+    ``heard`` (seconds since a connected peer's last frame) and ``last_up`` (when a peer went
+    down, ``time.time()``) give each its last-seen time.
+    """
+    heard, last_up, now = heard or {}, last_up or {}, time.time()
+
+    def last_seen(peer_id: PeerId | None, up: bool) -> float | None:
+        if peer_id is None:
+            return None
+        if up:  # a connection the host program reported has no frames of ours: it says it is up
+            return now - heard[peer_id] if peer_id in heard else now
+        return last_up.get(peer_id)
 
     def routed(addresses: Iterable[Address]) -> tuple[PeerAddress, ...]:
         return tuple(PeerAddress(a, route(a)) for a in order(addresses))
@@ -149,6 +177,7 @@ def peer_views(
             rtt=(rtts or {}).get(peer.peer_id) if up and peer.peer_id else None,
             last_reason=dial.last_reason if dial else None,
             retry_in=dial.retry_in if dial else None,
+            last_seen=last_seen(peer.peer_id, up),
         )
     for peer_id, address in connected.items():
         if str(peer_id) not in views:  # it dialed us; no source knows it
@@ -159,6 +188,7 @@ def peer_views(
                 state="connected",
                 address=address,
                 rtt=(rtts or {}).get(peer_id),
+                last_seen=last_seen(peer_id, True),
             )
     return sorted(views.values(), key=lambda view: (view.state != "connected", str(view.peer_id)))
 

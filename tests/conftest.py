@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from exo_discovery_core import connections
+from tests.support.cli import RunningNode
 from tests.support.fake_install import STATIC_PLUGIN, env_with, install_plugin
 from tests.support.nodes import NodeFleet, fleet
 
@@ -62,3 +63,12 @@ def static_plugin_env(tmp_path: Path) -> dict[str, str]:
         entry="static",
     )
     return env_with(site)
+
+
+@pytest.fixture
+def running() -> Iterator[list[RunningNode]]:
+    """``exo-discovery run`` processes a CLI test started; each is stopped when the test ends."""
+    started: list[RunningNode] = []
+    yield started
+    for node in started:
+        node.stop()

@@ -4,56 +4,13 @@ to configure it, ``failing`` with the reason, ``ok`` with what it sees."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cli import exo_discovery, start
-
-
-class RunningNode:
-    """``exo-discovery run --json`` with its events read line by line; ended by the test."""
-
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.home = home
-        self.proc = start(
-            home, "run", "--json", "--listen-host", "127.0.0.1", "--port", "0", *args, env=env
-        )
-        self.events: list[dict[str, Any]] = []
-
-    def wait_for(self, kind: str, **match: Any) -> dict[str, Any]:
-        """The next event of ``kind`` (the process's own pace is the deadline: it is read
-        line by line, and a node that exits ends the read)."""
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            event = json.loads(line)
-            self.events.append(event)
-            if event["event"] == kind and all(event.get(k) == v for k, v in match.items()):
-                return event
-        raise AssertionError(f"no {kind} {match}; saw {self.events}; {self.stop()}")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[list[RunningNode]]:
-    started: list[RunningNode] = []
-    yield started
-    for node in started:
-        node.stop()
+from tests.support.cli import RunningNode, exo_discovery
 
 
 def test_headscale_with_a_url_and_no_key_is_failing_and_says_the_key_is_missing(

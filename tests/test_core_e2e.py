@@ -71,7 +71,7 @@ def test_two_nodes_connect_notice_a_kill_and_reconnect_with_the_same_id(
     assert row["peer_id"] == b.peer_id and row["state"] == "connected"
     assert row["sources"] == ["static"]
     human = run_cli("peers", "--state-dir", str(a.state_dir), env={}, cwd=a.state_dir)
-    assert b.peer_id in human.stdout and "connected" in human.stdout
+    assert b.peer_id[:12] in human.stdout and "connected" in human.stdout  # a short id
 
     killed_at = time.monotonic()
     b.kill()

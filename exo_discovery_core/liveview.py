@@ -11,6 +11,7 @@ stderr is the same terminal, instead of being written through the frame.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .events import NodeEvent
     from .status import PluginStatus, Status
 
+_PEER_ID = re.compile(r"12D3KooW[1-9A-HJ-NP-Za-km-z]{44}")
 RECENT_EVENTS = 50
 LOG_LINES = 50
 REDRAW_EVERY = 1.0
@@ -123,6 +125,8 @@ class LiveView:
         tail = ["recent:", *list(self.recent)[-(room // 2 if self.logs else room) + 1 :]]
         if self.logs:
             tail += ["log:", *list(self.logs)[-(room - len(tail)) + 1 :]]
+        if width < 120:  # 52-character ids leave no room for what happened: their short form
+            tail = [_PEER_ID.sub(lambda m: m[0][: members.SHORT_ID_MIN] + "…", t) for t in tail]
         return [*top, *tail][: max(height - 1, 1)]
 
 

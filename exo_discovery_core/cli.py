@@ -197,6 +197,16 @@ def _log_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _timeout_option(default: float, help_text: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=default,
+        show_default=True,
+        help=help_text,
+    )
+
+
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -270,13 +280,7 @@ def build(setup: Setup) -> click.Group:
         metavar="N",
         help="Exit 0 with a ready line once N peers are connected (1 at --timeout)",
     )
-    @click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=60.0,
-        show_default=True,
-        help="Seconds --wait-for waits",
-    )
+    @_timeout_option(60.0, "Seconds --wait-for waits")
     @_log_options
     def run(as_json: bool, wait_for: int | None, timeout: float, **params: Any) -> None:
         """Start the node and show its peers as they come and go."""
@@ -379,13 +383,7 @@ def build(setup: Setup) -> click.Group:
 
     @cli.command()
     @_common
-    @click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=5.0,
-        show_default=True,
-        help="Seconds to look for peers",
-    )
+    @_timeout_option(5.0, "Seconds to look for peers")
     @click.option("--json", "as_json", is_flag=True, help="The peers as a JSON list")
     @_log_options
     def discover(timeout: float, as_json: bool, **params: Any) -> None:
@@ -432,6 +430,14 @@ def build(setup: Setup) -> click.Group:
         except ConfigError as exc:
             click.echo(f"✗ configuration: {exc}")
             sys.exit(1)
+        running = _running_plugins(setup)
+        if running:  # what the plugins see in practice (other clusters on the LAN, failures)
+            click.echo("the node running with this state dir says:")
+            for plugin in running.values():
+                if plugin.state is not None:
+                    click.echo(
+                        f"  {plugin.name}: {plugin.state}: {plugin.health or ''}".rstrip(": ")
+                    )
         sys.exit(0 if ok else 1)
 
     for option in flag_options:

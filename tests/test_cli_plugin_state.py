@@ -119,3 +119,6 @@ def test_plugins_shows_the_running_nodes_state_and_doctor_says_idle(
     assert doctor.returncode == 0, doctor.stdout
     assert "✓ bootstrap: peers configured: none, so the plugin stays idle" in doctor.stdout
     assert "✓ headscale: configured: no api_url, so the plugin stays idle" in doctor.stdout
+    assert (
+        "the node running with this state dir says:\n  bootstrap: idle: to use it" in doctor.stdout
+    )

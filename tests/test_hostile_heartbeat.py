@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from exo_discovery_core.heartbeat import PingClock
 from exo_discovery_core.identity import Identity
-from tests.support.hostile import LiveNode, authenticate, json_frame
+from tests.support.hostile import LiveNode, authenticate
 
 CASES = 200
 LIVE_CASES = 30
@@ -80,21 +80,21 @@ def test_hostile_pings_keep_the_connection_and_bounded_figures() -> None:
             live.ensure_alive()
 
             async def attack() -> tuple[float | None, bool]:
-                stream, _ = await authenticate(live.node.port, client)
-                async with stream:
+                session = await authenticate(live.node.port, client)
+                async with session._stream:
                     for ping in pings:
-                        await stream.send(json_frame(ping))
+                        await session.send(ping, 1.0)
                     sent_at = time.monotonic()
 
                     def read_them_all() -> bool:  # frames are read in order: the last one too
-                        link = live.node.connections.links().get(client.peer_id)
-                        return link is not None and time.monotonic() - link.seen_ago >= sent_at
+                        ago = live.node.connections.last_heard().get(client.peer_id)
+                        return ago is not None and time.monotonic() - ago >= sent_at
 
                     with anyio.move_on_after(5):
                         while not read_them_all():  # noqa: ASYNC110 - a predicate, no event
                             await anyio.sleep(0.01)
-                    link = live.node.connections.links().get(client.peer_id)
-                    return (link.rtt if link else None), link is not None
+                    kept = client.peer_id in live.node.connections.last_heard()
+                    return live.node.connections.round_trips().get(client.peer_id), kept
 
             rtt, kept = live.call(attack)
             assert kept, "an odd heartbeat field closed the connection"

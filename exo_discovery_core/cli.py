@@ -351,7 +351,7 @@ def build(setup: Setup) -> click.Group:
     @click.option(
         "--state",
         "states",
-        type=click.Choice(["connected", "known"]),
+        type=click.Choice(["connected", "known", "incompatible"]),
         multiple=True,
         help="Only peers in this state (repeatable)",
     )

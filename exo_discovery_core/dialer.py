@@ -13,7 +13,9 @@ us in the handshake (another namespace, another version, another id) is tried ag
 
 With ``verify_only`` (``connect = false``: discover only) the same loop verifies instead of
 connecting: one handshake per peer, which proves its id and reads its record, then closes. A peer
-is verified again only when its addresses change; a failed verification backs off as a dial does.
+is verified again when its addresses change, and every ``REVERIFY_EVERY`` seconds (so a record
+with new metadata reaches a discover-only node too); a failed verification backs off as a dial
+does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ REDIAL_INITIAL = 0.25
 MUTUAL_SECOND_DIAL = 2.0
 REFUSED_RETRY = 30.0  # seconds; a peer that refused us (namespace, version, id) is not pressed
 IDLE_WAKE = 1.0  # seconds; the loop looks again at least this often
+REVERIFY_EVERY = 30.0  # seconds between verifications of one peer (verify_only)
 MAX_REASON = 300  # characters of a failure reason kept for ``peers``
 
 
@@ -108,7 +111,8 @@ class Dialer:
         self._mutual_source = mutual_source
         self._clock = clock
         self._verify_only = verify_only
-        self._verified: dict[PeerId, frozenset[Address]] = {}  # verify_only: by id, at these
+        # verify_only: by id, the addresses it was verified at and when
+        self._verified: dict[PeerId, tuple[frozenset[Address], float]] = {}
         self._states: dict[str, _State] = {}
         self._wake = anyio.Event()
 
@@ -162,7 +166,7 @@ class Dialer:
                 state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
                 if self._dials_second(peer):
                     state.next_at = now + MUTUAL_SECOND_DIAL  # let the peer dial first
-            if state.busy or (self._verify_only and self._was_verified(peer)):
+            if state.busy or (self._verify_only and self._was_verified(peer, now)):
                 continue
             if state.next_at > now:
                 soonest = min(soonest, state.next_at - now)
@@ -171,12 +175,13 @@ class Dialer:
             due.append(peer)
         return due, soonest
 
-    def _was_verified(self, peer: Peer) -> bool:
-        """Verified at exactly these addresses (by its id: the table re-keys a peer whose id a
-        verification taught it)."""
-        return peer.peer_id is not None and self._verified.get(peer.peer_id) == frozenset(
-            peer.addresses
-        )
+    def _was_verified(self, peer: Peer, now: float) -> bool:
+        """Verified lately at exactly these addresses (by its id: the table re-keys a peer whose
+        id a verification taught it)."""
+        if peer.peer_id is None or peer.peer_id not in self._verified:
+            return False
+        addresses, at = self._verified[peer.peer_id]
+        return addresses == frozenset(peer.addresses) and now - at < REVERIFY_EVERY
 
     def _dials_second(self, peer: Peer) -> bool:
         return (
@@ -216,7 +221,7 @@ class Dialer:
                 state.backoff.reset()
                 state.next_at = self._clock() + state.backoff.next()
                 if self._verify_only:  # known by its id from now on: no second handshake
-                    self._verified[peer_id] = frozenset(peer.addresses)
+                    self._verified[peer_id] = (frozenset(peer.addresses), self._clock())
                 return
             delay = state.backoff.next()
             reason = "; ".join(reasons) or "no address to dial"

@@ -9,7 +9,13 @@ import pytest
 
 from exo_discovery_core import Address, PeerCandidate
 from exo_discovery_core.connections import DialedSelf, DialError
-from exo_discovery_core.dialer import MAX_REASON, MUTUAL_SECOND_DIAL, REFUSED_RETRY, Dialer
+from exo_discovery_core.dialer import (
+    MAX_REASON,
+    MUTUAL_SECOND_DIAL,
+    REFUSED_RETRY,
+    REVERIFY_EVERY,
+    Dialer,
+)
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.peertable import Peer, PeerTable
 
@@ -192,3 +198,28 @@ async def test_a_peer_that_refused_us_at_every_address_is_not_pressed() -> None:
     assert status.last_reason == (
         "127.0.0.1:1: namespace 'blue' is not ours ('exo') (refused: tried again every 30 s)"
     )
+
+
+class Verifier(Links):
+    """Discover-only links: ``verify`` tells who answers and keeps no connection."""
+
+    async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+        self.dialed.append(address)
+        outcome = self.outcomes[address]
+        if isinstance(outcome, DialError):
+            raise outcome
+        return outcome
+
+
+async def test_verify_only_verifies_once_then_again_after_reverify_every() -> None:
+    peer = Identity.generate().peer_id
+    table, links, clock = PeerTable(ME), Verifier({address(1): peer}), Clock()
+    table.replace("static", [PeerCandidate.at("127.0.0.1", 1, str(peer))])
+    dialer = Dialer(ME, table.merged, links, redial_max=8.0, clock=clock, verify_only=True)
+    assert [p.peer_id for p in await dial_due(dialer)] == [peer]
+    assert links.current == {}  # nothing kept
+    clock.now += REVERIFY_EVERY - 1
+    assert await dial_due(dialer) == []
+    clock.now += 2
+    assert [p.peer_id for p in await dial_due(dialer)] == [peer]  # a record may have changed
+    assert links.dialed == [address(1), address(1)]

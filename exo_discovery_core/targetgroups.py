@@ -9,6 +9,7 @@ of that one peer). Problems name the group and the field by position, never echo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -54,16 +55,19 @@ class TargetGroup(BaseModel):
         return tuple(sorted((k, v) for k, v in self.labels.items() if k != PEER_ID_LABEL))
 
 
-_GROUPS = TypeAdapter(list[TargetGroup])
+@functools.cache
+def _groups() -> TypeAdapter[list[TargetGroup]]:
+    """Built on first use, not when a plugin that might read target groups is imported."""
+    return TypeAdapter(list[TargetGroup])
 
 
 def parse_target_groups(data: Any, *, max_targets: int) -> list[TargetGroup]:
     """Validate decoded JSON/YAML (or raw JSON bytes) as target groups, ``max_targets`` in all."""
     try:
         if isinstance(data, bytes | str):
-            groups = _GROUPS.validate_json(data)
+            groups = _groups().validate_json(data)
         else:
-            groups = _GROUPS.validate_python(data)
+            groups = _groups().validate_python(data)
     except ValidationError as exc:
         raise TargetGroupError(f"not a list of target groups: {_first_error(exc)}") from None
     total = sum(len(group.targets) for group in groups)

@@ -16,7 +16,7 @@ TAG_RULE = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
 class TailscaleConfig(BaseModel):
     """The ``[plugins.tailscale]`` table; every field also has a default that works on a laptop."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built when a node uses it
 
     socket: Path | None = option(
         None,

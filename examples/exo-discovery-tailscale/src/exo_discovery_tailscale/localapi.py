@@ -87,7 +87,7 @@ class LocalAPIError(SourceError):
 class PeerStatus(BaseModel):
     """One node of ``/localapi/v0/status`` (``ipnstate.PeerStatus``)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     id: str = Field("", alias="ID")
     host_name: str = Field("", alias="HostName")
@@ -102,7 +102,7 @@ class PeerStatus(BaseModel):
 class Status(BaseModel):
     """``/localapi/v0/status`` (``ipnstate.Status``): the daemon's state, itself and its peers."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     backend_state: str = Field("", alias="BackendState")
     version: str = Field("", alias="Version")

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from exo_discovery_core.targetgroups import (
     PEER_ID_LABEL,
     TargetGroup,
@@ -141,6 +139,8 @@ def _load(path: Path, fmt: str, content: str) -> Any:
             return tomllib.loads(content)
         except tomllib.TOMLDecodeError as exc:
             raise BadPeersFile(path, [f": not valid TOML: {exc}"]) from None
+    import yaml  # imported by the node that reads a YAML file, not by every start-up
+
     try:
         # no anchors or aliases: a handful of them can make a small file cost a lot to walk
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(content, yaml.SafeLoader)):

@@ -50,7 +50,7 @@ def _valid_entry(text: str) -> str:
 class BootstrapConfig(BaseModel):
     """The ``[plugins.bootstrap]`` table."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built when a node uses it
 
     peers: tuple[Annotated[str, AfterValidator(_valid_entry)], ...] = option(
         (),

@@ -11,12 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import dns.asyncresolver
-import dns.exception
-import dns.rdatatype
-import dns.resolver
-from dns.rdtypes.IN.SRV import SRV
-
 MAX_SRV_RECORDS = 256
 """More records than this in one answer are not looked at (an answer is hostile until proven)."""
 
@@ -28,6 +22,13 @@ SrvResolver = Callable[[str], Awaitable[list[SrvRecord]]]
 
 async def system_srv_resolver(name: str) -> list[SrvRecord]:
     """The SRV records of ``name`` from the system's DNS servers, best first."""
+    # dnspython costs tens of milliseconds to import: only a node with an SRV entry pays it
+    import dns.asyncresolver
+    import dns.exception
+    import dns.rdatatype
+    import dns.resolver
+    from dns.rdtypes.IN.SRV import SRV
+
     try:
         answer = await dns.asyncresolver.resolve(name, dns.rdatatype.SRV, search=False)
     except dns.resolver.NXDOMAIN:

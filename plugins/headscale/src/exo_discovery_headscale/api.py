@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx
@@ -97,8 +97,15 @@ class WireSetTags:
     machine: WireNode | None = None
 
 
-_LIST = TypeAdapter(WireNodeList)
-_SET_TAGS = TypeAdapter(WireSetTags)
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(wire: type[T]) -> TypeAdapter[T]:
+    """Built on first use: a start-up that never talks to Headscale never builds the schemas."""
+    adapter = _ADAPTERS.get(wire)
+    if adapter is None:
+        adapter = _ADAPTERS[wire] = TypeAdapter(wire)
+    return adapter
 
 
 def parse_node_list(body: bytes, api: Api = "node") -> list[WireNode]:
@@ -107,7 +114,7 @@ def parse_node_list(body: bytes, api: Api = "node") -> list[WireNode]:
     The key the API version answers with must be there; only an empty object ``{}`` (a server
     that omits empty fields) means "no nodes".
     """
-    answer = _validated(_LIST, body, "a Headscale node list")
+    answer = _validated(_adapter(WireNodeList), body, "a Headscale node list")
     nodes = answer.nodes if api == "node" else answer.machines
     if nodes is None:
         nodes = answer.machines if api == "node" else answer.nodes
@@ -232,7 +239,7 @@ class HeadscaleClient:
         body = await self._request(
             "POST", f"/api/v1/{api}/{node_id}/tags", content=payload, json_body=True
         )
-        answer = _validated(_SET_TAGS, body, "a Headscale node", of="answer to set tags")
+        answer = _validated(_adapter(WireSetTags), body, "a Headscale node", of="answer to set tags")
         return answer.node or answer.machine
 
     # -- transport --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ TAG_RULE = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
 class HeadscaleConfig(BaseModel):
     """The ``[plugins.headscale]`` table; ``api_url`` unset leaves the plugin idle."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built when a node uses it
 
     api_url: str | None = option(
         None,

@@ -13,7 +13,7 @@ from exo_discovery_core.remote import check_http_url
 class HttpConfig(BaseModel):
     """The ``[plugins.http]`` table; ``url`` unset leaves the plugin idle."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built when a node uses it
 
     url: str | None = option(
         None,

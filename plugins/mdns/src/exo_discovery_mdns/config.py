@@ -20,7 +20,7 @@ _SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9](?:[A-Za-z0-9-]{0,14})\._(?:tcp|udp)\.
 class MdnsConfig(BaseModel):
     """The ``[plugins.mdns]`` table."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built when a node uses it
 
     interfaces: Literal["all"] | tuple[str, ...] = option(
         "all",

@@ -60,6 +60,11 @@ class PeerId(str):
         from cryptography.hazmat.primitives import serialization
 
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls.from_raw_key(raw)
+
+    @classmethod
+    def from_raw_key(cls, raw: bytes) -> PeerId:
+        """The id of the 32 raw bytes of an Ed25519 public key."""
         return cls.from_key_bytes(_ED25519_PROTO_PREFIX + raw)
 
     @classmethod

@@ -13,8 +13,9 @@ import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
-from typing import TypeVar
+import struct
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -25,6 +26,7 @@ DHLEN = 32
 TAGLEN = 16
 _T = TypeVar("_T")
 _MAX_NONCE = 2**64 - 1  # §5.1: reserved, never used to encrypt
+_NONCE = struct.Struct("<4xQ")  # §5.1 ChaChaPoly: 32 bits of zeros, then the counter little-endian
 
 # §7.4 and §7.5: pre-messages (initiator's, responder's) and the message patterns.
 _PATTERNS: dict[str, tuple[tuple[str, str], tuple[tuple[str, ...], ...]]] = {
@@ -72,7 +74,7 @@ class CipherState:
     def _next_nonce(self) -> bytes:
         if self.nonce >= _MAX_NONCE:
             raise NoiseError("nonce space exhausted")
-        return b"\0\0\0\0" + self.nonce.to_bytes(8, "little")
+        return _NONCE.pack(self.nonce)
 
     def encrypt(self, ad: bytes, plaintext: bytes) -> bytes:
         aead = self._cipher()
@@ -94,17 +96,24 @@ class CipherState:
         return plaintext
 
 
+class _Protocol(NamedTuple):
+    """What a protocol name fixes, worked out once per name: a handshake only reads it."""
+
+    pre: tuple[str, str]  # pre-messages, initiator's and responder's
+    messages: tuple[tuple[str, ...], ...]  # with the psk tokens placed (§9.2)
+    hash_name: str  # hashlib's name
+    new_hash: Callable[[bytes], hashlib._Hash]
+    initial_h: bytes  # §5.2 InitializeSymmetric: h and ck before the prologue
+    psks: int  # how many psk tokens
+
+
 class SymmetricState:
     """§5.2: the chaining key and handshake hash, mixed by every token."""
 
-    def __init__(self, protocol_name: bytes, hash_name: str) -> None:
-        self._hash = _HASHES[hash_name]
-        hashlen = hashlib.new(self._hash).digest_size
-        if len(protocol_name) <= hashlen:
-            self.h = protocol_name.ljust(hashlen, b"\0")
-        else:
-            self.h = hashlib.new(self._hash, protocol_name).digest()
-        self.ck = self.h
+    def __init__(self, protocol: _Protocol) -> None:
+        self._hash = protocol.hash_name
+        self._new_hash = protocol.new_hash
+        self.h = self.ck = protocol.initial_h
         self.cipher = CipherState()
 
     def _hkdf(self, ikm: bytes, outputs: int) -> list[bytes]:
@@ -121,7 +130,7 @@ class SymmetricState:
         self.cipher = CipherState(temp_k[:32])
 
     def mix_hash(self, data: bytes) -> None:
-        self.h = hashlib.new(self._hash, self.h + data).digest()
+        self.h = self._new_hash(self.h + data).digest()
 
     def mix_key_and_hash(self, ikm: bytes) -> None:
         self.ck, temp_h, temp_k = self._hkdf(ikm, 3)
@@ -144,8 +153,8 @@ class SymmetricState:
 
 
 @functools.lru_cache(maxsize=64)
-def parse_protocol_name(name: str) -> tuple[tuple[str, str], tuple[tuple[str, ...], ...], str]:
-    """Pre-messages, message patterns with the psk tokens placed (§9.2), and the hash name."""
+def parse_protocol_name(name: str) -> _Protocol:
+    """Pre-messages, message patterns with the psk tokens placed (§9.2), the hash, h0."""
     match = _NAME.fullmatch(name)
     if match is None or match.group(1) not in _PATTERNS:
         raise ValueError(f"unsupported Noise protocol {name!r}")
@@ -160,7 +169,19 @@ def parse_protocol_name(name: str) -> tuple[tuple[str, str], tuple[tuple[str, ..
             messages[0].insert(0, "psk")
         else:
             messages[position - 1].append("psk")
-    return pre, tuple(tuple(tokens) for tokens in messages), match.group(3)
+    hash_name = _HASHES[match.group(3)]
+    new_hash = getattr(hashlib, hash_name)
+    raw = name.encode()
+    hashlen = new_hash(b"").digest_size
+    initial_h = raw.ljust(hashlen, b"\0") if len(raw) <= hashlen else new_hash(raw).digest()
+    return _Protocol(
+        pre=pre,
+        messages=tuple(tuple(tokens) for tokens in messages),
+        hash_name=hash_name,
+        new_hash=new_hash,
+        initial_h=initial_h,
+        psks=sum(tokens.count("psk") for tokens in messages),
+    )
 
 
 class HandshakeState:
@@ -180,7 +201,8 @@ class HandshakeState:
         psks: Sequence[bytes] = (),
         ephemeral: X25519PrivateKey | None = None,
     ) -> None:
-        pre, self._messages, hash_name = parse_protocol_name(protocol_name)
+        protocol = parse_protocol_name(protocol_name)
+        self._messages = protocol.messages
         self.initiator = initiator
         self.s = static
         self.e = ephemeral
@@ -188,15 +210,14 @@ class HandshakeState:
         self.re: bytes | None = None
         self._remote: dict[str, X25519PublicKey] = {}  # "e"/"s": parsed once, used twice
         self._psks = list(psks)
-        self._psk_mode = any("psk" in m for m in self._messages)
-        needed = sum(m.count("psk") for m in self._messages)
-        if len(self._psks) != needed:
-            raise ValueError(f"{protocol_name} needs {needed} psks, got {len(self._psks)}")
+        self._psk_mode = protocol.psks > 0
+        if len(self._psks) != protocol.psks:
+            raise ValueError(f"{protocol_name} needs {protocol.psks} psks, got {len(self._psks)}")
         if any(len(psk) != 32 for psk in self._psks):
             raise ValueError("a psk is 32 bytes")
-        self._sym = SymmetricState(protocol_name.encode(), hash_name)
+        self._sym = SymmetricState(protocol)
         self._sym.mix_hash(prologue)
-        for side, tokens in zip(("initiator", "responder"), pre, strict=True):
+        for side, tokens in zip(("initiator", "responder"), protocol.pre, strict=True):
             if "s" in tokens:
                 mine = (side == "initiator") == initiator
                 key = public_bytes(_need(self.s)) if mine else _need(self.rs)

@@ -11,14 +11,28 @@ import json
 from typing import Any
 
 MAX_FRAME = 16 * 1024
+# One encoder for all: json.dumps with any argument builds a new JSONEncoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame; the connection is closed."""
 
 
+def to_json(value: dict[str, Any]) -> bytes:
+    """Compact JSON, UTF-8 (ASCII, in fact: non-ASCII text is escaped)."""
+    return _COMPACT.encode(value).encode()
+
+
+def from_json(body: bytes) -> Any:
+    """UTF-8 JSON; ValueError (bad UTF-8 or JSON, a 5,000-digit int) or RecursionError otherwise.
+
+    Decoded first: ``json.loads`` of bytes would also sniff for UTF-16 and UTF-32, at a cost."""
+    return json.loads(body.decode())
+
+
 def dumps(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
+    body = to_json(message)
     if len(body) > MAX_FRAME:
         raise ValueError(f"message of {len(body)} bytes exceeds {MAX_FRAME}")
     return body
@@ -28,7 +42,7 @@ def loads(body: bytes) -> dict[str, Any]:
     if not body or len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes outside 1..{MAX_FRAME}")
     try:
-        message = json.loads(body)
+        message = from_json(body)
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, a 5,000-digit int, deep nesting
         raise ProtocolError(f"message is not JSON: {str(exc)[:100]}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):

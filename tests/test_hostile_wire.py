@@ -438,7 +438,7 @@ def test_verify_only_handshakes_are_answered_and_closed_never_kept() -> None:
                 stream = await anyio.connect_tcp("127.0.0.1", live.node.port)
                 verify = flag is True
                 if not verify and flag is not None:  # a wrong type goes in the hello as it is
-                    credentials.proof = {**credentials.proof, "verify": flag}
+                    credentials.introduction = {**credentials.introduction, "verify": flag}
                 with anyio.fail_after(CLOSE_WITHIN):
                     session = await handshake.initiate(stream, credentials, verify_only=verify)
                     try:

@@ -13,6 +13,8 @@ Every measured handshake is a first meeting: the proofs seen are forgotten befor
 both Ed25519 signatures are verified and both peer ids made, as between two nodes that never met.
 A node remembers proofs it has verified (a peer's static key lives as long as its process), so a
 reconnection costs less: the "known peer" row measures that, beside the same TCP reference.
+The "no cryptography" row replays the byte counts of a real keyed handshake through the same
+streams and the same kind of listener: what the connect and the three messages cost alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import anyio.abc
 from exo_discovery_core import clusterkey, handshake, wire
 from exo_discovery_core.clusterkey import Keyring
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.session import Reader
 
 from .common import Row, median, quantile
 
@@ -57,12 +60,54 @@ async def _serve_plain(stream: anyio.abc.SocketStream) -> None:
     await anyio.aclose_forcefully(stream)
 
 
+async def _serve_exchange(stream: anyio.abc.SocketStream, sizes: tuple[int, int, int]) -> None:
+    """The responder's side of a handshake without its work: read, answer, read, close."""
+    first, answer, third = sizes
+    try:
+        with anyio.fail_after(5):
+            receive = Reader(stream)
+            await receive.receive_exactly(first)
+            await stream.send(bytes(answer))
+            await receive.receive_exactly(third)
+    except (TimeoutError, OSError, anyio.EndOfStream, anyio.IncompleteRead,
+            anyio.BrokenResourceError):  # fmt: skip
+        pass
+    finally:
+        await anyio.aclose_forcefully(stream)
+
+
+class _Recorder(anyio.abc.ByteStream):
+    """A dialer's stream that counts what one real handshake sends and receives."""
+
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
+        self.inner = inner
+        self.sent: list[int] = []
+        self.received = 0
+
+    async def send(self, item: bytes) -> None:
+        self.sent.append(len(item))
+        await self.inner.send(item)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self.inner.receive(max_bytes)
+        self.received += len(data)
+        return data
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class _Measured:
     def __init__(self) -> None:
         self.plain: list[float] = []
         self.open: list[float] = []  # no cluster key: Noise XX
         self.keyed: list[float] = []  # a cluster key: Noise XXpsk0
         self.known: list[float] = []  # a cluster key, a peer whose proof was seen before
+        self.bare: list[float] = []  # the keyed handshake's byte counts, no cryptography
+        self.sizes = (0, 0, 0)  # message 1 with the preamble, message 2 with it, message 3
         self.per_second = 0.0
         self.cpu_each = 0.0
         self.profile = ""
@@ -76,9 +121,9 @@ async def _measure(profile: bool) -> _Measured:
     clients = [handshake.Credentials(client_id, namespace=NAMESPACE, keyring=k)
                for k in (Keyring(), keyring)]  # fmt: skip
     listeners = [await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-                 for _ in range(3)]  # fmt: skip
-    plain_port, *hs_ports = (int(lst.extra(anyio.abc.SocketAttribute.local_port))
-                             for lst in listeners)  # fmt: skip
+                 for _ in range(4)]  # fmt: skip
+    plain_port, bare_port, *hs_ports = (int(lst.extra(anyio.abc.SocketAttribute.local_port))
+                                        for lst in listeners)  # fmt: skip
 
     def dialer(which: int, first_meeting: bool = True) -> Dial:
         async def dial_handshake() -> None:
@@ -96,6 +141,25 @@ async def _measure(profile: bool) -> _Measured:
         stream = await anyio.connect_tcp("127.0.0.1", plain_port)
         await stream.aclose()
 
+    async def recorded_sizes() -> tuple[int, int, int]:
+        recorder = _Recorder(await anyio.connect_tcp("127.0.0.1", hs_ports[1]))
+        try:
+            await handshake.initiate(recorder, clients[1], expected=server_id.peer_id)
+        finally:
+            await recorder.aclose()
+        first, third = recorder.sent
+        return first, recorder.received, third
+
+    async def dial_bare() -> None:
+        first, answer, third = result.sizes
+        stream = await anyio.connect_tcp("127.0.0.1", bare_port)
+        try:
+            await stream.send(bytes(first))
+            await Reader(stream).receive_exactly(answer)
+            await stream.send(bytes(third))
+        finally:
+            await stream.aclose()
+
     async def timed(dial: Dial, n: int, out: list[float]) -> None:
         for _ in range(n):
             t0 = time.perf_counter()
@@ -106,15 +170,18 @@ async def _measure(profile: bool) -> _Measured:
     open_dial, keyed_dial, known_dial = dialer(0), dialer(1), dialer(1, first_meeting=False)
     async with anyio.create_task_group() as tg:
         tg.start_soon(listeners[0].serve, _serve_plain)
-        for listener, server in zip(listeners[1:], servers, strict=True):
+        for listener, server in zip(listeners[2:], servers, strict=True):
             tg.start_soon(listener.serve, lambda s, c=server: _serve_handshake(s, c))
-        for dial in (open_dial, keyed_dial, dial_plain):  # warm-up (imports, first connections)
+        result.sizes = await recorded_sizes()
+        tg.start_soon(listeners[1].serve, lambda s: _serve_exchange(s, result.sizes))
+        for dial in (open_dial, keyed_dial, dial_plain, dial_bare):  # warm-up (first connections)
             await timed(dial, BLOCK, [])
         for _ in range(ITERATIONS // BLOCK):
             await timed(dial_plain, BLOCK, result.plain)
             await timed(open_dial, BLOCK, result.open)
             await timed(keyed_dial, BLOCK, result.keyed)
             await timed(known_dial, BLOCK, result.known)
+            await timed(dial_bare, BLOCK, result.bare)
         # throughput: back to back, wall and CPU time of this (single-threaded) process
         wall0, cpu0 = time.perf_counter(), time.process_time()
         await timed(keyed_dial, ITERATIONS, [])
@@ -190,6 +257,10 @@ def run() -> list[Row]:
         ]  # fmt: skip
     rows.append(Row(NAME, "connect + v2 handshake, cluster key, a known peer (proof seen), median",
                     median(measured.known), "s", "TCP connect + close, median", tcp_med))  # fmt: skip
+    first, answer, third = measured.sizes
+    rows.append(Row(NAME, f"connect + the same three messages ({first}, {answer}, {third} bytes), "
+                    "no cryptography, median", median(measured.bare), "s",
+                    "TCP connect + close, median", tcp_med))  # fmt: skip
     rows.append(Row(NAME, "handshakes per second, one core (both ends), cluster key",
                     measured.per_second, "/s",
                     note=f"CPU {measured.cpu_each * 1e6:.0f} µs per handshake, dialer + listener"))  # fmt: skip

@@ -16,7 +16,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -189,6 +189,49 @@ class NodeConfig(BaseModel):
         help="Cap of the backoff between restarts of a failing plugin",
         gt=0,
     )
+    meta: dict[str, str] = option(
+        {},
+        help="Metadata this node publishes in its signed record, KEY=VALUE (repeatable; at most "
+        "32 keys and 1 KiB in all); env and flags add to [node.meta]",
+        flag="--meta",
+        env="EXO_DISCOVERY_META",
+    )
+    # -- bounds: what the network may cost the node (limits.py; defaults in the README) --------
+    max_inbound_connections: int = option(
+        1024,
+        help="Inbound connections at once, handshaking or connected (never more than the "
+        "open-file limit less 64)",
+        ge=1,
+    )
+    max_inbound_per_ip: int = option(
+        64, help="Inbound connections at once from one IP address", ge=1
+    )
+    max_handshakes: int = option(64, help="Inbound handshakes under way at once", ge=1)
+    frame_rate: float = option(
+        50.0,
+        help="Frames a second read from one connection; past it the peer is slowed down",
+        gt=0,
+    )
+    frame_burst: int = option(200, help="Frames read at once before frame_rate applies", ge=1)
+    exchange_peers_per_sender: int = option(
+        64, help="Peers taken from one connected peer's exchange", ge=0
+    )
+    exchange_peers_max: int = option(
+        256, help="Peers known through exchange in all (first come)", ge=0
+    )
+    learned_dial_rate: float = option(
+        5.0, help="Dials a second of peers known only through exchange", gt=0
+    )
+    learned_dial_burst: int = option(
+        20, help="Dials of peers known only through exchange made at once", ge=1
+    )
+
+    @field_validator("meta")
+    @classmethod
+    def _check_meta(cls, meta: dict[str, str]) -> dict[str, str]:
+        from .records import check_meta
+
+        return check_meta(meta)
 
     @field_validator("cluster_key_file")
     @classmethod
@@ -454,14 +497,18 @@ class ConfigSource:
         for name, info in fields.items():
             flag, env, secret = option_meta(info)
             if env and _is_set(self.env.get(env)):
-                layer.set(name, _from_text(self.env[env], info), f"env {env}")
+                origin = f"env {env}"
+                layer.set(
+                    name, _from_text(self.env[env], info, layer.values.get(name), origin), origin
+                )
             if secret and env and _is_set(self.env.get(f"{env}_FILE")):
                 origin = f"env {env}_FILE"
                 layer.set(name, _read_secret(self.env[f"{env}_FILE"], origin), origin)
-            if flag and _is_set(self.flags.get(flag)):
-                value = self.flags[flag]
-                text = isinstance(value, str)
-                layer.set(name, _from_text(value, info) if text else value, f"flag {flag}")
+            if flag and _is_set(self.flags.get(flag)) and self.flags.get(flag) != ():
+                value, origin = self.flags[flag], f"flag {flag}"
+                if isinstance(value, str) or _is_mapping(info.annotation):
+                    value = _from_text(value, info, layer.values.get(name), origin)
+                layer.set(name, value, origin)
         _lay_table(layer, fields, settings or {}, f"{SETTINGS_LABEL} {table_name}", table_name)
         try:
             return model.model_validate(layer.values)
@@ -583,9 +630,25 @@ def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def _from_text(text: str, info: FieldInfo) -> Any:
-    """Env vars and flags are text: a list-typed field takes comma-separated items."""
+def _from_text(text: str | Sequence[str], info: FieldInfo, below: Any, origin: str) -> Any:
+    """Env vars and flags are text: a list-typed field takes comma-separated items; a table
+    (``meta``) takes KEY=VALUE items (comma-separated, or one per repeated flag), laid over
+    what the layers below set."""
+    if _is_mapping(info.annotation):
+        items = _split(text) if isinstance(text, str) else list(text)
+        table = dict(below) if isinstance(below, dict) else {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"{origin}: {item[:60]!r} is not KEY=VALUE")
+            table[key.strip()] = value.strip()
+        return table
+    assert isinstance(text, str)
     return _split(text) if _is_sequence(info.annotation) else text
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is dict
 
 
 def _is_sequence(annotation: Any) -> bool:

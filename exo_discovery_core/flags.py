@@ -7,6 +7,7 @@ in one section per owner (the node, then each plugin), so a user sees which plug
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import click
@@ -71,12 +72,14 @@ def flag_options(models: Sequence[tuple[str, type[BaseModel]]]) -> list[click.Op
                     )
                 )
             else:
+                table = typing.get_origin(model.model_fields[helped.key].annotation) is dict
                 options.append(
                     OwnedOption(
                         [flag, name],
                         default=None,
                         help=helped.flag_help,
-                        metavar="VALUE",
+                        metavar="KEY=VALUE" if table else "VALUE",
+                        multiple=table,  # a table (--meta): KEY=VALUE, repeatable
                         owner=owner,
                     )
                 )

@@ -380,6 +380,11 @@ def build(setup: Setup) -> click.Group:
         click.echo(f"node {me}  port {data.port}  namespace {data.namespace}")
         for line in members.render(data.peers, width):
             click.echo(line)
+        if data.duplicate_identity:
+            click.echo(f"WARNING: {data.duplicate_identity}")
+        for row in data.peers:
+            if row.duplicate_identity:
+                click.echo(f"WARNING: peer {row.peer_id}: {row.duplicate_identity}")
 
     @cli.command()
     @_common

@@ -28,12 +28,14 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from . import handshake, liveness, wire
+from . import handshake, liveness, records, wire
 from .config import NodeConfig
 from .heartbeat import PingClock
 from .identity import Identity, PeerId
+from .limits import Ticket, TokenBucket
 from .liveness import Liveness
 from .models import Address
+from .records import LocalRecord, PeerRecord
 from .session import Session
 
 log = logging.getLogger("exo_discovery.connections")
@@ -91,6 +93,13 @@ class ConnectionListener(Protocol):
     def received(self, peer_id: PeerId, address: Address, message: dict[str, Any]) -> None:
         """A frame other than a heartbeat or a bye from a connected peer."""
 
+    def authenticated(self, record: PeerRecord, live: PeerRecord | None) -> dict[str, Any] | None:
+        """A handshake showed the peer's own signed record (``live``: the record of the
+        connection already up to that peer id, if any); returns a message to send it first."""
+
+    def twin(self, record: PeerRecord) -> None:
+        """A handshake reached another node holding this node's own key (another boot id)."""
+
 
 def _connect_failure(exc: OSError) -> str:
     """``connection refused``, not anyio's "All connection attempts failed" around it."""
@@ -111,6 +120,8 @@ class Connection:
     address: Address
     dialer: PeerId
     channel: Session
+    record: PeerRecord
+    frames: TokenBucket
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     close_reason: str | None = None
     rtt: float | None = None  # seconds: the TCP connect of a connection we dialed (one round trip)
@@ -126,9 +137,11 @@ class ConnectionManager:
         config: NodeConfig,
         listen_port: int,
         listener: ConnectionListener,
+        local: LocalRecord,
     ) -> None:
         self._identity = identity
         self._config = config
+        self._local = local
         self._listen_port = listen_port
         self._listener = listener
         # made once: the Noise static key and the identity's signature over it serve every handshake
@@ -160,6 +173,18 @@ class ConnectionManager:
         }
         return {pid: rtt for pid, rtt in trips.items() if rtt is not None}
 
+    def records(self) -> dict[PeerId, PeerRecord]:
+        """The signed record of each connected peer (the newest it showed us)."""
+        return {peer_id: conn.record for peer_id, conn in self._current.items()}
+
+    def update_record(self, record: PeerRecord) -> bool:
+        """A connected peer sent its own newer record (new metadata, same boot); True if kept."""
+        conn = self._current.get(record.peer_id)
+        if conn is None or record.boot != conn.record.boot or not record.newer_than(conn.record):
+            return False
+        conn.record = record
+        return True
+
     def last_heard(self) -> Mapping[PeerId, float]:
         """Seconds since the last frame from each connected peer."""
         now = time.monotonic()
@@ -175,15 +200,17 @@ class ConnectionManager:
         self._tg = tg
         tg.start_soon(self._timer)
 
-    async def handle_inbound(self, stream: SocketStream) -> None:
-        """A listener callback: whatever a peer sends, at worst its own connection is closed."""
+    async def handle_inbound(self, stream: SocketStream, ticket: Ticket | None = None) -> None:
+        """A listener callback: whatever a peer sends, at worst its own connection is closed.
+
+        ``ticket`` (from the inbound gate) counts the connection while it handshakes."""
         try:
-            await self._inbound(stream)
+            await self._inbound(stream, ticket)
         except Exception:  # the listener outlives every connection
             log.exception("internal error on an inbound connection; closed it")
             await anyio.aclose_forcefully(stream)
 
-    async def _inbound(self, stream: SocketStream) -> None:
+    async def _inbound(self, stream: SocketStream, ticket: Ticket | None) -> None:
         try:
             peer: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
             remote = Address(host=str(peer[0]), port=int(peer[1]))
@@ -191,43 +218,67 @@ class ConnectionManager:
             await stream.aclose()
             return
         try:
-            session = await self._handshake(stream, dialing=False)
+            session, record = await self._handshake(stream, dialing=False)
         except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
+            self._twin_seen(exc)
             level = logging.DEBUG if isinstance(exc, handshake.SelfConnection) else logging.WARNING
             log.log(level, "refused inbound connection from %s: %s", remote, self._reason(exc))
             await stream.aclose()
             return
+        if ticket is not None:
+            ticket.handshake_done()
         if session.verify_only:  # it learned who we are; there is nothing to keep
             log.debug("verified by %s from %s", session.peer_id, remote)
-            await self._close(
-                Connection(session.peer_id, remote, session.peer_id, session), VERIFIED
-            )
+            self._listener.authenticated(record, None)
+            await self._close(self._connection(session, record, remote, session.peer_id), VERIFIED)
             return
         address = Address(host=remote.host, port=session.listen_port or 1)
-        await self._keep(Connection(session.peer_id, address, session.peer_id, session))
+        await self._keep(self._connection(session, record, address, session.peer_id))
+
+    def _connection(
+        self,
+        session: Session,
+        record: PeerRecord,
+        address: Address,
+        dialer: PeerId,
+        rtt: float | None = None,
+    ) -> Connection:
+        frames = TokenBucket(self._config.frame_rate, self._config.frame_burst)
+        return Connection(session.peer_id, address, dialer, session, record, frames, rtt=rtt)
+
+    def _twin_seen(self, exc: BaseException) -> None:
+        """We reached our own peer id: ourselves, or (another boot id) a node with our key."""
+        if not isinstance(exc, handshake.SelfConnection):
+            return
+        try:
+            record = records.verify(exc.record, self._identity.peer_id)
+        except records.RecordError:
+            return
+        if record.boot != self._local.boot:
+            self._listener.twin(record)
 
     async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         """Connect and handshake (DialError if not); the connection lives on in its own task."""
         assert self._tg is not None, "start() first"
-        session, rtt = await self._open(address, expected, timeout, verify_only=False)
-        self._tg.start_soon(
-            self._keep,
-            Connection(session.peer_id, address, self._identity.peer_id, session, rtt=rtt),
-        )
+        session, record, rtt = await self._open(address, expected, timeout, verify_only=False)
+        conn = self._connection(session, record, address, self._identity.peer_id, rtt)
+        self._tg.start_soon(self._keep, conn)
         return session.peer_id
 
     async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         """Handshake to learn who answers at ``address`` (its proven id, its record), then close:
         discover-only (``connect = false``). DialError if not."""
         assert self._tg is not None, "start() first"
-        session, _ = await self._open(address, expected, timeout, verify_only=True)
+        session, record, _ = await self._open(address, expected, timeout, verify_only=True)
+        self._listener.authenticated(record, None)  # its record (its metadata) is known now
         self._tg.start_soon(session.aclose)  # the caller learns the id before anything else runs
         return session.peer_id
 
     async def _open(
         self, address: Address, expected: PeerId | None, timeout: float, *, verify_only: bool
-    ) -> tuple[Session, float]:
-        """Connect and handshake; the session and the TCP connect's round trip (DialError)."""
+    ) -> tuple[Session, PeerRecord, float]:
+        """Connect and handshake; the session, the peer's record and the TCP connect's round
+        trip (DialError)."""
         started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
@@ -238,11 +289,12 @@ class ConnectionManager:
         except OSError as exc:
             raise DialError(_connect_failure(exc)) from None
         try:
-            session = await self._handshake(
+            session, record = await self._handshake(
                 stream, dialing=True, expected=expected, verify_only=verify_only
             )
         except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
             await anyio.aclose_forcefully(stream)
+            self._twin_seen(exc)
             if isinstance(exc, handshake.SelfConnection):
                 self._listener.identified(address, self._identity.peer_id)
                 raise DialedSelf("this is this node's own address") from None
@@ -253,7 +305,19 @@ class ConnectionManager:
             await anyio.aclose_forcefully(stream)
             raise
         self._listener.identified(address, session.peer_id)
-        return session, rtt
+        return session, record, rtt
+
+    async def send(self, peer_id: PeerId, message: dict[str, Any]) -> bool:
+        """Send ``message`` to a connected peer; False if it is not connected or that failed."""
+        conn = self._current.get(peer_id)
+        return conn is not None and await self._try_send(conn, message)
+
+    async def _try_send(self, conn: Connection, message: dict[str, Any]) -> bool:
+        try:
+            await self._send(conn, message, self._config.dead_after)
+        except (TimeoutError, *_STREAM_ERRORS):
+            return False
+        return True
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         """Send ``message`` on every current connection; a failing one is left to its keeper."""
@@ -279,19 +343,28 @@ class ConnectionManager:
         dialing: bool,
         expected: PeerId | None = None,
         verify_only: bool = False,
-    ) -> Session:
-        """The sealed session to whoever is at the other end, proven to be that peer id."""
+    ) -> tuple[Session, PeerRecord]:
+        """The sealed session to whoever is at the other end, proven to be that peer id, and
+        the peer's own signed record (which must be its own: a HandshakeError if not)."""
         _keep_alive(stream)
+        mine = self._local.encode()
         with anyio.fail_after(self._config.handshake_timeout):
             if not dialing:
-                return await handshake.respond(stream, self.credentials)
-            return await handshake.initiate(
-                stream,
-                self.credentials,
-                listen_port=self._listen_port,
-                expected=expected,
-                verify_only=verify_only,
-            )
+                session = await handshake.respond(stream, self.credentials, local_record=mine)
+            else:
+                session = await handshake.initiate(
+                    stream,
+                    self.credentials,
+                    local_record=mine,
+                    listen_port=self._listen_port,
+                    expected=expected,
+                    verify_only=verify_only,
+                )
+        try:
+            return session, records.verify(session.remote_record, session.peer_id)
+        except records.RecordError as exc:
+            await session.aclose()
+            raise handshake.HandshakeError(f"bad record: {str(exc)[:200]}") from None
 
     def _reason(self, exc: BaseException) -> str:
         """Why a handshake failed, in words (never empty)."""
@@ -326,6 +399,10 @@ class ConnectionManager:
         return False
 
     async def _keep(self, conn: Connection) -> None:
+        existing = self._current.get(conn.peer_id)
+        first = self._listener.authenticated(conn.record, existing.record if existing else None)
+        if first is not None:  # said before anything else, even before a "duplicate" bye
+            await self._try_send(conn, first)
         if not self._admit(conn):
             await self._close(conn, DUPLICATE)
             return
@@ -343,6 +420,7 @@ class ConnectionManager:
     async def _receive_until_gone(self, conn: Connection) -> str:
         """Frames until the peer leaves or the socket fails; silence is the timer's to judge."""
         while True:
+            await conn.frames.take()  # past frame_rate the peer waits (TCP pushes back on it)
             try:
                 message = await conn.channel.receive()
             except wire.ProtocolError as exc:  # a forged or damaged frame: say so, once

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 from .backoff import Backoff
 from .connections import DialedSelf, DialError
 from .identity import PeerId
+from .limits import TokenBucket
 from .models import Address
 from .peertable import Peer
 
@@ -100,15 +101,19 @@ class Dialer:
         order: Callable[[Iterable[Address]], list[Address]] = list,
         redial_max: float = 30.0,
         mutual_source: str = "exchange",
+        learned: TokenBucket | None = None,
         clock: Callable[[], float] = time.monotonic,
         verify_only: bool = False,
     ) -> None:
+        """``learned`` paces the dials of peers known only through ``mutual_source`` (hearsay:
+        whatever a peer says, it cannot make us dial faster than that)."""
         self._me = me
         self._peers = peers
         self._links = links
         self._order = order
         self._redial_max = redial_max
         self._mutual_source = mutual_source
+        self._learned = learned
         self._clock = clock
         self._verify_only = verify_only
         # verify_only: by id, the addresses it was verified at and when
@@ -170,6 +175,10 @@ class Dialer:
                 continue
             if state.next_at > now:
                 soonest = min(soonest, state.next_at - now)
+                continue
+            paced = self._learned if peer.sources == {self._mutual_source} else None
+            if paced is not None and not paced.try_take():  # hearsay only: paced
+                soonest = min(soonest, paced.wait_time())
                 continue
             state.busy = True
             due.append(peer)

@@ -41,6 +41,9 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
     peer_id, key_check = _identity_check(node_config.state_dir / KEY_FILE_NAME)
     _print(key_check)
     _print(_cluster_key_check(node_config))
+    running = await _running_node_check(node_config.state_dir)
+    if running is not None:
+        _print(running)
     port = node_config.port  # 0 (any free port): no address to tell the plugins yet
     listen = (Address(host="127.0.0.1", port=port),) if port else ()
     node = NodeInfo(
@@ -50,7 +53,7 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
         listen,
         cluster_key_fingerprints=node_config.keyring().fingerprints,
     )
-    all_ok = key_check.ok
+    all_ok = key_check.ok and (running is None or running.ok)
     for info in host.infos_sorted():
         if not info.enabled:
             click.echo(f"- plugin {info.name}: {info.status}")
@@ -116,6 +119,22 @@ def _cluster_key_check(config: NodeConfig) -> CheckResult:
     if config.trusted_peers:
         detail += f"; {len(config.trusted_peers)} trusted peers"
     return CheckResult(name="cluster key", ok=True, detail=detail)
+
+
+async def _running_node_check(state_dir: Path) -> CheckResult | None:
+    """What the node running with this state dir knows of itself (None if none runs)."""
+    from .status import query
+
+    try:
+        data = await query(state_dir, timeout=3.0)
+    except (ConnectionError, OSError, TimeoutError, ValueError):
+        return None
+    if data.duplicate_identity:
+        fix = f"exo-discovery id --regenerate --state-dir {state_dir} on one of them"
+        return CheckResult(
+            name="duplicate identity", ok=False, detail=data.duplicate_identity, fix=fix
+        )
+    return CheckResult(name="running node", ok=True, detail=f"{data.peer_id} on port {data.port}")
 
 
 async def _checks(host: PluginHost, name: str, context: DiscoveryContext[Any]) -> list[CheckResult]:

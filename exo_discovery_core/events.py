@@ -38,6 +38,7 @@ EventKind = Literal[
     "disconnected",
     "plugin_error",
     "plugin_recovered",
+    "duplicate_identity",
     "lagged",
     "stopped",
 ]
@@ -60,6 +61,7 @@ class NodeEvent(BaseModel):
     port: int | None = None
     namespace: str | None = None
     count: int | None = None
+    meta: dict[str, str] | None = None
 
     def to_json(self) -> str:
         data: dict[str, Any] = self.model_dump(exclude_none=True)
@@ -147,6 +149,7 @@ def peer_events(diff: TableDiff) -> list[NodeEvent]:
             peer_id=peer.peer_id,
             addresses=[str(a) for a in peer.addresses],
             sources=sorted(peer.sources),
+            meta=dict(peer.meta) if peer.meta is not None else None,
         )
         for kind, peers in kinds
         for peer in peers
@@ -166,4 +169,5 @@ def connection_event(change: ConnectionEvent, peer: Peer | None) -> NodeEvent:
         addresses=addresses or None,
         sources=sorted(change.sources),
         reason=None if change.connected else change.reason,
+        meta=dict(change.meta) if change.connected else None,
     )

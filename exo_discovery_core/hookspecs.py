@@ -57,7 +57,11 @@ def discover_peers(context: DiscoveryContext[BaseModel]) -> PeerSets | None:
 def on_connection(
     event: ConnectionEvent, context: DiscoveryContext[BaseModel]
 ) -> Awaitable[None] | None:
-    """Called once when the node connects to a peer and once when it loses it; may be async."""
+    """Called once when the node connects to a peer and once when it loses it; may be async.
+
+    ``event.meta`` is the peer's metadata (``[node.meta]``, ``--meta``) as its own signed record
+    says: what a host program reads to find the peer's own service (exo's API port, say).
+    """
 
 
 @hookspec

@@ -172,6 +172,7 @@ def describe(event: NodeEvent) -> str:
         "plugin_error": f"plugin {event.plugin} failing: {event.error}",
         "plugin_recovered": f"plugin {event.plugin} recovered",
         "lagged": f"missed {event.count} events (too slow to show them all)",
+        "duplicate_identity": f"WARNING: {event.reason}",
         "stopped": "stopped",
     }
     return f"{stamp} {details.get(event.event, event.event)}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -101,6 +101,10 @@ class ConnectionEvent(BaseModel):
     address: Address | None = Field(description="The address in use (None if the host reported it)")
     sources: frozenset[str] = Field(description="The plugins that reported this peer")
     reason: str = ""
+    meta: Mapping[str, str] = Field(
+        default_factory=dict,
+        description="The peer's metadata, from its own signed record (empty if it set none)",
+    )
 
     @property
     def connected(self) -> bool:

@@ -27,11 +27,14 @@ from . import status
 from .config import CONFIG_ENV, ConfigSource, NodeConfig, option_meta
 from .connections import ConnectionManager
 from .events import EventHub, NodeEvent
+from .handshake import PROTOCOL
 from .identity import Identity, PeerId
+from .limits import InboundGate, accept_forever
 from .models import Address, NodeInfo
 from .peertable import PeerTable
 from .pipeline import Pipeline
 from .plugins import PluginHost, installed_entry_points
+from .records import LocalRecord
 from .routes import listen_hosts
 from .sources import PluginSources
 from .status import PeerView
@@ -146,12 +149,22 @@ class Node:
             )
             stack.push_async_callback(listener.aclose)
             port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+            record = LocalRecord(
+                identity,
+                config.state_dir,
+                protocol=PROTOCOL,
+                addresses=self._addresses(port),
+                meta=config.meta,
+            )
             tg = await stack.enter_async_context(anyio.create_task_group())
-            run = Pipeline(config, identity, port, tg, plugins, self._hub.publish)
+            run = Pipeline(config, identity, port, tg, plugins, self._hub.publish, record)
             self._started = run
             stack.push_async_callback(self._shutdown, run)
             run.connections.start(tg)
-            tg.start_soon(listener.serve, run.connections.handle_inbound)
+            gate = InboundGate(
+                config.max_inbound_connections, config.max_inbound_per_ip, config.max_handshakes
+            )
+            tg.start_soon(accept_forever, listener, run.connections.handle_inbound, tg, gate)
             await status.serve(config.state_dir, self.status, stack, tg)
             run.plugins.start(tg, self.info, config, run.table)
             tg.start_soon(run.dialer.run, tg)  # connect = false: it verifies, then closes
@@ -208,12 +221,18 @@ class Node:
     @property
     def info(self) -> NodeInfo:
         """Who we are and where we listen; on every interface, that is each address we have."""
-        hosts = listen_hosts(self.config.listen_host)
-        addresses = tuple(Address(host=host, port=self.port) for host in hosts)
-        keys = self.connections.credentials.keyring.fingerprints
-        namespace = self.config.namespace
+        fingerprints = self.connections.credentials.keyring.fingerprints
         return NodeInfo(
-            self.peer_id, namespace, self.port, addresses, cluster_key_fingerprints=keys
+            self.peer_id,
+            self.config.namespace,
+            self.port,
+            self._addresses(self.port),
+            cluster_key_fingerprints=fingerprints,
+        )
+
+    def _addresses(self, port: int) -> tuple[Address, ...]:
+        return tuple(
+            Address(host=host, port=port) for host in listen_hosts(self.config.listen_host)
         )
 
     def status(self) -> status.Status:
@@ -224,11 +243,27 @@ class Node:
             port=self.port,
             plugins=self._run.plugins.statuses(),
             peers=[view.row() for view in self.peers()],
+            duplicate_identity=self._run.identity_conflict,
         )
 
     def peers(self) -> list[PeerView]:
         """Every peer, typed: ids, addresses with their route class, sources, state, metadata."""
         return self._run.peer_views()
+
+    def set_meta(self, meta: Mapping[str, str]) -> None:
+        """Publish new metadata (bounded as ``[node.meta]``): a new signed record with a higher
+        sequence number, sent to every connected peer, which each report once
+        (``peer_updated`` with the new ``meta``)."""
+        self._run.set_meta(dict(meta))
+
+    def meta_of(self, peer_id: PeerId) -> dict[str, str] | None:
+        """A peer's metadata, from its newest signed record (None if none is known)."""
+        return self._run.meta_of(peer_id)
+
+    @property
+    def record(self) -> LocalRecord:
+        """This node's own signed record (``encode()``: the bytes peers receive)."""
+        return self._run.record
 
     def report_connection(
         self, peer_id: PeerId, connected: bool, address: Address | None = None, reason: str = ""

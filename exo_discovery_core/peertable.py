@@ -27,13 +27,16 @@ class Peer:
     addresses: tuple[Address, ...]
     sources: frozenset[str]
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
+    meta: tuple[tuple[str, str], ...] | None = None
+    """The peer's own metadata, from its signed record (None while no record is known)."""
 
     def same_as(self, other: Peer) -> bool:
         """What users are told of a peer: a change to any of these is an update."""
-        return (self.peer_id, self.addresses, self.sources) == (
+        return (self.peer_id, self.addresses, self.sources, self.meta) == (
             other.peer_id,
             other.addresses,
             other.sources,
+            other.meta,
         )
 
 
@@ -68,10 +71,14 @@ class PeerTable:
     """Merges source sets into peers keyed by peer id (or, unidentified, by addresses)."""
 
     def __init__(
-        self, me: PeerId, on_change: Callable[[TableDiff], None] = lambda diff: None
+        self,
+        me: PeerId,
+        on_change: Callable[[TableDiff], None] = lambda diff: None,
+        meta_of: Callable[[PeerId], tuple[tuple[str, str], ...] | None] = lambda peer_id: None,
     ) -> None:
         self.me = me
         self._on_change = on_change
+        self._meta_of = meta_of
         self._sets: dict[str, _SourceSet] = {}
         self._aliases: dict[Address, PeerId] = {}
         self._merged: dict[str, Peer] = {}
@@ -104,6 +111,10 @@ class PeerTable:
         if self._aliases.get(address) == peer_id:
             return TableDiff()
         self._aliases[address] = peer_id
+        return self._remerge()
+
+    def records_changed(self) -> TableDiff:
+        """A peer's signed record (so its metadata) may be new: look again."""
         return self._remerge()
 
     # -- reading ---------------------------------------------------------------------------
@@ -143,7 +154,8 @@ class PeerTable:
                 group[3].update(candidate.metadata)
         merged = {}
         for key, (peer_id, addresses, sources, metadata) in groups.items():
-            peer = Peer(key, peer_id, tuple(addresses), frozenset(sources), metadata)
+            meta = self._meta_of(peer_id) if peer_id is not None else None
+            peer = Peer(key, peer_id, tuple(addresses), frozenset(sources), metadata, meta)
             old = self._merged.get(key)
             # an unchanged entry keeps its old snapshot: the diff then costs an identity check
             merged[key] = (

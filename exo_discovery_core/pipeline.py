@@ -9,6 +9,8 @@ table. Data moves one way; each stage is testable without the others. :class:`No
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -16,19 +18,23 @@ from typing import Any
 
 from anyio.abc import TaskGroup
 
-from . import exchange
+from . import exchange, records
 from .config import NodeConfig
 from .connections import ConnectionManager
 from .dialer import Dialer
 from .events import NodeEvent, connection_event, peer_events
 from .identity import Identity, PeerId
+from .limits import TokenBucket
 from .models import Address, ConnectionEvent, ConnectionState
 from .peertable import PeerTable, TableDiff
+from .records import LocalRecord, PeerRecord, RecordStore, other_boot
 from .routes import LocalNetworks, RouteClass, by_preference, route_class
 from .sources import PluginSources
 from .status import PeerView, peer_views
 
 log = logging.getLogger("exo_discovery.node")
+
+DIRECT_RECORDS = 4096  # records of peers we had a handshake with (each one a gated connection)
 
 
 LAST_UP_KEPT = 4096  # disconnected peers whose last-seen time is remembered
@@ -45,16 +51,31 @@ class Pipeline:
         tg: TaskGroup,
         plugins: PluginSources,
         publish: Callable[[NodeEvent], None],
+        record: LocalRecord,
     ) -> None:
         self.identity, self.port, self.tg, self.plugins = identity, port, tg, plugins
+        self.config = config
         self.publish = publish
+        self.record = record
+        self.records = RecordStore(limit=DIRECT_RECORDS)  # from handshakes: each its peer's own
+        self.duplicates: dict[PeerId, set[str]] = {}  # peers seen with two live boot ids
+        self.identity_conflict: str | None = None  # another live node holds our key
+        self._twin_boot: str | None = None
         self.local = LocalNetworks()
         self.sources_at_up: dict[PeerId, frozenset[str]] = {}
         self.host_connections: dict[PeerId, Address | None] = {}  # reported by the host program
         self.last_up: dict[PeerId, float] = {}  # when each peer was last connected (time.time)
-        self.table = PeerTable(identity.peer_id, on_change=self.table_changed)
-        self.connections = ConnectionManager(identity, config, port, self)
-        self.exchange = exchange.PeerExchange(identity.peer_id, self.table, self.connections)
+        self.table = PeerTable(
+            identity.peer_id, on_change=self.table_changed, meta_of=self._meta_items
+        )
+        self.connections = ConnectionManager(identity, config, port, self, record)
+        self.exchange = exchange.PeerExchange(
+            identity.peer_id,
+            self.table,
+            self.connections,
+            per_sender=config.exchange_peers_per_sender,
+            total=config.exchange_peers_max,
+        )
         self.exchange.enabled = config.exchange
         self.dialer = Dialer(
             identity.peer_id,
@@ -64,6 +85,7 @@ class Pipeline:
             redial_max=config.redial_max,
             mutual_source=exchange.SOURCE,
             verify_only=not config.connect,
+            learned=TokenBucket(config.learned_dial_rate, config.learned_dial_burst),
         )
 
     def ordered(self, addresses: Iterable[Address]) -> list[Address]:
@@ -83,6 +105,8 @@ class Pipeline:
             self.connections.round_trips(),
             heard=self.connections.last_heard(),
             last_up=self.last_up,
+            meta=self.meta_of,
+            duplicate=self.duplicate_note,
         )
 
     def table_changed(self, diff: TableDiff) -> None:
@@ -108,7 +132,95 @@ class Pipeline:
         self.table.learn(address, peer_id)
 
     def received(self, peer_id: PeerId, address: Address, message: dict[str, Any]) -> None:
-        self.exchange.received(peer_id, address, message)
+        if message["type"] == "duplicate_identity":
+            self._twin_notice(peer_id, message)
+        else:
+            self.exchange.received(peer_id, address, message)
+
+    # -- signed records: metadata, and one key held twice -------------------------------------
+
+    def record_of(self, peer_id: PeerId) -> PeerRecord | None:
+        """A peer's newest signed record: from its own handshake or relayed by another."""
+        direct = self.connections.records().get(peer_id) or self.records.get(peer_id)
+        relayed = self.exchange.record(peer_id)
+        return relayed if relayed is not None and relayed.newer_than(direct) else direct
+
+    def meta_of(self, peer_id: PeerId) -> dict[str, str] | None:
+        record = self.record_of(peer_id)
+        return record.meta if record is not None else None
+
+    def _meta_items(self, peer_id: PeerId) -> tuple[tuple[str, str], ...] | None:
+        record = self.record_of(peer_id)
+        return record.meta_items if record is not None else None
+
+    def authenticated(self, record: PeerRecord, live: PeerRecord | None) -> dict[str, Any] | None:
+        """Keep the newest record, and see whether another live node holds the same key: then
+        both are told (the notice for the new connection is returned: it goes out first)."""
+        other = other_boot(record, live=live, newest=self.records.get(record.peer_id))
+        if self.records.offer(record):
+            self.table.records_changed()  # its metadata is known now
+        if other is None:
+            return None
+        boots = self.duplicates.setdefault(record.peer_id, set())
+        if not {record.boot, other.boot} <= boots:
+            boots |= {record.boot, other.boot}
+            message = self.duplicate_note(record.peer_id)
+            log.warning("peer %s: %s", record.peer_id, message)
+            self.publish(
+                NodeEvent(event="duplicate_identity", peer_id=record.peer_id, reason=message)
+            )
+        if live is not None and live.boot == other.boot:
+            self.tg.start_soon(self.connections.send, record.peer_id, _twin_notice(record))
+        return _twin_notice(other)
+
+    def duplicate_note(self, peer_id: PeerId | None) -> str | None:
+        """What ``peers`` says of a peer whose key two live nodes hold (None if not so)."""
+        boots = self.duplicates.get(peer_id) if peer_id is not None else None
+        if not boots:
+            return None
+        return (
+            f"{len(boots)} live nodes hold this peer's key (boot ids "
+            f"{', '.join(sorted(b[:8] for b in boots))}); on one of them run "
+            "`exo-discovery id --regenerate`"
+        )
+
+    def _twin_notice(self, sender: PeerId, message: dict[str, Any]) -> None:
+        """A peer says another node holds our key, and shows that node's record: believed only
+        if our own key signed it and its boot id is not ours."""
+        try:
+            data = base64.b64decode(str(message.get("record", "")), validate=True)
+            record = records.verify(data, self.identity.peer_id)
+        except (binascii.Error, ValueError):
+            log.debug("peer %s sent a duplicate_identity notice that does not verify", sender)
+            return
+        self.twin(record, via=sender)
+
+    def twin(self, record: PeerRecord, via: PeerId | None = None) -> None:
+        """Another node holds our key: said once per boot id of it, with the fix."""
+        if record.peer_id != self.identity.peer_id or record.boot == self.record.boot:
+            return
+        if self._twin_boot == record.boot:
+            return
+        self._twin_boot = record.boot
+        fix = f"exo-discovery id --regenerate --state-dir {self.config.state_dir}"
+        where = ", ".join(map(str, record.addresses)) or "no address"
+        self.identity_conflict = (
+            f"another node holds this node's key ({self.identity.peer_id}): boot id "
+            f"{record.boot[:8]} at {where}{f', seen by {via}' if via else ''}; on one of the "
+            f"two run `{fix}`"
+        )
+        log.warning("%s", self.identity_conflict)
+        addresses = [str(a) for a in record.addresses]
+        self.publish(
+            NodeEvent(event="duplicate_identity", peer_id=self.identity.peer_id,
+                      addresses=addresses or None, reason=self.identity_conflict)
+        )  # fmt: skip
+
+    def set_meta(self, meta: dict[str, str]) -> PeerRecord:
+        """New metadata: a new signed record (higher seq), sent to every connected peer."""
+        record = self.record.update(meta=meta)
+        self.tg.start_soon(self.exchange.publish, record)
+        return record
 
     def connection_up(self, peer_id: PeerId, address: Address | None) -> None:
         self._changed(ConnectionState.CONNECTED, peer_id, address, "")
@@ -133,9 +245,15 @@ class Pipeline:
         else:
             sources = self.sources_at_up.pop(peer_id, known)  # as told when it came
             log.info("disconnected from %s: %s", peer_id, reason)
+        meta = (self.meta_of(peer_id) or {}) if state is ConnectionState.CONNECTED else {}
         event = ConnectionEvent(
-            peer_id=peer_id, state=state, address=address, sources=sources, reason=reason
-        )
+            peer_id=peer_id, state=state, address=address, sources=sources, reason=reason,
+            meta=meta,
+        )  # fmt: skip
         self.publish(connection_event(event, peer))
         self.plugins.notify(self.tg, event)
         self.exchange.announce(self.tg)
+
+
+def _twin_notice(record: PeerRecord) -> dict[str, Any]:
+    return {"type": "duplicate_identity", "record": base64.b64encode(record.envelope).decode()}

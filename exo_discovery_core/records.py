@@ -134,8 +134,21 @@ def seal(identity: Identity, payload: bytes) -> bytes:
     )
 
 
+def signer(data: bytes) -> PeerId:
+    """Whose key an envelope names, NOT verified: only to skip, cheaply, a record not wanted."""
+    return _fields(data)[0]
+
+
 def _open(data: bytes) -> tuple[PeerId, bytes]:
     """The signer and payload of an envelope whose signature checks out."""
+    signer, payload_type, payload, signature = _fields(data)
+    if len(signature) != 64 or not signer.verify(signature, signing_bytes(payload_type, payload)):
+        raise RecordError(f"signature does not verify with the key of {signer}")
+    return signer, payload
+
+
+def _fields(data: bytes) -> tuple[PeerId, bytes, bytes, bytes]:
+    """The envelope's four fields, strictly: each once, in order, nothing after."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise RecordError("record is not bytes")
     data = bytes(data)
@@ -160,9 +173,7 @@ def _open(data: bytes) -> tuple[PeerId, bytes]:
         raise RecordError(str(exc)) from None
     if payload_type != PAYLOAD_TYPE:
         raise RecordError(f"payload type {payload_type[:40]!r} is not a peer record")
-    if len(signature) != 64 or not signer.verify(signature, signing_bytes(payload_type, payload)):
-        raise RecordError(f"signature does not verify with the key of {signer}")
-    return signer, payload
+    return signer, payload_type, payload, signature
 
 
 # -- the payload -----------------------------------------------------------------------------
@@ -242,11 +253,13 @@ class SequenceNumbers:
     """Sequence numbers that only grow: microseconds since the epoch, never below the last one
     used from this state dir (the clock may go back; a restart must not)."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / SEQ_FILE_NAME
+    def __init__(self, state_dir: Path | None) -> None:
+        self.path = state_dir / SEQ_FILE_NAME if state_dir is not None else None
         self._last = self._read()
 
     def _read(self) -> int:
+        if self.path is None:
+            return 0
         try:
             text = self.path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
@@ -255,18 +268,21 @@ class SequenceNumbers:
 
     def next(self) -> int:
         seq = max(self._last + 1, self._read() + 1, time.time_ns() // 1000)
-        write_private(self.path, str(seq).encode())
+        if self.path is not None:
+            write_private(self.path, str(seq).encode())
         self._last = seq
         return seq
 
 
 class LocalRecord:
-    """This node's own record; every change makes a new one with a higher ``seq``."""
+    """This node's own record; every change makes a new one with a higher ``seq``.
+
+    ``state_dir`` keeps the last seq across restarts (None: a client that keeps nothing)."""
 
     def __init__(
         self,
         identity: Identity,
-        state_dir: Path,
+        state_dir: Path | None,
         *,
         protocol: str,
         addresses: Iterable[Address],

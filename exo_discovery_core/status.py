@@ -46,6 +46,8 @@ class PeerRow(BaseModel):
     state: Literal["connected", "known", "incompatible"]  # incompatible: another protocol version
     address: str | None = None  # the one in use, while connected
     metadata: dict[str, str] = {}
+    meta: dict[str, str] | None = None  # the peer's own, from its signed record
+    duplicate_identity: str | None = None  # two live nodes hold this peer's key: the fix
     rtt_ms: float | None = None  # round-trip time, once measured
     route: RouteClass | None = None  # of the address in use, while connected
     last_seen: float | None = None  # time.time() of the last frame (or the disconnect); None: never
@@ -83,6 +85,7 @@ class Status(BaseModel):
     port: int
     plugins: list[PluginStatus]
     peers: list[PeerRow]
+    duplicate_identity: str | None = None  # another live node holds this node's key: the fix
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class PeerView:
     address: Address | None = None  # the one in use, while connected
     metadata: Mapping[str, str] = field(default_factory=dict)  # what the plugins said of it
     meta: Mapping[str, str] | None = None  # its own signed record's (None: no record known)
+    duplicate_identity: str | None = None  # two live nodes hold this peer's key: the fix
     rtt: float | None = None  # seconds, once measured
     last_reason: str | None = None  # why the last dial failed, while not connected
     retry_in: float | None = None  # seconds until the next dial, while not connected
@@ -126,6 +130,8 @@ class PeerView:
             state=self.state,
             address=str(self.address) if self.address else None,
             metadata=dict(self.metadata),
+            meta=dict(self.meta) if self.meta is not None else None,
+            duplicate_identity=self.duplicate_identity,
             rtt_ms=round(self.rtt * 1000, 3) if self.rtt is not None else None,
             route=self.route,
             last_seen=self.last_seen,
@@ -144,6 +150,8 @@ def peer_views(
     *,
     heard: Mapping[PeerId, float] | None = None,
     last_up: Mapping[PeerId, float] | None = None,
+    meta: Callable[[PeerId], Mapping[str, str] | None] = lambda peer_id: None,
+    duplicate: Callable[[PeerId], str | None] = lambda peer_id: None,
 ) -> list[PeerView]:
     """The table with connection state; connected peers first, then by id.
 
@@ -175,6 +183,8 @@ def peer_views(
             address=in_use,
             metadata=dict(peer.metadata),
             rtt=(rtts or {}).get(peer.peer_id) if up and peer.peer_id else None,
+            meta=meta(peer.peer_id) if peer.peer_id else None,
+            duplicate_identity=duplicate(peer.peer_id) if peer.peer_id else None,
             last_reason=dial.last_reason if dial else None,
             retry_in=dial.retry_in if dial else None,
             last_seen=last_seen(peer.peer_id, up),
@@ -189,6 +199,8 @@ def peer_views(
                 address=address,
                 rtt=(rtts or {}).get(peer_id),
                 last_seen=last_seen(peer_id, True),
+                meta=meta(peer_id),
+                duplicate_identity=duplicate(peer_id),
             )
     return sorted(views.values(), key=lambda view: (view.state != "connected", str(view.peer_id)))
 

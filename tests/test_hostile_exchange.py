@@ -1,19 +1,25 @@
-"""An authenticated peer sends hostile frames after the handshake to ONE real node.
+"""An authenticated peer sends hostile exchange messages after the handshake to ONE real node.
 
 The peer passes the real handshake (the core's own code on the client side), then sends random
-``peers`` exchange frames (malformed entries, bad ids, our own and the node's id, loopback and
-out-of-range addresses, more than ``MAX_PEERS``) and unknown frame types. The node must not crash,
-must never dial an address that came only in a malformed entry (those all point at a "honeypot"
-listener that must see no connection), must connect to no one (no announced peer proves its id),
-and its table must hold exactly the well-formed candidates of the last ``peers`` frame (first
-``MAX_PEERS`` entries, the node itself and the sender skipped, the last entry for an id wins).
+``peers`` lists (good ids, bad ids, the node's and its own id, junk) and ``records`` messages
+(records of the listed peers signed by their own keys, with usable and unusable addresses and
+random sequence numbers; records signed by the wrong key, tampered, truncated, or not base64;
+junk), and unknown message types. The node must not crash; must never dial an address that came
+only in a record that does not verify (they all point at a "honeypot" listener that must see no
+connection); must never even try an address of a kind no peer may give (DNS names, unspecified,
+multicast, link-local, reserved: every dial attempt is recorded); must connect to no one (no
+announced peer answers with its id); and its table must hold exactly what the documented rules
+give, computed here by an independent model: the peers of the last list (valid ids, the node and
+the sender skipped, the first ``exchange_peers_per_sender``), each at the usable addresses of the
+newest valid record received for it while it was listed.
 
-Cases per target: ``CASES_PER_TARGET`` (100) for the random frames; ``BUG_CASES`` (10) for the
+Cases per target: ``CASES_PER_TARGET`` (100) for the random messages; ``BUG_CASES`` (10) for the
 regression target of a bug this suite found (fixed).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import json
@@ -28,9 +34,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from exo_discovery_core.exchange import MAX_PEERS
+from exo_discovery_core import connections, records
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.models import Address
+from exo_discovery_core.routes import usable_from_peer
 from exo_discovery_core.wire import MAX_FRAME
 from tests.support.hostile import (
     CLOSED_ERRORS,
@@ -44,16 +51,80 @@ from tests.support.hostile import (
 
 CASES_PER_TARGET = 100
 BUG_CASES = 10
-SETTLE = 0.1  # seconds for the node to read the frames and start any dial they cause
-POOL = [Identity.generate().peer_id for _ in range(12)]  # ids that are well-formed peers
+SETTLE = 0.1  # seconds for the node to read the messages and start any dial they cause
+POOL = [Identity.generate() for _ in range(12)]  # well-formed peers, whose keys sign records
+PER_SENDER = 64  # the default of exchange_peers_per_sender
+UNUSABLE = ["0.0.0.0", "224.0.0.251", "169.254.169.254", "fe80::1", "240.0.0.1", "[::]",
+            "255.255.255.255", "example.com", "localhost", "ff02::1"]  # fmt: skip
+
+
+@pytest.fixture
+def dials(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every host the node tries to dial (the loopback guard of conftest still applies)."""
+    attempts: list[str] = []
+    guarded = connections.anyio.connect_tcp
+
+    async def record(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
+        attempts.append(str(remote_host))
+        return await guarded(remote_host, remote_port, **kwargs)
+
+    monkeypatch.setattr(connections.anyio, "connect_tcp", record)
+    yield attempts
+
+
+def signed(identity: Identity, seq: int, addrs: list[str], signer: Identity | None = None) -> str:
+    """A record of ``identity`` (signed by ``signer``, its own key unless given), base64."""
+    payload = {
+        "addrs": addrs,
+        "boot": "00" * 16,
+        "meta": {},
+        "peer_id": str(identity.peer_id),
+        "protocol": "exo-discovery/2",
+        "seq": seq,
+    }
+    envelope = records.seal(signer or identity, json.dumps(payload).encode())
+    return base64.b64encode(envelope).decode()
 
 
 @dataclass
-class Scenario:
-    """One example: the frames, and which entries of the last ``peers`` frame are well-formed."""
+class Model:
+    """The documented rules, written again independently: what the table must hold."""
 
-    frames: list[bytes] = field(default_factory=list)
-    expected: dict[PeerId, Address] = field(default_factory=dict)
+    me: PeerId
+    sender: PeerId
+    listed: list[PeerId] = field(default_factory=list)
+    newest: dict[PeerId, tuple[int, tuple[Address, ...]]] = field(default_factory=dict)
+
+    def peers(self, entries: Any) -> None:
+        wanted: list[PeerId] = []
+        for entry in entries[:100] if isinstance(entries, list) else []:
+            pid = next((i.peer_id for i in POOL if str(i.peer_id) == entry), None)
+            if pid is not None and pid not in wanted and len(wanted) < PER_SENDER:
+                wanted.append(pid)
+        for gone in set(self.listed) - set(wanted):
+            self.newest.pop(gone, None)
+        self.listed = wanted
+
+    def record(self, pid: PeerId, seq: int, addrs: list[str]) -> None:
+        if pid in self.listed and seq > self.newest.get(pid, (0, ()))[0]:
+            self.newest[pid] = (seq, tuple(_usable(addrs)))
+
+    def table(self) -> dict[str, tuple[PeerId, tuple[Address, ...]]]:
+        return {
+            str(pid): (pid, self.newest[pid][1])
+            for pid in self.listed
+            if pid in self.newest and self.newest[pid][1]
+        }
+
+
+def _usable(addrs: list[str]) -> list[Address]:
+    out: list[Address] = []
+    for text in addrs:
+        host, _, port = text.rpartition(":")
+        address = Address(host=host, port=int(port))
+        if usable_from_peer(address, sender_on_this_host=True) and address not in out:
+            out.append(address)
+    return out
 
 
 JSON = st.recursive(
@@ -65,101 +136,74 @@ JSON = st.recursive(
 )
 
 
-def _bad_ids(good: str) -> st.SearchStrategy[Any]:
-    """Strings (and non-strings) that are not Ed25519 peer ids."""
-    return (
-        st.sampled_from(
-            [
-                "",
-                good[:-1],  # truncated
-                good + "1",  # too long
-                "Qm" + good[2:],  # another multihash prefix
-                good.replace("1", "0"),  # '0' is not base58
-                "12D3KooW",
-                good.lower(),
-            ]
-        )
-        | st.text(alphabet=st.characters(max_codepoint=127), max_size=60).filter(
-            lambda t: not t.startswith("12D3KooW")
-        )
-        | JSON.filter(lambda v: not isinstance(v, str))
-    )
+@dataclass
+class Scenario:
+    frames: list[bytes] = field(default_factory=list)
+    model: Model | None = None
 
 
 @st.composite
-def peers_frame(
-    draw: st.DrawFn, me: PeerId, sender: PeerId, sink: int, honeypot: int
-) -> tuple[dict[str, Any], dict[PeerId, Address]]:
-    """A ``peers`` frame and the candidates the node should take from it.
-
-    Well-formed entries point at ``sink`` (or a few other loopback forms); every malformed one,
-    and every entry naming the node or the sender, points at ``honeypot``.
-    """
-    entries: list[Any] = []
-    expected: dict[PeerId, Address] = {}
+def scenario(draw: st.DrawFn, me: Identity, sender: Identity, sink: int, honeypot: int) -> Scenario:
+    model = Model(me.peer_id, sender.peer_id)
+    result = Scenario(model=model)
     hp = f"127.0.0.1:{honeypot}"
-    for _ in range(draw(st.integers(0, 30))):
-        kind = draw(
-            st.sampled_from(["good", "good", "bad_id", "bad_addr", "self", "junk", "missing"])
-        )
-        good = str(draw(st.sampled_from(POOL)))
-        if kind == "good":
-            host = draw(st.sampled_from(["127.0.0.1", "[::ffff:127.0.0.1]", "127.0.0.1"]))
-            extra = draw(st.dictionaries(st.text(max_size=4), JSON, max_size=2))
-            entries.append({**extra, "id": good, "addr": f"{host}:{sink}"})
-            if len(entries) <= MAX_PEERS:
-                expected[PeerId(good)] = Address(host=host, port=sink)
-        elif kind == "bad_id":
-            entries.append({"id": draw(_bad_ids(good)), "addr": hp})
-        elif kind == "bad_addr":
-            addr = draw(
-                st.sampled_from(
-                    [
-                        "",
-                        "127.0.0.1",  # no port
-                        f"127.0.0.1:{honeypot}x",
-                        "127.0.0.1:0",
-                        "127.0.0.1:65536",
-                        "127.0.0.1:-1",
-                        f":{honeypot}",  # no host
-                        "a" * 254 + f":{honeypot}",  # host too long
-                        "127.0.0.1:" + "9" * 5000,  # a port of 5000 digits
-                    ]
+    if draw(st.booleans()):  # half the cases start from a well-formed exchange, then go wild
+        listed = [str(i.peer_id) for i in POOL[:4]]
+        result.frames.append(json_body({"type": "peers", "peers": listed}))
+        model.peers(listed)
+        good = [(i, draw(st.integers(1, 20))) for i in POOL[:4]]
+        batch = [signed(i, seq, [f"127.0.0.1:{sink}"]) for i, seq in good]
+        result.frames.append(json_body({"type": "records", "records": batch}))
+        for i, seq in good:
+            model.record(i.peer_id, seq, [f"127.0.0.1:{sink}"])
+    for n in range(draw(st.integers(1, 6))):
+        first = ["peers"] * 3 if n == 0 else []  # records count only for peers listed before
+        kind = draw(st.sampled_from([*first, "peers", "records", "records", "other"]))
+        if kind == "peers":
+            entries: list[Any] = []
+            for _ in range(draw(st.integers(0, 20))):
+                entries.append(
+                    draw(
+                        st.sampled_from([str(i.peer_id) for i in POOL[:4]])  # often: with records
+                        | st.sampled_from([str(i.peer_id) for i in POOL])
+                        | st.sampled_from([str(me.peer_id), str(sender.peer_id), "", "12D3KooW"])
+                        | JSON
+                    )
                 )
-                | st.integers().map(str)
-            )
-            entries.append({"id": good, "addr": addr})
-        elif kind == "self":
-            entries.append({"id": str(draw(st.sampled_from([me, sender]))), "addr": hp})
-        elif kind == "missing":
-            entries.append(draw(st.sampled_from([{"id": good}, {"addr": hp}, {}])))
+            body: Any = entries if draw(st.integers(0, 9)) else draw(JSON)
+            result.frames.append(json_body({"type": "peers", "peers": body}))
+            model.peers(body)
+        elif kind == "records":
+            batch: list[Any] = []
+            for _ in range(draw(st.integers(0, 8))):
+                who = draw(st.sampled_from(POOL[:4]) | st.sampled_from(POOL))
+                seq = draw(st.integers(1, 20))
+                how = draw(st.sampled_from(["good", "good", "forged", "tampered", "cut", "junk"]))
+                if how == "good":
+                    addrs = [f"127.0.0.1:{sink}"] * min(1, draw(st.integers(0, 3))) + draw(
+                        st.lists(st.sampled_from(UNUSABLE).map(lambda h: f"{h}:{sink}"), max_size=3)
+                    )
+                    batch.append(signed(who, seq, addrs))
+                    model.record(who.peer_id, seq, addrs)
+                elif how == "forged":  # someone else's key: a stranger speaking for the peer
+                    batch.append(signed(who, seq, [hp], signer=draw(st.sampled_from([sender, me]))))
+                elif how == "tampered":
+                    raw = bytearray(base64.b64decode(signed(who, seq, [hp])))
+                    raw[draw(st.integers(0, len(raw) - 1))] ^= 1 << draw(st.integers(0, 7))
+                    batch.append(base64.b64encode(bytes(raw)).decode())
+                elif how == "cut":
+                    text = signed(who, seq, [hp])
+                    batch.append(text[: draw(st.integers(0, len(text) - 1))])
+                else:
+                    batch.append(draw(JSON))
+            result.frames.append(json_body({"type": "records", "records": batch}))
         else:
-            entries.append(draw(JSON))
-    message: dict[str, Any] = {"type": "peers", "peers": entries}
-    if draw(st.integers(0, 9)) == 0:  # not a list at all: the previous set is dropped
-        message["peers"] = draw(JSON.filter(lambda v: not isinstance(v, list)))
-        expected = {}
-    return message, expected
-
-
-@st.composite
-def scenario(draw: st.DrawFn, me: PeerId, sender: PeerId, sink: int, honeypot: int) -> Scenario:
-    result = Scenario()
-    for _ in range(draw(st.integers(1, 4))):
-        if draw(st.booleans()):
-            message, expected = draw(peers_frame(me, sender, sink, honeypot))
-            encoded = json_body(message)
-            if len(encoded) > MAX_FRAME:
-                continue  # an over-long frame ends the connection; tested on its own below
-            result.frames.append(encoded)
-            result.expected = expected
-        else:
-            kind = draw(
-                st.sampled_from(["ping", "hello", "proof", "refuse", "PEERS", "peers2"])
-                | st.text(max_size=12).filter(lambda t: t not in ("bye", "peers"))
+            other = draw(
+                st.sampled_from(["ping", "hello", "proof", "refuse", "PEERS", "duplicate_identity"])
+                | st.text(max_size=12).filter(lambda t: t not in ("bye", "peers", "records"))
             )
-            body = draw(st.dictionaries(st.text(max_size=6), JSON, max_size=4))
-            result.frames.append(json_body({**body, "type": kind}))
+            extra = draw(st.dictionaries(st.text(max_size=6), JSON, max_size=4))
+            result.frames.append(json_body({**extra, "type": other}))
     return result
 
 
@@ -192,66 +236,103 @@ def _table(live: LiveNode) -> dict[str, tuple[PeerId | None, tuple[Address, ...]
     return {k: (p.peer_id, tuple(p.addresses)) for k, p in live.node.table.merged().items()}
 
 
-def _check(live: LiveNode, peer: Peer, expected: dict[PeerId, Address], honeypot: Listener) -> None:
+def _check(
+    live: LiveNode, peer: Peer, want: dict[str, Any], honeypot: Listener, dials: list[str]
+) -> None:
     node = live.node
-    assert set(node.connections.connected()) <= {peer.identity.peer_id}, (
-        "connected to an announced peer"
-    )
-    table = _table(live)
-    want = {str(pid): (pid, (addr,)) for pid, addr in expected.items()}
-    assert table == want
-    for key, peer_entry in node.table.merged().items():
-        assert peer_entry.peer_id is not None and PeerId.parse(str(peer_entry.peer_id)) == key
-        assert peer_entry.peer_id not in (node.peer_id, peer.identity.peer_id)
-        assert peer_entry.sources == {"exchange"}
-    assert honeypot.accepted == 0, "the node dialed an address given only in a malformed entry"
+    assert set(node.connections.connected()) <= {peer.identity.peer_id}, "connected to a stranger"
+    assert _table(live) == want
+    for entry in node.table.merged().values():
+        assert entry.peer_id not in (node.peer_id, peer.identity.peer_id)
+        assert entry.sources == {"exchange"}
+    assert honeypot.accepted == 0, "the node dialed an address from a record that did not verify"
+    assert set(dials) <= {"127.0.0.1"}, f"the node tried addresses no peer may give: {dials}"
 
 
-def test_hostile_peers_frames_and_unknown_types() -> None:
-    """Random peers frames and unknown frame types from an authenticated peer.
+def test_hostile_exchange_messages_and_unknown_types(dials: list[str]) -> None:
+    """Random peers lists, records (good, forged, tampered, cut, junk) and unknown types.
 
     Cases: CASES_PER_TARGET (100).
     """
     with listeners(2) as (sink, honeypot), LiveNode() as live:
         peer = Peer(live)
+        me = Identity.generate()  # stands in for the node's id in lists; the node's own is below
+        me_id = live.node.peer_id
+        filled: list[int] = []  # the cases whose table was not empty: the model is not vacuous
 
         @settings(
             max_examples=CASES_PER_TARGET,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
-        @given(scenario(live.node.peer_id, peer.identity.peer_id, sink.port, honeypot.port))
+        @given(scenario(me, peer.identity, sink.port, honeypot.port))
         def target(case: Scenario) -> None:
+            assert case.model is not None
             live.ensure_alive()
-            peer.exchange(case.frames, lambda: _check(live, peer, case.expected, honeypot))
+            frames = [f.replace(str(me.peer_id).encode(), str(me_id).encode()) for f in case.frames]
+            frames = [f for f in frames if len(f) <= MAX_FRAME]
+            want = case.model.table()
+            filled.extend([1] if want else [])
+            peer.exchange(frames, lambda: _check(live, peer, want, honeypot, dials))
             live.check_alive()
             assert _table(live) == {}, "what a disconnected peer announced must be forgotten"
 
         target()
+        assert len(filled) >= CASES_PER_TARGET // 10, f"only {len(filled)} cases filled the table"
         assert live.real_peer_connects() < 5.0
 
 
-def test_more_entries_than_fit_or_are_read() -> None:
-    """Deterministic sizes: 10,000 entries (over the 16 KiB message limit: the connection is closed),
-    5,000 junk entries that just fit, and 150 well-formed entries (only the first 100 are read)."""
+def test_an_old_record_never_replaces_a_newer_one_and_a_stranger_cannot_speak_for_a_peer(
+    dials: list[str],
+) -> None:
     with listeners(2) as (sink, honeypot), LiveNode() as live:
         peer = Peer(live)
-        ids = [Identity.generate().peer_id for _ in range(150)]
-        many = [{"id": str(pid), "addr": f"127.0.0.1:{sink.port}"} for pid in ids]
-        assert len(json.dumps({"type": "peers", "peers": many})) < MAX_FRAME
-        expected = {pid: Address(host="127.0.0.1", port=sink.port) for pid in ids[:MAX_PEERS]}
-        peer.exchange(
-            [json_body({"type": "peers", "peers": many})],
-            lambda: _check(live, peer, expected, honeypot),
-        )
+        target_peer = POOL[0]
+        listed = json_body({"type": "peers", "peers": [str(target_peer.peer_id)]})
+        newer = signed(target_peer, 10, [f"127.0.0.1:{sink.port}"])
+        older = signed(target_peer, 9, [f"127.0.0.1:{honeypot.port}"])
+        forged = signed(target_peer, 11, [f"127.0.0.1:{honeypot.port}"], signer=peer.identity)
+        frames = [listed] + [
+            json_body({"type": "records", "records": [r]}) for r in (newer, older, forged)
+        ]
+        want = {
+            str(target_peer.peer_id): (
+                target_peer.peer_id,
+                (Address(host="127.0.0.1", port=sink.port),),
+            )
+        }
+        peer.exchange(frames, lambda: _check(live, peer, want, honeypot, dials))
+
+
+def test_more_entries_than_fit_or_are_read(dials: list[str]) -> None:
+    """Deterministic sizes: a list of 10,000 ids (far over the 16 KiB frame: the connection is
+    closed), 5,000 junk entries that just fit, and 150 well-formed ids with a record each (only
+    the first ``exchange_peers_per_sender`` are taken)."""
+    with listeners(2) as (sink, honeypot), LiveNode() as live:
+        peer = Peer(live)
+        many = [Identity.generate() for _ in range(150)]
+        ids = [str(i.peer_id) for i in many]
+        batches = [many[i : i + 20] for i in range(0, len(many), 20)]
+        frames = [json_body({"type": "peers", "peers": ids})] + [
+            json_body(
+                {
+                    "type": "records",
+                    "records": [signed(i, 1, [f"127.0.0.1:{sink.port}"]) for i in b],
+                }
+            )
+            for b in batches
+        ]
+        assert all(len(f) < MAX_FRAME for f in frames)
+        want = {
+            str(i.peer_id): (i.peer_id, (Address(host="127.0.0.1", port=sink.port),))
+            for i in many[:PER_SENDER]
+        }
+        peer.exchange(frames, lambda: _check(live, peer, want, honeypot, dials))
         junk = json_body({"type": "peers", "peers": [0] * 5000})
         assert len(junk) < MAX_FRAME
-        peer.exchange([junk], lambda: _check(live, peer, {}, honeypot))
+        peer.exchange([junk], lambda: _check(live, peer, {}, honeypot, dials))
 
-        huge = {
-            "type": "peers",
-            "peers": [{"id": str(POOL[0]), "addr": f"127.0.0.1:{honeypot.port}"}] * 10_000,
-        }
+        huge = {"type": "peers", "peers": [str(POOL[0].peer_id)] * 10_000}
 
         async def oversized() -> None:
             session = await authenticate(live.node.port, peer.identity)
@@ -269,16 +350,14 @@ def test_more_entries_than_fit_or_are_read() -> None:
         assert live.real_peer_connects() < 5.0
 
 
-# -- regression: a bug this suite found, now fixed ----------------------------------------------------------------------------------
+# -- regression: a bug this suite found, now fixed ----------------------------------------------
 
 
 def _fails_idna(host: str) -> bool:
     """True if anyio cannot even encode ``host`` for getaddrinfo (so no DNS query is sent)."""
     try:
         idna.encode(host, uts46=True)
-    except idna.IDNAError:
-        return True
-    except UnicodeError:
+    except (idna.IDNAError, UnicodeError):
         return True
     return False
 
@@ -289,21 +368,21 @@ def _hosts() -> Iterator[str]:
 
 
 B5 = (
-    "B5: Node._dial (node.py:483-505) catches HandshakeError/TimeoutError/OSError/stream errors "
-    "only; anyio.connect_tcp raises idna.IDNAError (a UnicodeError/ValueError) for a host name "
-    "IDNA cannot encode, and exchange.read accepts any host string, so one 'peers' frame from an "
-    "authenticated peer naming such a host kills the node's task group: the node stops"
+    "B5: Node._dial caught HandshakeError/TimeoutError/OSError/stream errors only; anyio.connect_tcp "
+    "raises idna.IDNAError (a UnicodeError/ValueError) for a host name IDNA cannot encode, and "
+    "the exchange accepted any host string, so one frame from an authenticated peer naming such "
+    "a host killed the node's task group. Now no peer may give a name at all."
 )
 
 
 def test_fixed_bug_peer_announcing_an_unencodable_host_kills_the_node(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Cases: BUG_CASES (10): a well-formed id with a non-ASCII host IDNA cannot encode.
+    """Cases: BUG_CASES (10): a record (validly signed) with a non-ASCII host IDNA cannot encode.
 
     conftest's ``dial_only_loopback`` guard refuses such a host with an OSError before anyio
-    sees it, which hides the bug; here the real ``connect_tcp`` gets the hosts that cannot leave
-    this machine (loopback, and names IDNA cannot encode: they fail before any DNS query).
+    sees it, which would hide the bug; here the real ``connect_tcp`` gets the hosts that cannot
+    leave this machine (loopback, and names IDNA cannot encode: they fail before any DNS query).
     """
     real_connect = anyio_sockets.connect_tcp
 
@@ -334,13 +413,17 @@ def test_fixed_bug_peer_announcing_an_unencodable_host_kills_the_node(
             async def send() -> None:
                 session = await authenticate(live.node.port, peer.identity)
                 try:
-                    entry = {"id": str(POOL[0]), "addr": f"{host}:5"}
-                    await session.send({"type": "peers", "peers": [entry]}, 1.0)
+                    listed = {"type": "peers", "peers": [str(POOL[0].peer_id)]}
+                    await session.send_bytes(json_body(listed), 1.0)
+                    record = signed(POOL[0], 1, [f"{host}:5"])
+                    await session.send_bytes(
+                        json_body({"type": "records", "records": [record]}), 1.0
+                    )
                     await anyio.sleep(0.5)
                 finally:
                     await session.aclose()
 
             live.call(send)
-            live.check_alive("the node stopped serving after a peers frame")
+            live.check_alive("the node stopped serving after a records frame")
 
         target()

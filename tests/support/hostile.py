@@ -31,6 +31,7 @@ from exo_discovery_core.clusterkey import Keyring
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.node import Node
 from exo_discovery_core.peertable import Peer
+from exo_discovery_core.records import LocalRecord
 from exo_discovery_core.session import Session
 from exo_discovery_core.testing import next_event, run_node
 from tests.support.fake_headscale import FakeHeadscale
@@ -150,10 +151,11 @@ async def authenticate(
 ) -> Session:
     """A client that passes the real handshake (the core's own code on the client side)."""
     credentials = handshake.Credentials(identity, namespace=namespace, keyring=keyring)
+    record = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
     stream = await anyio.connect_tcp(LOOPBACK, port)
     try:
         with anyio.fail_after(5):
-            return await handshake.initiate(stream, credentials)
+            return await handshake.initiate(stream, credentials, local_record=record.encode())
     except BaseException:
         await anyio.aclose_forcefully(stream)
         raise
@@ -394,3 +396,37 @@ class ScriptedHeadscale(FakeHeadscale):
     def huge_answer(self, size: int = 10 * 1024 * 1024) -> bytes:
         body = self.body
         return body if body is not None else super().huge_answer(size)
+
+
+class Stranger:
+    """An authenticated peer under the test's control, for real node processes: it passes the
+    real handshake, then sends what the test says and keeps its sessions up with heartbeats
+    (a node drops a silent peer, and with it everything that peer said)."""
+
+    def __init__(self, identity: Identity | None = None) -> None:
+        self.identity = identity or Identity.generate()
+        self.sessions: list[Session] = []
+
+    async def connect(self, port: int, namespace: str = "exo") -> Session:
+        connected = await authenticate(port, self.identity, namespace)
+        self.sessions.append(connected)
+        return connected
+
+    async def send(self, to: Session, *messages: dict[str, Any]) -> None:
+        for message in messages:
+            await to.send(message, 5.0)
+
+    async def keep_alive(self, interval: float = 0.5) -> None:
+        """Ping every session until cancelled (run it in a task group)."""
+        while True:
+            for each in list(self.sessions):
+                try:
+                    await each.send({"type": "ping"}, 5.0)
+                except (TimeoutError, *CLOSED_ERRORS):
+                    self.sessions.remove(each)
+            await anyio.sleep(interval)
+
+    async def aclose(self) -> None:
+        for each in self.sessions:
+            await each.aclose()
+        self.sessions.clear()

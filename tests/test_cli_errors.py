@@ -253,10 +253,8 @@ def test_plugin_names_and_flags_get_a_did_you_mean(tmp_path: Path) -> None:
     flag = exo_discovery(tmp_path, "run", "--namespac", "lab", env=QUIET_PLUGINS)
     assert flag.returncode == 2
     no_traceback(flag)
-    assert (
-        flag.stderr.splitlines()[-1]
-        == "Error: No such option '--namespac'. Did you mean '--namespace'?"
-    )
+    last = flag.stderr.splitlines()[-1]  # click may name other close options too (--meta)
+    assert last.startswith("Error: No such option '--namespac'.") and "'--namespace'" in last
     other = exo_discovery(
         tmp_path, "run", "--headscale-api-url", "http://127.0.0.1:1", env=QUIET_PLUGINS
     )

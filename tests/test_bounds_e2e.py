@@ -255,6 +255,10 @@ async def test_new_metadata_at_run_time_is_one_update_on_the_peer() -> None:
         async with run_node({"static": plugin}) as b, b.events() as events:
             await next_event(events, "connected", peer_id=a.peer_id)
             assert b.meta_of(a.peer_id) == {"v": "1"}
+            with anyio.fail_after(5):  # on_connection runs in a task of its own
+                while not plugin.connections:  # noqa: ASYNC110 - the plugin records, no event
+                    await anyio.sleep(0.01)
+            assert plugin.connections[0].meta == {"v": "1"}, "ConnectionEvent.meta"
             assert a.local is not None
             before = a.local.record.seq
             a.set_meta({"v": "2", "api_port": "52415"})

@@ -34,7 +34,7 @@ from .models import Address, NodeInfo
 from .peertable import PeerTable
 from .pipeline import Pipeline
 from .plugins import PluginHost, installed_entry_points
-from .records import LocalRecord
+from .records import LocalRecord, PeerRecord
 from .routes import listen_hosts
 from .sources import PluginSources
 from .status import PeerView
@@ -261,9 +261,9 @@ class Node:
         return self._run.meta_of(peer_id)
 
     @property
-    def record(self) -> LocalRecord:
-        """This node's own signed record (``encode()``: the bytes peers receive)."""
-        return self._run.record
+    def record(self) -> PeerRecord:
+        """This node's own signed record as peers receive it now (``envelope``: its bytes)."""
+        return self._run.record.record
 
     def report_connection(
         self, peer_id: PeerId, connected: bool, address: Address | None = None, reason: str = ""

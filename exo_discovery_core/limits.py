@@ -76,19 +76,24 @@ def descriptor_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
-    """An admitted inbound connection; released when it ends, however it ends."""
+    """An admitted inbound connection; released when it ends, however it ends.
+
+    While it is still in the handshake it may be evicted (``cancel`` closes it) to make room for
+    a newer one: a connection that has not proven anything is the cheapest to drop."""
 
     gate: InboundGate
     ip: str
     handshaking: bool = True
     released: bool = False
+    cancel: Callable[[], None] = lambda: None
 
     def handshake_done(self) -> None:
         if self.handshaking:
             self.handshaking = False
             self.gate.handshakes -= 1
+            self.gate.pending.pop(self, None)
 
     def release(self) -> None:
         if not self.released:
@@ -99,10 +104,19 @@ class Ticket:
             if not self.gate.per_ip[self.ip]:
                 del self.gate.per_ip[self.ip]
 
+    def evict(self) -> None:
+        self.release()
+        self.cancel()
+
 
 @dataclass
 class InboundGate:
-    """Counts inbound connections and decides, at accept, whether one more may come in."""
+    """Counts inbound connections and decides, at accept, whether one more may come in.
+
+    At a limit, the oldest connection still in its handshake (from that IP, for the per-IP
+    limit) makes room; only when every counted connection is past its handshake is the new one
+    refused. So a flood of silent connections cannot keep a real peer out for a handshake
+    timeout, and a connected peer is never dropped for a newcomer."""
 
     max_total: int
     max_per_ip: int
@@ -110,7 +124,9 @@ class InboundGate:
     total: int = 0
     handshakes: int = 0
     per_ip: Counter[str] = field(default_factory=Counter)
+    pending: dict[Ticket, None] = field(default_factory=dict)  # in the handshake, oldest first
     refused: Counter[str] = field(default_factory=Counter)
+    evicted: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         # past the open-file limit accept() fails for everyone; stay below it and refuse instead
@@ -120,19 +136,26 @@ class InboundGate:
 
     def admit(self, ip: str) -> Ticket | str:
         """A ticket, or why the connection is refused (for the log)."""
-        if self.total >= self.max_total:
-            reason = f"{self.total} inbound connections (limit max_inbound_connections)"
-        elif self.per_ip[ip] >= self.max_per_ip:
-            reason = f"{self.per_ip[ip]} connections from {ip} (limit max_inbound_per_ip)"
-        elif self.handshakes >= self.max_handshakes:
-            reason = f"{self.handshakes} handshakes under way (limit max_handshakes)"
-        else:
-            self.total += 1
-            self.handshakes += 1
-            self.per_ip[ip] += 1
-            return Ticket(self, ip)
-        self.refused[reason.split("(limit ", 1)[1].rstrip(")")] += 1
-        return reason
+        limits: tuple[tuple[str, Callable[[], bool], str | None], ...] = (
+            ("max_inbound_connections", lambda: self.total >= self.max_total, None),
+            ("max_inbound_per_ip", lambda: self.per_ip[ip] >= self.max_per_ip, ip),
+            ("max_handshakes", lambda: self.handshakes >= self.max_handshakes, None),
+        )
+        for name, reached, of_ip in limits:
+            if not reached():  # looked at after any room made for the limit before
+                continue
+            victim = next((t for t in self.pending if of_ip is None or t.ip == of_ip), None)
+            if victim is None:
+                self.refused[name] += 1
+                return f"every connection counted by {name} is past its handshake"
+            self.evicted[name] += 1
+            victim.evict()
+        self.total += 1
+        self.handshakes += 1
+        self.per_ip[ip] += 1
+        ticket = Ticket(self, ip)
+        self.pending[ticket] = None
+        return ticket
 
 
 def remote_ip(stream: SocketStream) -> str:
@@ -224,8 +247,16 @@ async def _handle(
     stream: SocketStream,
     ticket: Ticket | None,
 ) -> None:
+    if ticket is not None and ticket.released:  # evicted before it even started
+        await anyio.aclose_forcefully(stream)
+        return
     try:
-        await handler(stream, ticket)
+        with anyio.CancelScope() as scope:
+            if ticket is not None:
+                ticket.cancel = scope.cancel  # evicted while still in its handshake
+            await handler(stream, ticket)
+        if scope.cancelled_caught:
+            await anyio.aclose_forcefully(stream)
     finally:
         if ticket is not None:
             ticket.release()

@@ -23,8 +23,8 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from exo_discovery_core import records
-from exo_discovery_core.identity import Identity
-from tests.support.hostile import Listener, Stranger
+from exo_discovery_core.identity import Identity, PeerId
+from tests.support.hostile import Listener, Stranger, probe
 from tests.support.nodes import NodeFleet
 
 ARGS = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
@@ -70,6 +70,15 @@ def made_up(addr: str) -> tuple[str, str]:
     return str(identity.peer_id), base64.b64encode(envelope).decode()
 
 
+async def answers_within(port: int, peer_id: str, timeout: float) -> bool:
+    """True once the node at ``port`` proves ``peer_id`` in a handshake again (within timeout)."""
+    with anyio.move_on_after(timeout):
+        while not await probe(port, PeerId.parse(peer_id), timeout=2.0):  # noqa: ASYNC110 - a remote node: no event to wait on
+            await anyio.sleep(0.2)
+        return True
+    return False
+
+
 def test_a_node_with_256_open_files_survives_1000_idle_connections_then_connects_a_peer(
     nodes: NodeFleet, static_plugin_env: dict[str, str]
 ) -> None:
@@ -82,6 +91,9 @@ def test_a_node_with_256_open_files_survives_1000_idle_connections_then_connects
         for _ in range(1000):
             idle.append(socket.create_connection(("127.0.0.1", v.port), timeout=10))
         assert v.proc.poll() is None, "the node ended under 1,000 idle connections"
+        # the idle ones that got a handshake slot are cut at handshake_timeout, the rest at once:
+        # then the node answers a handshake again (a refused dial would wait the dialer's 30 s)
+        assert anyio.run(answers_within, v.port, v.peer_id, 30.0), "the node stopped answering"
         good = nodes.start("good", *ARGS, "--static-peers", v.address, env=static_plugin_env)
         good.wait_for("connected", timeout=30, peer_id=v.peer_id)
         v.wait_for("connected", timeout=5, peer_id=good.peer_id)

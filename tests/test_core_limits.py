@@ -41,28 +41,45 @@ def test_a_bucket_gives_its_burst_then_its_rate(clock: Clock) -> None:
     assert sum(bucket.try_take() for _ in range(100)) == 20, "never more than the burst saved"
 
 
-def test_the_gate_counts_in_all_per_ip_and_in_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_gate_makes_room_by_dropping_the_oldest_handshake_never_a_connected_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(limits, "descriptor_limit", lambda: None)
     gate = InboundGate(max_total=5, max_per_ip=2, max_handshakes=3)
-    a1, a2 = gate.admit("10.0.0.1"), gate.admit("10.0.0.1")
-    assert isinstance(a1, limits.Ticket) and isinstance(a2, limits.Ticket)
-    assert "limit max_inbound_per_ip" in str(gate.admit("10.0.0.1"))
-    b1 = gate.admit("10.0.0.2")
-    assert isinstance(b1, limits.Ticket)
-    assert "limit max_handshakes" in str(gate.admit("10.0.0.3"))
-    a1.handshake_done()
-    b1.handshake_done()
-    c1, c2 = gate.admit("10.0.0.3"), gate.admit("10.0.0.4")
-    assert isinstance(c1, limits.Ticket) and isinstance(c2, limits.Ticket)
-    assert "limit max_inbound_connections" in str(gate.admit("10.0.0.5"))
-    for ticket in (a1, a2, b1, c1, c2, a1):  # releasing twice counts once
+    dropped: list[str] = []
+
+    def admit(ip: str, name: str) -> limits.Ticket:
+        ticket = gate.admit(ip)
+        assert isinstance(ticket, limits.Ticket), ticket
+        ticket.cancel = lambda: dropped.append(name)
+        return ticket
+
+    a1, a2 = admit("10.0.0.1", "a1"), admit("10.0.0.1", "a2")
+    a3 = admit("10.0.0.1", "a3")  # per IP: the oldest handshake from that IP makes room
+    assert dropped == ["a1"] and a1.released
+    a2.handshake_done()
+    a3.handshake_done()  # both connected now: never dropped for a newcomer
+    refused = gate.admit("10.0.0.1")
+    assert refused == "every connection counted by max_inbound_per_ip is past its handshake"
+    b1, b2 = admit("10.0.0.2", "b1"), admit("10.0.0.3", "b2")
+    b3 = admit("10.0.0.4", "b3")  # 5 in all now, 3 of them handshaking
+    admit("10.0.0.5", "b4")  # in all: the oldest handshake anywhere makes room
+    assert dropped == ["a1", "b1"] and b1.released
+    b2.handshake_done()
+    admit("10.0.0.6", "c1")  # in all again: the oldest still handshaking (b3), not b2
+    assert dropped == ["a1", "b1", "b3"]
+    assert (gate.total, gate.handshakes) == (5, 2)
+    for ticket in [a2, a3, b2, b3, *list(gate.pending)]:
         ticket.release()
-    assert (gate.total, gate.handshakes, dict(gate.per_ip)) == (0, 0, {})
-    assert gate.refused == {
-        "max_inbound_per_ip": 1,
-        "max_handshakes": 1,
-        "max_inbound_connections": 1,
-    }
+        ticket.release()  # releasing twice counts once
+    assert (gate.total, gate.handshakes, dict(gate.per_ip), gate.pending) == (0, 0, {}, {})
+    assert gate.refused == {"max_inbound_per_ip": 1}
+    assert gate.evicted == {"max_inbound_per_ip": 1, "max_inbound_connections": 2}
+    handshakes = InboundGate(max_total=9, max_per_ip=9, max_handshakes=1)
+    first = handshakes.admit("10.0.0.7")
+    assert isinstance(first, limits.Ticket)
+    assert isinstance(handshakes.admit("10.0.0.8"), limits.Ticket) and first.released
+    assert handshakes.evicted == {"max_handshakes": 1}
 
 
 def test_the_gate_stays_below_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:

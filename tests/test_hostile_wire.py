@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from exo_discovery_core import clusterkey, handshake
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.records import LocalRecord
 from exo_discovery_core.session import LENGTH, MAX_SEALED
 from exo_discovery_core.wire import MAX_FRAME
 from tests.support.hostile import (
@@ -434,13 +435,17 @@ def test_verify_only_handshakes_are_answered_and_closed_never_kept() -> None:
         @given(st.sampled_from([True, False, "true", 1, None]))
         def target(flag: Any) -> None:
             async def attack() -> dict[str, Any] | None:
-                credentials = handshake.Credentials(Identity.generate(), namespace="exo")
+                identity = Identity.generate()
+                credentials = handshake.Credentials(identity, namespace="exo")
+                record = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
                 stream = await anyio.connect_tcp("127.0.0.1", live.node.port)
                 verify = flag is True
                 if not verify and flag is not None:  # a wrong type goes in the hello as it is
                     credentials.introduction = {**credentials.introduction, "verify": flag}
                 with anyio.fail_after(CLOSE_WITHIN):
-                    session = await handshake.initiate(stream, credentials, verify_only=verify)
+                    session = await handshake.initiate(
+                        stream, credentials, verify_only=verify, local_record=record.encode()
+                    )
                     try:
                         said = await session.receive() if verify else None
                         if verify:

@@ -298,7 +298,10 @@ class ConnectionManager:
             if isinstance(exc, handshake.SelfConnection):
                 self._listener.identified(address, self._identity.peer_id)
                 raise DialedSelf("this is this node's own address") from None
-            refused = isinstance(exc, handshake.HandshakeError)
+            # a refusal is an answer (namespace, version, id); silence may be a restart
+            refused = isinstance(exc, handshake.HandshakeError) and not isinstance(
+                exc, handshake.Unanswered
+            )
             theirs = exc.theirs if isinstance(exc, handshake.IncompatibleVersion) else None
             raise DialError(self._reason(exc), refused=refused, incompatible=theirs) from None
         except BaseException:

@@ -64,6 +64,12 @@ class SelfConnection(HandshakeError):
         self.record = record
 
 
+class Unanswered(HandshakeError):
+    """The other end closed before saying anything: a node without our cluster key (which says
+    nothing, by design), a node shutting down, or no exo-discovery node at all. It is not a
+    refusal: a peer that was restarting answers a moment later."""
+
+
 class NamespaceMismatch(HandshakeError):
     """The peer is of another namespace; both are named."""
 
@@ -188,7 +194,7 @@ async def _initiate(
     except wire.ProtocolError as exc:
         raise HandshakeError(str(exc)) from None
     if theirs is None:
-        raise HandshakeError(
+        raise Unanswered(
             "closed without answering: it is not an exo-discovery node, or its cluster key is "
             "not ours" + (" (we have none)" if not credentials.keyring else "")
         )

@@ -10,8 +10,6 @@ import base64
 import json
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from exo_discovery_core import records
 from exo_discovery_core.identity import Identity, PeerId
+from tests.support.cli import exo_discovery
 from tests.support.hostile import Listener, Stranger, probe
 from tests.support.nodes import NodeFleet
 
@@ -166,20 +165,10 @@ def test_one_frame_of_100_made_up_peers_makes_at_most_the_documented_dials(
 
 
 def peers_json(state_dir: Path) -> dict[str, Any]:
-    result = cli("peers", "--json", "--state-dir", str(state_dir))
+    result = exo_discovery(state_dir, "peers", "--json", "--state-dir", str(state_dir))
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exo_discovery_core", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 def test_two_nodes_with_one_state_dir_are_both_told(
@@ -224,14 +213,17 @@ def test_a_cloned_key_is_reported_by_peers_and_doctor_on_both(
         "clone", *ARGS, "--static-peers", hub.address, env=static_plugin_env,
         state_dir_override=clone_dir,
     )  # fmt: skip
-    env = {**static_plugin_env, "PATH": "/usr/bin:/bin"}
+    env = static_plugin_env
     for node in (one, clone):
         node.wait_for("duplicate_identity", timeout=15, peer_id=one.peer_id)
         status = peers_json(node.state_dir)
         assert "another node holds this node's key" in status["duplicate_identity"]
-        human = cli("peers", "--state-dir", str(node.state_dir))
+        human = exo_discovery(node.state_dir, "peers", "--state-dir", str(node.state_dir))
         assert "WARNING: another node holds this node's key" in human.stdout
-        doctor = cli("doctor", "--plugins", "static", "--state-dir", str(node.state_dir), env=env)
+        doctor = exo_discovery(
+            node.state_dir, "doctor", "--plugins", "static", "--state-dir", str(node.state_dir),
+            env=env,
+        )  # fmt: skip
         assert doctor.returncode == 1, doctor.stdout + doctor.stderr
         assert "✗ duplicate identity" in doctor.stdout
         assert "fix: exo-discovery id --regenerate" in doctor.stdout

@@ -45,6 +45,7 @@ from tests.support.hostile import (
     LiveNode,
     authenticate,
     json_body,
+    json_values,
     listeners,
     read_until_closed,
 )
@@ -127,13 +128,7 @@ def _usable(addrs: list[str]) -> list[Address]:
     return out
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+JSON = json_values(12)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from exo_discovery_core import records
 from exo_discovery_core.identity import Identity
 from exo_discovery_core.models import Address
 from exo_discovery_core.records import LocalRecord, RecordError
+from tests.support.hostile import json_values
 
 CASES_PER_TARGET = 300
 SETTINGS = settings(
@@ -74,13 +75,7 @@ def test_a_valid_record_with_bytes_flipped_cut_or_inserted(data: st.DataObject) 
     assert decodes_or_refuses(changed) is None or changed == GOOD
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=6)
-    ),
-    max_leaves=20,
-)
+JSON = json_values(20)
 
 
 @SETTINGS

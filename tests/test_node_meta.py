@@ -4,23 +4,17 @@ where the value came from."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from exo_discovery_core.config import ConfigError, ConfigSource
-
-
-def config_file(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "exo-discovery.toml"
-    path.write_text(body)
-    return path
+from tests.support.cli import exo_discovery
+from tests.test_core_config import write
 
 
 def test_file_env_and_flags_are_laid_over_each_other(tmp_path: Path) -> None:
-    path = config_file(tmp_path, '[node.meta]\napi_port = "52415"\nrole = "file"\n')
+    path = write(tmp_path, '[node.meta]\napi_port = "52415"\nrole = "file"\n')
     source = ConfigSource.load(
         path,
         env={"EXO_DISCOVERY_META": "role=env, zone=a"},
@@ -68,20 +62,14 @@ def test_bad_or_too_much_metadata_names_its_origin(
 
 def test_too_much_metadata_in_the_file_names_the_file_and_key(tmp_path: Path) -> None:
     keys = "\n".join(f'k{i} = "v"' for i in range(33))
-    path = config_file(tmp_path, f"[node.meta]\n{keys}\n")
+    path = write(tmp_path, f"[node.meta]\n{keys}\n")
     with pytest.raises(ConfigError, match=f"{path} \\[node\\] meta: 33 metadata keys"):
         ConfigSource.load(path, env={}).node_config()
 
 
 def test_the_cli_refuses_too_much_metadata_in_one_line(tmp_path: Path) -> None:
     args = [f"--meta=k{i}=v" for i in range(33)]
-    result = subprocess.run(
-        [sys.executable, "-m", "exo_discovery_core", "run", "--state-dir", str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    result = exo_discovery(tmp_path, "run", "--state-dir", str(tmp_path), *args)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: flag --meta: 33 metadata keys; at most 32 are allowed (node)"

@@ -430,3 +430,16 @@ class Stranger:
         for each in self.sessions:
             await each.aclose()
         self.sessions.clear()
+
+
+def json_values(max_leaves: int = 12) -> Any:
+    """Any JSON value (NaN and infinities too: Python's json reads them), nested a little."""
+    from hypothesis import strategies as st
+
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=max_leaves,
+    )

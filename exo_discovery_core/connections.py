@@ -34,6 +34,7 @@ from .heartbeat import PingClock
 from .identity import Identity, PeerId
 from .limits import Ticket, TokenBucket
 from .liveness import Liveness
+from .logonce import LogOnce
 from .models import Address
 from .records import LocalRecord, PeerRecord
 from .session import Session
@@ -144,6 +145,7 @@ class ConnectionManager:
         self._local = local
         self._listen_port = listen_port
         self._listener = listener
+        self._refusals = LogOnce(log, max_topics=1024)
         # made once: the Noise static key and the identity's signature over it serve every handshake
         self.credentials = handshake.Credentials(
             identity,
@@ -222,7 +224,14 @@ class ConnectionManager:
         except (handshake.HandshakeError, TimeoutError, *_STREAM_ERRORS) as exc:
             self._twin_seen(exc)
             level = logging.DEBUG if isinstance(exc, handshake.SelfConnection) else logging.WARNING
-            log.log(level, "refused inbound connection from %s: %s", remote, self._reason(exc))
+            # once per source and reason: a peer that retries is not a new line every round
+            self._refusals.log(
+                level,
+                remote.host,
+                "refused inbound connection from %s: %s",
+                remote.host,
+                self._reason(exc),
+            )
             await stream.aclose()
             return
         if ticket is not None:

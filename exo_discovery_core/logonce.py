@@ -14,15 +14,21 @@ from typing import Any
 class LogOnce:
     """What was last said about each topic (a file, a DNS name, a peer), for ``log``."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, max_topics: int | None = None) -> None:
+        """``max_topics`` bounds what is remembered when the network picks the topics (source
+        addresses): the oldest topic is forgotten first, so at worst it is said again."""
         self.logger = log
         self._said: dict[Hashable, Hashable] = {}
+        self._max_topics = max_topics
 
     def changed(self, topic: Hashable, value: Hashable) -> bool:
         """Record ``value`` as what ``topic`` is now; True when that is news (first or different)."""
         if topic in self._said and self._said[topic] == value:
             return False
+        self._said.pop(topic, None)  # re-inserted last: the newest topic is forgotten last
         self._said[topic] = value
+        if self._max_topics is not None and len(self._said) > self._max_topics:
+            del self._said[next(iter(self._said))]
         return True
 
     def log(self, level: int, topic: Hashable, message: str, *args: Any) -> bool:

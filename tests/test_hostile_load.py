@@ -2,7 +2,8 @@
 does not stop a real peer from connecting. All on 127.0.0.1, against ONE real node per test.
 
 Cases: ``SLOW_CLIENTS`` (10) concurrent slow-loris clients (one byte per 100 ms, of a valid
-handshake's first message or of garbage); ``FLOOD`` (300) connections opened as fast as possible.
+handshake's first message or of garbage); ``FLOOD`` (300) connections opened as fast as possible;
+``FRAMES`` (2,000) messages on one authenticated connection as fast as possible.
 """
 
 from __future__ import annotations
@@ -114,3 +115,52 @@ def test_connection_flood_does_not_stop_a_real_peer() -> None:
         live.check_alive()
         assert live.state() == before
         assert time.monotonic() - begun < 30.0
+
+
+FRAMES = 2000
+FRAME_RATE, FRAME_BURST = 50.0, 100
+
+
+def test_a_frame_flood_is_read_at_frame_rate_and_a_real_peer_still_connects() -> None:
+    """An authenticated peer sends ``FRAMES`` (2,000) messages as fast as it can: the node reads
+    at most frame_burst + frame_rate x t of them in t seconds (the rest wait in TCP, which
+    slows the sender down), stays up and still connects a real peer. Before, every frame was
+    read and acted on as fast as it came."""
+    from tests.support.hostile import authenticate
+
+    node = {"frame_rate": FRAME_RATE, "frame_burst": FRAME_BURST}
+    with LiveNode(node=node) as live:
+        run = live.node._run
+        read: list[float] = []
+        forward = run.received
+
+        def counting(peer_id: object, address: object, message: dict[str, object]) -> None:
+            read.append(time.monotonic())
+            forward(peer_id, address, message)  # type: ignore[arg-type]
+
+        run.received = counting  # type: ignore[method-assign]
+
+        async def flood() -> tuple[float, int]:
+            session = await authenticate(live.node.port, Identity.generate())
+            try:
+                started = time.monotonic()
+                async with anyio.create_task_group() as tg:
+
+                    async def send_all() -> None:
+                        with contextlib.suppress(TimeoutError, *CLOSED_ERRORS):
+                            for i in range(FRAMES):
+                                await session.send({"type": "flood", "n": i}, 30.0)
+
+                    tg.start_soon(send_all)
+                    await anyio.sleep(2.0)  # a measurement window: count what was read in it
+                    elapsed, count = time.monotonic() - started, len(read)
+                    tg.cancel_scope.cancel()
+                return elapsed, count
+            finally:
+                await session.aclose()
+
+        elapsed, count = live.call(flood)
+        bound = FRAME_BURST + FRAME_RATE * elapsed
+        assert 0 < count <= bound + 2, f"{count} frames read in {elapsed:.2f} s (bound {bound:.0f})"
+        live.check_alive()
+        assert live.real_peer_connects() < 5.0

@@ -108,6 +108,9 @@ def render(rows: Sequence[PeerRow], width: int = MIN_WIDTH, now: float | None = 
         lines.append(_line(texts, widths))
         if row.state != "connected":
             lines.append(cut("  " + why_not(row), width))
+        if row.meta:  # the peer's own, from its signed record
+            pairs = ", ".join(f"{key}={value}" for key, value in sorted(row.meta.items()))
+            lines.append(cut(f"  meta {pairs}", width))
     return lines
 
 

@@ -247,6 +247,8 @@ def test_metadata_travels_in_the_record_to_events_and_peers_json(
     assert told and told[-1].get("meta") == meta_a, told
     row = next(p for p in peers_json(b.state_dir)["peers"] if p["peer_id"] == a.peer_id)
     assert row["meta"] == meta_a
+    human = exo_discovery(b.state_dir, "peers", "--state-dir", str(b.state_dir))
+    assert "  meta api_port=52415, role=worker" in human.stdout, human.stdout
 
 
 @pytest.mark.anyio

@@ -134,6 +134,14 @@ class NodeConfig(BaseModel):
         flag="--connect",
         env="EXO_DISCOVERY_CONNECT",
     )
+    max_connections: int | None = option(
+        None,
+        help="Connections this node keeps at most (default: one to every member); every member "
+        "is still known, through the signed records its connections relay",
+        flag="--max-connections",
+        env="EXO_DISCOVERY_MAX_CONNECTIONS",
+        ge=1,
+    )
     exchange: bool = option(
         True,
         help="Tell connected peers whom we are connected to, so one known peer leads to all",

@@ -341,6 +341,12 @@ class ConnectionManager:
         await conn.channel.send(message, timeout)
         self.liveness.sent(conn.peer_id)
 
+    async def close(self, peer_id: PeerId, reason: str) -> None:
+        """End the connection to ``peer_id`` (saying ``reason`` in the bye), if there is one."""
+        conn = self._current.get(peer_id)
+        if conn is not None:
+            await self._close(conn, reason)
+
     async def close_all(self, reason: str = "shutdown") -> None:
         with anyio.move_on_after(1.0, shield=True):
             for conn in list(self._current.values()):

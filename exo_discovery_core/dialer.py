@@ -16,6 +16,11 @@ connecting: one handshake per peer, which proves its id and reads its record, th
 is verified again when its addresses change, and every ``REVERIFY_EVERY`` seconds (so a record
 with new metadata reaches a discover-only node too); a failed verification backs off as a dial
 does.
+
+With ``max_connections`` (:mod:`.degree`) the dialer keeps at most that many connections: it
+dials only while it has room, peers without a known id first (a bootstrap address is how a node
+joins), then the others in the node's own order of preference; a peer that closed our
+connection to keep its own limit is held off like a refusal, so we dial another instead.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from anyio.abc import TaskGroup
 
 from .backoff import Backoff
 from .connections import DialedSelf, DialError
+from .degree import TRIMMED, Preference
 from .identity import PeerId
 from .limits import TokenBucket
 from .models import Address
@@ -104,6 +110,7 @@ class Dialer:
         learned: TokenBucket | None = None,
         clock: Callable[[], float] = time.monotonic,
         verify_only: bool = False,
+        max_connections: int | None = None,
     ) -> None:
         """``learned`` paces the dials of peers known only through ``mutual_source`` (hearsay:
         whatever a peer says, it cannot make us dial faster than that)."""
@@ -116,6 +123,7 @@ class Dialer:
         self._learned = learned
         self._clock = clock
         self._verify_only = verify_only
+        self._preference = Preference(me, max_connections) if max_connections else None
         # verify_only: by id, the addresses it was verified at and when
         self._verified: dict[PeerId, tuple[frozenset[Address], float]] = {}
         self._states: dict[str, _State] = {}
@@ -125,11 +133,18 @@ class Dialer:
         """Something changed (the table, a connection): look again now."""
         self._wake.set()
 
-    def peer_down(self, peer_id: PeerId) -> None:
-        """A connection ended: try that peer again at once, then back off."""
+    def peer_down(self, peer_id: PeerId, reason: str = "") -> None:
+        """A connection ended: try that peer again at once, then back off; but one closed to
+        keep a ``max_connections`` limit (ours or the peer's) is held off as a refusal."""
         state = self._states.get(str(peer_id))
         if state is not None:
-            state.next_at = 0.0
+            if TRIMMED in reason:
+                state.next_at = self._clock() + REFUSED_RETRY
+                state.last_reason = (
+                    f"closed to keep max_connections (tried again every {REFUSED_RETRY:g} s)"
+                )
+            else:
+                state.next_at = 0.0
         self.wake()
 
     def status(self) -> dict[str, DialStatus]:
@@ -162,7 +177,8 @@ class Dialer:
         known = {peer.peer_id for peer in peers.values()}
         for peer_id in self._verified.keys() - known:
             del self._verified[peer_id]
-        due, soonest = [], IDLE_WAKE
+        soonest = IDLE_WAKE
+        eligible: list[Peer] = []
         for key, peer in peers.items():
             if peer.peer_id is not None and peer.peer_id in connected:
                 continue
@@ -176,6 +192,10 @@ class Dialer:
             if state.next_at > now:
                 soonest = min(soonest, state.next_at - now)
                 continue
+            eligible.append(peer)
+        due = []
+        for peer in self._within_limit(eligible, connected):
+            state = self._states[peer.key]
             paced = self._learned if peer.sources == {self._mutual_source} else None
             if paced is not None and not paced.try_take():  # hearsay only: paced
                 soonest = min(soonest, paced.wait_time())
@@ -183,6 +203,21 @@ class Dialer:
             state.busy = True
             due.append(peer)
         return due, soonest
+
+    def _within_limit(self, eligible: list[Peer], connected: Mapping[PeerId, object]) -> list[Peer]:
+        """All of ``eligible`` without a limit; with one, as many as there is room for, in the
+        order of preference (peers of unknown id first)."""
+        if self._preference is None:
+            return eligible
+        busy = sum(1 for state in self._states.values() if state.busy)
+        room = self._preference.limit - len(connected) - busy
+        if room <= 0:
+            return []
+        rank = {p: i for i, p in enumerate(self._preference.ranked(
+            peer.peer_id for peer in eligible if peer.peer_id is not None
+        ))}  # fmt: skip
+        ordered = sorted(eligible, key=lambda p: -1 if p.peer_id is None else rank[p.peer_id])
+        return ordered[:room]
 
     def _was_verified(self, peer: Peer, now: float) -> bool:
         """Verified lately at exactly these addresses (by its id: the table re-keys a peer whose
@@ -193,8 +228,11 @@ class Dialer:
         return addresses == frozenset(peer.addresses) and now - at < REVERIFY_EVERY
 
     def _dials_second(self, peer: Peer) -> bool:
+        """Without a limit both ends of a hearsay pair want the link: the lower id dials first.
+        With one the ends choose independently, so neither waits."""
         return (
-            peer.sources == {self._mutual_source}
+            self._preference is None
+            and peer.sources == {self._mutual_source}
             and peer.peer_id is not None
             and str(peer.peer_id) < str(self._me)
         )

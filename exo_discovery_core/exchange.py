@@ -13,6 +13,22 @@ records of those peers that this receiver was not sent yet, in as many messages 
 Bounds: at most ``per_sender`` peers taken from one sender, ``total`` from all senders together
 (first come); a record is kept only for a peer some sender lists; what a sender said is
 forgotten when it disconnects.
+
+**Relay of members** (``relay``, on with ``max_connections``): a node then lists not only its
+connections but every member it knows, each with an ``age`` (``"ages": [seconds, ...]``, aligned
+with ``peers``; absent or 0 means "connected to it now"), and sends their records too, each
+once per (peer id, seq) and recipient. So every member reaches every node over a few hops while
+each keeps a few connections. The rule that ages a gone member out: a listing at age 0 is a
+standing claim of the sender (it holds while the sender lists the peer and stays connected to
+us); a listing at age ``a > 0`` is hearsay, and counts as a vouch made ``a`` seconds before it
+arrived. A node's age for a member is 0 while it is connected to it, else the least age any of
+its connections gives it plus ``HOP_AGE``, growing with the clock. Only a connection to the
+member itself resets the age, and every relay adds to it, so when no node connected to the
+member vouches for it any more, its age grows everywhere (loops included: no count to
+infinity) and past ``MEMBER_TTL`` it is dropped, from the table and from what is relayed.
+Relayed members are re-announced every ``REFRESH`` seconds so that live ones stay young.
+A sender can keep a gone member alive while it keeps listing it (as it can without relay), and
+can never remove a member that another connection vouches for.
 """
 
 from __future__ import annotations
@@ -22,7 +38,8 @@ import binascii
 import functools
 import logging
 import random
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -37,6 +54,9 @@ from .routes import usable_from_peer
 
 SOURCE = "exchange"
 MAX_PEERS = 100  # ids in one peers message: per_sender is capped at this
+MEMBER_TTL = 10.0  # seconds: a relayed member not vouched for this long is gone
+HOP_AGE = 0.1  # seconds added by each relay, so ages only grow around a loop
+REFRESH = 2.5  # seconds between re-announcements of relayed members (relay only)
 ANNOUNCE_DELAY = (0.1, 0.3)  # seconds; random, so a mesh's announcements do not all coincide
 _ROOM = wire.MAX_FRAME - 64  # a records message's body, with room for its JSON around it
 log = logging.getLogger("exo_discovery.exchange")
@@ -55,15 +75,25 @@ class Outbox:
         self._lists: dict[PeerId, list[str]] = {}
 
     def messages(
-        self, recipient: PeerId, records: Mapping[PeerId, PeerRecord]
+        self,
+        recipient: PeerId,
+        records: Mapping[PeerId, PeerRecord],
+        ages: Mapping[PeerId, float] | None = None,
+        *,
+        again: bool = False,
     ) -> list[dict[str, Any]]:
-        """The messages to send ``recipient`` now, given the records of our connections."""
+        """The messages to send ``recipient`` now, given the records of the peers we list (our
+        connections; with relay our members, aged by ``ages``); ``again``: the list even if
+        unchanged (a refresh of the ages)."""
         others = [r for pid, r in records.items() if pid != recipient][:MAX_PEERS]
         sent = self._sent.setdefault(recipient, {})
         ids = [str(r.peer_id) for r in others]
         out: list[dict[str, Any]] = []
-        if self._lists.get(recipient) != ids:
-            out.append({"type": "peers", "peers": ids})
+        if again or self._lists.get(recipient) != ids:
+            message: dict[str, Any] = {"type": "peers", "peers": ids}
+            if ages:
+                message["ages"] = [round(ages.get(r.peer_id, 0.0), 2) for r in others]
+            out.append(message)
             self._lists[recipient] = ids
         batch: list[str] = []
         size = 0
@@ -97,11 +127,21 @@ class Heard:
     record is known, at the usable addresses of its newest record.
     """
 
-    def __init__(self, me: PeerId, *, per_sender: int, total: int) -> None:
+    def __init__(
+        self,
+        me: PeerId,
+        *,
+        per_sender: int,
+        total: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.me = me
         self.per_sender = min(per_sender, MAX_PEERS)
         self.total = total
+        self._clock = clock
         self._lists: dict[PeerId, list[PeerId]] = {}
+        # by sender, by listed peer: when the vouch it relayed was made (None: standing, age 0)
+        self._vouched: dict[PeerId, dict[PeerId, float | None]] = {}
         self._local: dict[PeerId, bool] = {}
         self._count: dict[PeerId, int] = {}
         self._records: dict[PeerId, PeerRecord] = {}
@@ -114,18 +154,25 @@ class Heard:
         if not isinstance(entries, list):
             log.debug("peer %s sent a peers message without a list", sender)
             entries = []
-        wanted: list[PeerId] = []
-        for entry in entries[:MAX_PEERS]:
+        ages = message.get("ages")
+        if not isinstance(ages, list) or len(ages) != len(entries):
+            ages = [0] * len(entries)  # no ages (or not one each): all connections of the sender
+        now = self._clock()
+        wanted: dict[PeerId, float | None] = {}
+        for entry, age in zip(entries[:MAX_PEERS], ages, strict=False):
             peer_id = _peer_id(entry)
             if peer_id is None or peer_id in (self.me, sender) or peer_id in wanted:
                 continue
+            if not isinstance(age, int | float) or not 0 <= age < MEMBER_TTL:
+                continue  # a bool is an int: True is age 1, harmless
             if len(wanted) >= self.per_sender:
                 break
             if peer_id not in self._count and len(self._count) >= self.total:
                 continue  # known through exchange in all: first come
-            wanted.append(peer_id)
+            wanted[peer_id] = now - age if age > 0 else None
         self._local[sender] = sender_on_this_host
-        return self._set(sender, wanted)
+        self._vouched[sender] = wanted
+        return self._set(sender, list(wanted))
 
     def records(self, sender: PeerId, message: dict[str, Any]) -> list[PeerRecord]:
         """A ``records`` message: the records that were news (kept only for listed peers, or
@@ -150,7 +197,31 @@ class Heard:
     def forget(self, sender: PeerId) -> bool:
         """``sender`` disconnected: what it said is no longer heard; True if the set changed."""
         self._local.pop(sender, None)
+        self._vouched.pop(sender, None)
         return self._set(sender, [])
+
+    def ages(self) -> dict[PeerId, float]:
+        """By listed peer, seconds since the freshest vouch for it (0: a sender is connected
+        to it now)."""
+        now = self._clock()
+        result: dict[PeerId, float] = {}
+        for vouches in self._vouched.values():
+            for peer_id, at in vouches.items():
+                age = 0.0 if at is None else max(0.0, now - at)
+                if age < result.get(peer_id, MEMBER_TTL + 1):
+                    result[peer_id] = age
+        return result
+
+    def expire(self) -> bool:
+        """Drop the hearsay older than ``MEMBER_TTL``; True if the set of listed peers changed."""
+        stale_before = self._clock() - MEMBER_TTL
+        changed = False
+        for sender, vouches in list(self._vouched.items()):
+            kept = {p: at for p, at in vouches.items() if at is None or at >= stale_before}
+            if len(kept) != len(vouches):
+                self._vouched[sender] = kept
+                changed |= self._set(sender, list(kept))
+        return changed
 
     def _set(self, sender: PeerId, wanted: list[PeerId]) -> bool:
         old = set(self._lists.pop(sender, ()))
@@ -260,6 +331,7 @@ class PeerExchange:
         self, me: PeerId, table: PeerTable, links: Links, *, per_sender: int, total: int
     ) -> None:
         self.enabled = True
+        self.relay = False  # list every member known, not only our connections (max_connections)
         self._table = table
         self._links = links
         self._heard = Heard(me, per_sender=per_sender, total=total)
@@ -300,8 +372,24 @@ class PeerExchange:
     def _refresh(self) -> None:
         self._table.replace(SOURCE, self._heard.candidates(self._links.records()))
 
-    def announce(self, tg: TaskGroup) -> None:
-        """Tell every connected peer whom we are connected to, soon (one send per burst)."""
+    def listed(self) -> tuple[dict[PeerId, PeerRecord], dict[PeerId, float]]:
+        """The records of the peers we list, and their ages: our connections (age 0), and with
+        relay every other member still young enough, aged one hop more than we heard it."""
+        records = dict(self._links.records())
+        ages: dict[PeerId, float] = {}
+        if not self.relay:
+            return records, ages
+        for peer_id, age in self._heard.ages().items():
+            record = self._heard.record(peer_id)
+            if peer_id in records or record is None or age + HOP_AGE >= MEMBER_TTL:
+                continue
+            records[peer_id] = record
+            ages[peer_id] = age + HOP_AGE
+        return records, ages
+
+    def announce(self, tg: TaskGroup, *, again: bool = False) -> None:
+        """Tell every connected peer whom we list, soon (one send per burst); ``again``: even
+        if the list is unchanged (a refresh of the relayed members' ages)."""
         if not self.enabled or self._announcing:
             return
         self._announcing = True
@@ -309,14 +397,25 @@ class PeerExchange:
         async def send() -> None:
             await anyio.sleep(random.uniform(*ANNOUNCE_DELAY))
             self._announcing = False
-            records = self._links.records()
-            for peer_id in records:
-                for message in self._outbox.messages(peer_id, records):
+            listed, ages = self.listed()
+            for peer_id in self._links.records():
+                for message in self._outbox.messages(peer_id, listed, ages, again=again):
                     if not await self._links.send(peer_id, message):
                         self._outbox.forget(peer_id)  # it is going; start afresh if it returns
                         break
 
         tg.start_soon(send)
+
+    async def run(self, tg: TaskGroup) -> None:
+        """Every ``REFRESH`` seconds: age out members no one vouches for any more, and (relay)
+        tell our connections again how young the members we relay are."""
+        while True:
+            await anyio.sleep(REFRESH * random.uniform(0.9, 1.1))
+            if self._heard.expire():
+                self._refresh()
+                self.announce(tg)
+            if self.relay and self.listed()[1]:
+                self.announce(tg, again=True)
 
     async def publish(self, record: PeerRecord) -> None:
         """Our own new record (new metadata): to every connected peer, at once."""

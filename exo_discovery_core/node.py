@@ -168,6 +168,7 @@ class Node:
             await status.serve(config.state_dir, self.status, stack, tg)
             run.plugins.start(tg, self.info, config, run.table)
             tg.start_soon(run.dialer.run, tg)  # connect = false: it verifies, then closes
+            tg.start_soon(run.exchange.run, tg)
         except BaseException:
             self._started = None
             await stack.__aexit__(*sys.exc_info())

@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import anyio
 from anyio.abc import TaskGroup
 
 from . import exchange, records
 from .config import NodeConfig
 from .connections import ConnectionManager
+from .degree import TRIM_DELAY, TRIMMED, Preference
 from .dialer import Dialer
 from .events import NodeEvent, connection_event, peer_events
 from .identity import Identity, PeerId
@@ -77,6 +79,11 @@ class Pipeline:
             total=config.exchange_peers_max,
         )
         self.exchange.enabled = config.exchange
+        self.exchange.relay = config.max_connections is not None
+        self.preference = (
+            Preference(identity.peer_id, config.max_connections) if config.max_connections else None
+        )
+        self._trimming = False
         self.dialer = Dialer(
             identity.peer_id,
             self.table.merged,
@@ -86,6 +93,7 @@ class Pipeline:
             mutual_source=exchange.SOURCE,
             verify_only=not config.connect,
             learned=TokenBucket(config.learned_dial_rate, config.learned_dial_burst),
+            max_connections=config.max_connections,
         )
 
     def ordered(self, addresses: Iterable[Address]) -> list[Address]:
@@ -224,6 +232,29 @@ class Pipeline:
 
     def connection_up(self, peer_id: PeerId, address: Address | None) -> None:
         self._changed(ConnectionState.CONNECTED, peer_id, address, "")
+        if (
+            self.preference is not None
+            and len(self.connections.connected()) > self.preference.limit
+        ):
+            self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """Past ``max_connections``: after ``TRIM_DELAY`` (the newcomer has the member list by
+        then) close the least-preferred connections until within the limit."""
+        if self._trimming:
+            return
+        self._trimming = True
+
+        async def trim() -> None:
+            await anyio.sleep(TRIM_DELAY)
+            self._trimming = False
+            assert self.preference is not None
+            known = [p.peer_id for p in self.table.merged().values() if p.peer_id is not None]
+            for peer_id in self.preference.to_trim(self.connections.connected(), known):
+                log.debug("closing the connection to %s to keep max_connections", peer_id)
+                await self.connections.close(peer_id, TRIMMED)
+
+        self.tg.start_soon(trim)
 
     def connection_down(self, peer_id: PeerId, reason: str) -> None:
         self.last_up.pop(peer_id, None)
@@ -231,7 +262,7 @@ class Pipeline:
         if len(self.last_up) > LAST_UP_KEPT:  # ids are cheap to make: remember a bounded few
             del self.last_up[next(iter(self.last_up))]
         self._changed(ConnectionState.DISCONNECTED, peer_id, None, reason)
-        self.dialer.peer_down(peer_id)
+        self.dialer.peer_down(peer_id, reason)
         self.exchange.forget(peer_id)
 
     def _changed(

@@ -1,0 +1,83 @@
+"""``max_connections`` with real node processes on loopback: few connections, every member known.
+
+Twelve nodes, each told only the first one's address, each keeping at most three connections:
+through the relayed signed records every node lists the eleven others, read from its status
+socket (what ``exo-discovery peers --json`` prints); a stopped member leaves every list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+
+from exo_discovery_core.status import Status, query
+from tests.support.nodes import NodeFleet, NodeProcess
+
+COUNT = 12
+LIMIT = 3
+
+
+def status_of(node: NodeProcess) -> Status:
+    return anyio.run(query, node.state_dir)
+
+
+def members(status: Status) -> set[str]:
+    return {row.peer_id for row in status.peers if row.peer_id is not None}
+
+
+def connections(status: Status) -> set[str]:
+    return {row.peer_id for row in status.peers if row.state == "connected" and row.peer_id}
+
+
+def until(check: Callable[[], str | None], timeout: float) -> None:
+    """Poll ``check`` (None: holds; else what is still wrong) until it holds or the deadline."""
+    deadline = time.monotonic() + timeout
+    while (wrong := check()) is not None:
+        assert time.monotonic() < deadline, wrong
+        time.sleep(0.25)
+
+
+def test_twelve_nodes_with_three_connections_each_list_all_members_and_drop_a_stopped_one(
+    nodes: NodeFleet, static_plugin_env: dict[str, str]
+) -> None:
+    args = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
+    limit = ["--max-connections", str(LIMIT)]
+    first = nodes.start("n0", *args, *limit, env=static_plugin_env)
+    fleet = [first] + [
+        nodes.start(f"n{i}", *args, *limit, "--static-peers", first.address, env=static_plugin_env)
+        for i in range(1, COUNT)
+    ]
+    ids = {node.peer_id for node in fleet}
+
+    def meshed(among: list[NodeProcess]) -> Callable[[], str | None]:
+        want = {node.peer_id for node in among}
+
+        def check() -> str | None:
+            for node in among:
+                status = status_of(node)
+                listed = members(status) & ids
+                if listed != want - {node.peer_id}:
+                    missing, extra = want - {node.peer_id} - listed, listed - want
+                    return f"{node.name} lists not {sorted(missing)} but {sorted(extra)}: {status}"
+                if len(connections(status)) > LIMIT:
+                    return f"{node.name} has {len(connections(status))} connections"
+            return None
+
+        return check
+
+    until(meshed(fleet), timeout=30)
+    for node in fleet:  # a member it is not connected to is known through the exchange
+        status = status_of(node)
+        assert len(connections(status)) <= LIMIT, node.name
+        known = [row for row in status.peers if row.peer_id in ids and row.state == "known"]
+        assert len(known) >= COUNT - 1 - LIMIT, node.name
+        assert all("exchange" in row.sources for row in known), (node.name, known)
+        node.drain()
+        assert node.count("peer_discovered") >= len(known), node.name
+
+    gone = fleet[5]
+    gone.stop()
+    rest = [node for node in fleet if node is not gone]
+    until(meshed(rest), timeout=30)  # the eleven others again, and not the stopped one

@@ -1,0 +1,97 @@
+"""Bounded degree: the node's order of preference, and how relayed members age out."""
+
+from __future__ import annotations
+
+import math
+
+from exo_discovery_core.degree import Preference, _digest
+from exo_discovery_core.exchange import HOP_AGE, MEMBER_TTL, Heard
+from exo_discovery_core.identity import Identity, PeerId
+
+IDS = [Identity.generate().peer_id for _ in range(20)]
+ME, OTHERS = IDS[0], IDS[1:]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_closest_half_by_xor_come_first_then_a_fixed_pseudo_random_rest() -> None:
+    prefer = Preference(ME, 8)
+    ranked = prefer.ranked([*OTHERS, ME])
+    assert sorted(ranked, key=str) == sorted(OTHERS, key=str)  # never itself
+    distance = {p: _digest(str(p)) ^ _digest(str(ME)) for p in OTHERS}
+    closest = sorted(OTHERS, key=distance.__getitem__)[: math.ceil(8 / 2)]
+    assert ranked[:4] == closest
+    assert prefer.ranked(reversed(OTHERS)) == ranked  # an order, not an accident of input
+    assert Preference(IDS[1], 8).ranked(IDS) != ranked  # each node has its own
+
+
+def test_past_the_limit_the_least_preferred_connections_are_trimmed() -> None:
+    prefer = Preference(ME, 3)
+    ranked = prefer.ranked(OTHERS)
+    assert prefer.to_trim(ranked[:3], OTHERS) == []
+    connected = ranked[1:6]
+    assert prefer.to_trim(connected, OTHERS) == [ranked[5], ranked[4]]
+
+
+def peers(ids: list[PeerId], ages: list[float] | None = None) -> dict[str, object]:
+    message: dict[str, object] = {"type": "peers", "peers": [str(p) for p in ids]}
+    if ages is not None:
+        message["ages"] = ages
+    return message
+
+
+def test_a_connection_listing_stands_and_hearsay_ages_out_after_the_ttl() -> None:
+    clock = Clock()
+    heard = Heard(ME, per_sender=64, total=256, clock=clock)
+    a, b, x, y = OTHERS[:4]
+    heard.peers(a, peers([x]), sender_on_this_host=True)  # a is connected to x
+    heard.peers(b, peers([y], [2.0]), sender_on_this_host=True)  # b heard of y 2 s ago
+    clock.now += MEMBER_TTL - 2.5
+    assert not heard.expire()
+    assert heard.ages() == {x: 0.0, y: MEMBER_TTL - 0.5}
+    clock.now += 1.0
+    assert heard.expire()  # y: 2 + 8.5 s without a vouch, gone; x stands while a lists it
+    assert heard.ages() == {x: 0.0}
+
+
+def test_two_relays_vouching_for_each_other_do_not_keep_a_gone_member_alive() -> None:
+    """A loop (a hears x from b, b from a) only adds age: no count to infinity."""
+    clock = Clock()
+    on_a = Heard(OTHERS[0], per_sender=64, total=256, clock=clock)
+    on_b = Heard(OTHERS[1], per_sender=64, total=256, clock=clock)
+    a, b, x = OTHERS[0], OTHERS[1], OTHERS[2]
+    on_a.peers(ME, peers([x]), sender_on_this_host=True)  # ME is connected to x, tells a
+    on_b.peers(a, peers([x], [HOP_AGE]), sender_on_this_host=True)
+    on_a.peers(ME, peers([]), sender_on_this_host=True)  # x is gone: ME stops listing it
+    rounds = 0
+    while True:
+        rounds += 1
+        clock.now += 1.0
+        on_a.expire()
+        on_b.expire()
+        ages_b = on_b.ages()
+        if x in ages_b:
+            on_a.peers(b, peers([x], [ages_b[x] + HOP_AGE]), sender_on_this_host=True)
+        ages_a = on_a.ages()
+        if x in ages_a:
+            on_b.peers(a, peers([x], [ages_a[x] + HOP_AGE]), sender_on_this_host=True)
+        if x not in on_a.ages() and x not in on_b.ages():
+            break
+        assert rounds <= MEMBER_TTL + 2, "x kept alive by the loop"
+
+
+def test_ages_that_are_not_numbers_in_range_drop_their_entries_only() -> None:
+    heard = Heard(ME, per_sender=64, total=256, clock=Clock())
+    a, x, y, z, w = OTHERS[:5]
+    ages: list[object] = [-1, MEMBER_TTL, "0", 0.5]
+    heard.peers(a, {"type": "peers", "peers": [str(p) for p in (x, y, z, w)], "ages": ages},
+                sender_on_this_host=True)  # fmt: skip
+    assert set(heard.ages()) == {w}
+    heard.peers(a, peers([x, y], [0.5]), sender_on_this_host=True)  # not one each: connections
+    assert heard.ages() == {x: 0.0, y: 0.0}

@@ -30,29 +30,26 @@ class NodeProcess:
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
         name: str = "node",
+        command: Sequence[str] | None = None,
+        ready: str = "started",
+        stdin: bool = False,
     ) -> None:
+        """``command`` runs another program than ``exo-discovery run`` (a host program printing
+        JSON events; ``ready`` is its first, with ``peer_id`` and ``port``); ``stdin`` gives it a
+        pipe that :meth:`send` writes lines to."""
         self.name = name
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = state_dir / f"{name}.stderr.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("EXO_DISCOVERY_CONFIG", None)
-        self.argv = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "exo_discovery_core",
-            "-vv",
-            "run",
-            "--json",
-            "--state-dir",
-            str(state_dir),
-            *args,
-        ]
+        program = command or [sys.executable, "-m", "exo_discovery_core", "-vv", "run", "--json"]
+        self.argv = [*prefix, *program, "--state-dir", str(state_dir), *args]
         self._stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=full_env,
@@ -62,7 +59,7 @@ class NodeProcess:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        started = self.wait_for("started", timeout=30)
+        started = self.wait_for(ready, timeout=30)
         self.peer_id: str = started["peer_id"]
         self.port: int = started["port"]
 
@@ -76,6 +73,11 @@ class NodeProcess:
             event["_mono"] = time.monotonic()
             self._queue.put(event)
         self._queue.put(None)
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None, "started without stdin=True"
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
 
     @property
     def address(self) -> str:
@@ -149,6 +151,8 @@ class NodeProcess:
         return sum(1 for e in self.events if self._matches(e, kind, match))
 
     def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -77,6 +77,19 @@ async def test_each_peer_is_verified_once() -> None:
             assert len(calls) == 1, calls
 
 
+async def test_a_bootstrap_address_alone_gives_the_peers_metadata_too() -> None:
+    async with run_node(node={"namespace": "lab", "meta": {"api_port": "52415"}}) as exo:
+        host = discover_only(f"127.0.0.1:{exo.port}")
+        async with host, host.events(replay=True) as events:
+            await next_event(events, "peer_identified", peer_id=str(exo.peer_id))
+            with anyio.fail_after(5):
+                while host.peers()[0].meta is None:
+                    await next_event(events, "peer_updated", peer_id=str(exo.peer_id))
+            [view] = host.peers()
+            assert view.peer_id == exo.peer_id and view.meta == {"api_port": "52415"}
+            assert view.state == "known" and host.connections.connected() == {}
+
+
 def test_a_wrong_settings_key_is_named() -> None:
     with pytest.raises(ConfigError, match=r"^settings \[node\] conect: unknown key"):
         discover_only("127.0.0.1:1", conect=False)

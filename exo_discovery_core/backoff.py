@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+# The node's own: its jitter never draws from (or moves) a host program's global random state.
+JITTER = random.Random()
+
 
 @dataclass
 class Backoff:
@@ -22,7 +25,7 @@ class Backoff:
     def next(self) -> float:
         delay = min(self.maximum, self.initial * self.factor**self._attempt)
         self._attempt = min(self._attempt + 1, 64)
-        return random.uniform(delay / 2, delay)
+        return JITTER.uniform(delay / 2, delay)
 
     def reset(self) -> None:
         self._attempt = 0

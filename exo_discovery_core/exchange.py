@@ -37,7 +37,6 @@ import base64
 import binascii
 import functools
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -46,6 +45,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import wire
+from .backoff import JITTER
 from .identity import InvalidPeerId, PeerId
 from .models import Address, PeerCandidate
 from .peertable import PeerTable
@@ -395,7 +395,7 @@ class PeerExchange:
         self._announcing = True
 
         async def send() -> None:
-            await anyio.sleep(random.uniform(*ANNOUNCE_DELAY))
+            await anyio.sleep(JITTER.uniform(*ANNOUNCE_DELAY))
             self._announcing = False
             listed, ages = self.listed()
             for peer_id in self._links.records():
@@ -410,7 +410,7 @@ class PeerExchange:
         """Every ``REFRESH`` seconds: age out members no one vouches for any more, and (relay)
         tell our connections again how young the members we relay are."""
         while True:
-            await anyio.sleep(REFRESH * random.uniform(0.9, 1.1))
+            await anyio.sleep(REFRESH * JITTER.uniform(0.9, 1.1))
             if self._heard.expire():
                 self._refresh()
                 self.announce(tg)

@@ -27,7 +27,7 @@ import click
 from pydantic import BaseModel
 
 from .config import ConfigError, ConfigSource, NodeConfig
-from .console import EXIT_INTERRUPTED
+from .exitcodes import EXIT_INTERRUPTED
 from .explain import UserError, key_file_error, listen_error, state_dir_error
 from .flags import GroupedCommand, flag_options
 from .identity import IdentityError

@@ -14,7 +14,7 @@ import signal
 import sys
 from types import FrameType
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+from .exitcodes import EXIT_INTERRUPTED
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 import anyio
 
 from . import members
-from .console import EXIT_INTERRUPTED
+from .exitcodes import EXIT_INTERRUPTED
 from .liveview import LiveView, View
 
 if TYPE_CHECKING:

@@ -32,6 +32,7 @@ from .explain import UserError, key_file_error, listen_error, state_dir_error
 from .flags import GroupedCommand, flag_options
 from .identity import IdentityError
 from .plugins import PluginHost, installed_entry_points
+from .text import MAX_LINE, ShownFormatter, shown
 
 if TYPE_CHECKING:
     from .identity import Identity
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 # `plugins` and `id` start fast.
 
 EXIT_CONFIG = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -162,7 +164,9 @@ def _log_option(ctx: click.Context, param: click.Parameter, value: int | str | N
         if root["verbose"] or not root["quiet"]
         else logging.ERROR
     )
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ShownFormatter(LOG_FORMAT))
+    logging.basicConfig(handlers=[handler])  # once: a root with a handler is left as it is
     logging.getLogger().setLevel(level)
 
 
@@ -334,7 +338,7 @@ def build(setup: Setup) -> click.Group:
                 state = f"ERROR: {info.error}"
             now = running.get(info.name)
             if now is not None and now.state is not None:
-                state = f"{now.state}: {now.health}" if now.health else now.state
+                state = f"{now.state}: {shown(now.health)}" if now.health else now.state
             rows.append((info.name, info.distribution, info.version, state))
         click.echo(_columns(rows))
         if running:
@@ -440,9 +444,8 @@ def build(setup: Setup) -> click.Group:
             click.echo("the node running with this state dir says:")
             for plugin in running.values():
                 if plugin.state is not None:
-                    click.echo(
-                        f"  {plugin.name}: {plugin.state}: {plugin.health or ''}".rstrip(": ")
-                    )
+                    health = shown(plugin.health or "", MAX_LINE)
+                    click.echo(f"  {plugin.name}: {plugin.state}: {health}".rstrip(": "))
         sys.exit(0 if ok else 1)
 
     for option in flag_options:
@@ -540,9 +543,7 @@ def _view(node: Node, as_json: bool) -> View:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
                 root.removeHandler(handler)
         area = LogArea(view)
-        area.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
+        area.setFormatter(ShownFormatter(LOG_FORMAT, "%H:%M:%S"))
         root.addHandler(area)
     return view
 

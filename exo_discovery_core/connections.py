@@ -38,11 +38,13 @@ from .logonce import LogOnce
 from .models import Address
 from .records import LocalRecord, PeerRecord
 from .session import Session
+from .text import shown
 
 log = logging.getLogger("exo_discovery.connections")
 
 DUPLICATE = "duplicate"
 VERIFIED = "verified"  # the bye to an initiator that only came to verify us
+MAX_BYE_REASON = 100  # characters of a peer's bye reason kept (and shown)
 # A connection no heartbeat watches (not a ring neighbour) still notices a dead link: the kernel
 # probes it after this idle time, and gives up after KEEPALIVE_COUNT unanswered probes.
 KEEPALIVE_IDLE_S = 10
@@ -449,7 +451,7 @@ class ConnectionManager:
             kind = message["type"]
             conn.clock.heard(message)
             if kind == "bye":
-                said = str(message.get("reason", ""))[:100]
+                said = shown(str(message.get("reason", "")), MAX_BYE_REASON)
                 return DUPLICATE if said == DUPLICATE else f"peer closed ({said or 'no reason'})"
             if self._current.get(conn.peer_id) is not conn:
                 continue  # a duplicate on its way out

@@ -41,6 +41,7 @@ from .identity import PeerId
 from .limits import TokenBucket
 from .models import Address
 from .peertable import Peer
+from .text import shown
 
 log = logging.getLogger("exo_discovery.dialer")
 
@@ -51,13 +52,6 @@ REFUSED_RETRY = 30.0  # seconds; a peer that refused us (namespace, version, id)
 IDLE_WAKE = 1.0  # seconds; the loop looks again at least this often
 REVERIFY_EVERY = 30.0  # seconds between verifications of one peer (verify_only)
 MAX_REASON = 300  # characters of a failure reason kept for ``peers``
-
-
-def _shown(reason: str) -> str:
-    """A reason as ``peers`` may print it: part of it can come from the peer (its refusal), so
-    no control character reaches a terminal, and it is bounded."""
-    text = "".join(c if c.isprintable() else "?" for c in reason)
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 class Links(Protocol):
@@ -275,7 +269,7 @@ class Dialer:
             if refusals and refusals == len(reasons):  # asking again soon changes nothing
                 delay = max(delay, REFUSED_RETRY)
                 reason += f" (refused: tried again every {REFUSED_RETRY:g} s)"
-            state.last_reason = _shown(reason)
+            state.last_reason = shown(reason, MAX_REASON)  # part may be the peer's
             state.next_at = self._clock() + delay
         finally:
             state.busy = False
@@ -288,4 +282,4 @@ class Dialer:
             state.warned.clear()
         state.warned.add(reason)
         level = (logging.WARNING if loud else logging.INFO) if first else logging.DEBUG
-        log.log(level, "dial %s failed: %s", address, _shown(reason))
+        log.log(level, "dial %s failed: %s", address, shown(reason, MAX_REASON))

@@ -14,15 +14,18 @@ from .config import ConfigSource, NodeConfig
 from .identity import KEY_FILE_NAME, Identity, IdentityError, PeerId
 from .models import Address, CheckResult, DiscoveryContext, NodeInfo
 from .plugins import PluginHost
+from .text import MAX_LINE, shown
 
 DOCTOR_TIMEOUT = 20.0
 
 
 def _print(check: CheckResult) -> None:
     mark = click.style("✓", fg="green") if check.ok else click.style("✗", fg="red")
-    click.echo(f"{mark} {check.name}{': ' + check.detail if check.detail else ''}")
+    # A plugin's check may quote its server or its network (names, errors): shown, not obeyed.
+    detail = f": {shown(check.detail, MAX_LINE)}" if check.detail else ""
+    click.echo(f"{mark} {shown(check.name)}{detail}")
     if not check.ok and check.fix:
-        click.echo(f"    fix: {check.fix}")
+        click.echo(f"    fix: {shown(check.fix, MAX_LINE)}")
 
 
 async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:

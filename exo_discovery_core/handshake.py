@@ -40,6 +40,7 @@ from . import noise, wire
 from .clusterkey import Keyring
 from .identity import Identity, PeerId
 from .session import Reader, Session, frame, read_frame
+from .text import shown
 
 PROTOCOL = "exo-discovery/2"
 PROTOCOL_FAMILY = "exo-discovery/"
@@ -78,8 +79,8 @@ class IncompatibleVersion(HandshakeError):
     """The peer speaks another version of the protocol; both are named."""
 
     def __init__(self, theirs: str, ours: str) -> None:
-        shown = theirs if _is_protocol_id(theirs.encode()) else repr(theirs[:40])
-        super().__init__(f"the peer speaks {shown}, this node speaks {ours}")
+        named = theirs if _is_protocol_id(theirs.encode()) else repr(theirs[:40])
+        super().__init__(f"the peer speaks {named}, this node speaks {ours}")
         self.theirs, self.ours = theirs, ours
 
 
@@ -223,7 +224,7 @@ async def _initiate(
         return session
     verdict = await session.receive()
     if verdict["type"] == "refuse":
-        raise HandshakeError(f"refused by {peer_id}: {str(verdict.get('reason'))[:200]}")
+        raise HandshakeError(f"refused by {peer_id}: {shown(str(verdict.get('reason')), 200)}")
     if verdict["type"] != "accept":
         raise HandshakeError(f"expected 'accept', got {verdict['type'][:40]!r}")
     session.remote_record = _bytes(verdict, "record")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 import anyio
 
 from . import members
+from .text import MAX_LINE, shown
 
 if TYPE_CHECKING:
     from .events import NodeEvent
@@ -138,8 +139,8 @@ def _terminal_size() -> tuple[int, int]:
 def _plugin_line(plugin: PluginStatus) -> str:
     """``plugin mdns      ok: announcing 10.0.0.1``, ``... idle: to use it, set ...``."""
     if plugin.error:
-        return f"  plugin {plugin.name:<10} failing: {plugin.error}"
-    return f"  plugin {plugin.name:<10} {plugin.state}: {plugin.health or ''}".rstrip(": ")
+        return f"  plugin {plugin.name:<10} failing: {shown(plugin.error)}"
+    return f"  plugin {plugin.name:<10} {plugin.state}: {shown(plugin.health or '')}".rstrip(": ")
 
 
 class LogArea(logging.Handler):
@@ -175,4 +176,4 @@ def describe(event: NodeEvent) -> str:
         "duplicate_identity": f"WARNING: {event.reason}",
         "stopped": "stopped",
     }
-    return f"{stamp} {details.get(event.event, event.event)}"
+    return shown(f"{stamp} {details.get(event.event, event.event)}", MAX_LINE)

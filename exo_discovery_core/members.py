@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .text import shown
+
 if TYPE_CHECKING:
     from .status import PeerRow
 
@@ -89,16 +91,19 @@ def render(rows: Sequence[PeerRow], width: int = MIN_WIDTH, now: float | None = 
         *([_Column("ADDRESS", shrinks=True, least=12)] if wide else []),
         _Column("SOURCES", shrinks=True, least=7),
     ]
-    cells = [
+    cells = [  # every cell but the times may be a peer's or a server's word: shown, not obeyed
         [
-            ids[str(row.peer_id)] if row.peer_id else (row.addresses or [UNKNOWN_ID])[0],
-            row.metadata.get("hostname", "-").removesuffix(".local") or "-",
-            row.state,
-            row.route or "-",
-            rtt(row.rtt_ms),
-            ago(None if row.last_seen is None else now - row.last_seen),
-            *([row.address or (row.addresses[0] if row.addresses else "-")] if wide else []),
-            ",".join(row.sources) or "-",
+            shown(text)
+            for text in (
+                ids[str(row.peer_id)] if row.peer_id else (row.addresses or [UNKNOWN_ID])[0],
+                row.metadata.get("hostname", "-").removesuffix(".local") or "-",
+                row.state,
+                row.route or "-",
+                rtt(row.rtt_ms),
+                ago(None if row.last_seen is None else now - row.last_seen),
+                *([row.address or (row.addresses[0] if row.addresses else "-")] if wide else []),
+                ",".join(row.sources) or "-",
+            )
         ]
         for row in rows
     ]
@@ -117,7 +122,7 @@ def render(rows: Sequence[PeerRow], width: int = MIN_WIDTH, now: float | None = 
 def why_not(row: PeerRow) -> str:
     """``↳ next try in 2 s: 10.0.0.2:52417: connection refused``: why a known peer is not
     connected (the next try first, so a cut line keeps it)."""
-    reason = row.last_reason or "not dialed yet"
+    reason = shown(row.last_reason or "not dialed yet")
     if row.retry_in is None:
         return f"↳ {reason}"
     when = f"next try in {row.retry_in:g} s" if row.retry_in > 0 else "dialing now"

@@ -183,7 +183,7 @@ async def test_a_reason_from_the_peer_reaches_no_terminal_raw_and_is_bounded() -
     dialer = make(table, Links({address(1): hostile}), clock)
     await dial_due(dialer)
     reason = dialer.status()["127.0.0.1:1"].last_reason or ""
-    assert reason.startswith("127.0.0.1:1: peer refused us: ?[2J?]0;owned?xxx")
+    assert reason.startswith(r"127.0.0.1:1: peer refused us: \x1b[2J\x1b]0;owned\x07xxx")
     assert all(c.isprintable() for c in reason) and len(reason) <= MAX_REASON
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -14,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .identity import PeerId
 from .ip import IP, LocalNetworks, parse_ip
 from .optionhelp import how_to_set
+from .text import encodable
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
+_DNS_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*")
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # an interface name (eth0, en0) or index
 OWN_ADDRESSES_MAX_AGE = 2.0
 """How long this host's interface addresses are reused before they are read again."""
 
@@ -34,9 +38,20 @@ class Address(BaseModel):
     def _normalise_host(cls, value: str) -> str:
         ip = parse_ip(value)
         if ip is None:
-            return value.strip().removeprefix("[").removesuffix("]").lower().rstrip(".")
+            name = value.strip().removeprefix("[").removesuffix("]").lower().rstrip(".")
+            if not _DNS_NAME.fullmatch(name):  # an address is shown and logged: no stray text
+                raise ValueError(
+                    f"{value[:60]!r} is neither an IP address nor a DNS name "
+                    "(labels of a-z 0-9 - _ joined by dots)"
+                )
+            return name
         if ip.version == 6 and "%" in value:  # a scoped address keeps its zone: needed to dial
-            return f"{ip}%{value.strip().removesuffix(']').split('%', 1)[1]}"
+            zone = value.strip().removesuffix("]").split("%", 1)[1]
+            if not _ZONE.fullmatch(zone):
+                raise ValueError(
+                    f"{value[:60]!r} has a zone that is not an interface name or index"
+                )
+            return f"{ip}%{zone}"
         return str(ip)
 
     @property
@@ -70,6 +85,13 @@ class PeerCandidate(BaseModel):
     peer_id: PeerId | None = None
     addresses: tuple[Address, ...] = Field(min_length=1)
     metadata: tuple[tuple[str, str], ...] = ()
+
+    @field_validator("metadata")
+    @classmethod
+    def _encodable(cls, value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """Text UTF-8 can carry: a lone surrogate (a JSON ``\\ud800`` from a server) becomes
+        "?", so every JSON output stays valid; everything else is kept as it came."""
+        return tuple((encodable(k), encodable(v)) for k, v in value)
 
     @classmethod
     def at(cls, host: str, port: int, peer_id: str | None = None, **metadata: str) -> PeerCandidate:

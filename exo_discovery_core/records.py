@@ -63,8 +63,8 @@ def check_meta(meta: Mapping[str, Any]) -> dict[str, str]:
             )
         if not isinstance(value, str):
             raise ValueError(f"metadata {key!r} must be a string")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise ValueError(f"metadata {key!r} contains a control character")
+        if not value.isprintable():  # C0/C1 controls, bidi overrides, line breaks, surrogates
+            raise ValueError(f"metadata {key!r} contains a control or format character")
         total += len(key.encode()) + len(value.encode())
     if total > MAX_META_BYTES:
         raise ValueError(

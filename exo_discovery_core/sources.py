@@ -27,6 +27,7 @@ from .peertable import PeerTable
 from .plugins import PluginHost
 from .status import PluginState, PluginStatus
 from .supervisor import supervise
+from .text import encodable
 
 log = logging.getLogger("exo_discovery.node")
 
@@ -110,6 +111,7 @@ class PluginSources:
         )
 
     def report(self, plugin: str, state: PluginState, message: str) -> None:
+        message = encodable(message)  # it may quote a server: the status JSON must stay valid
         health = self._health.setdefault(plugin, PluginHealth())
         failing, was_failing = state == "failing", health.state == "failing"
         if failing != was_failing:

@@ -385,10 +385,11 @@ def build(setup: Setup) -> click.Group:
         for line in members.render(data.peers, width):
             click.echo(line)
         if data.duplicate_identity:
-            click.echo(f"WARNING: {data.duplicate_identity}")
+            click.echo(f"WARNING: {shown(data.duplicate_identity, MAX_LINE)}")
         for row in data.peers:
             if row.duplicate_identity:
-                click.echo(f"WARNING: peer {row.peer_id}: {row.duplicate_identity}")
+                warning = shown(row.duplicate_identity, MAX_LINE)  # it quotes the peer's records
+                click.echo(f"WARNING: peer {row.peer_id}: {warning}")
 
     @cli.command()
     @_common

@@ -115,7 +115,7 @@ def render(rows: Sequence[PeerRow], width: int = MIN_WIDTH, now: float | None = 
             lines.append(cut("  " + why_not(row), width))
         if row.meta:  # the peer's own, from its signed record
             pairs = ", ".join(f"{key}={value}" for key, value in sorted(row.meta.items()))
-            lines.append(cut(f"  meta {pairs}", width))
+            lines.append(cut(f"  meta {shown(pairs, width)}", width))
     return lines
 
 

@@ -138,9 +138,13 @@ def _row(text: str, **fields: Any) -> PeerRow:
 def test_the_peers_table_shows_a_hostile_hostname_reason_and_source_cleanly(
     text: str, width: int
 ) -> None:
-    rows = [_row(text), _row(text, peer_id=None)]  # no id: the address names the row
+    # no id: the address names the row; meta: what a record said (printable, but long)
+    rows = [
+        _row(text),
+        _row(text, peer_id=None, meta={"note": text.encode("utf-8", "replace").decode()}),
+    ]
     lines = render(rows, width)
-    assert len(lines) == 1 + 2 * 2  # the title, each peer and its reason: no line more
+    assert len(lines) == 1 + 2 * 2 + 1  # the title, each peer and its reason, the meta: no more
     assert all(_clean(line) and len(line) <= width for line in lines)
     assert _clean(why_not(rows[0]))  # run --wait-for's "not ready" lines
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import handshake, liveness, records, wire
 from .config import NodeConfig
@@ -50,7 +52,8 @@ MAX_BYE_REASON = 100  # characters of a peer's bye reason kept (and shown)
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
-SEND_WAIT_S = 0.2  # a liveness frame that cannot be written this fast waits for the next batch
+OUTBOX = 64  # frames queued for one peer; a peer that lets more pile up is not reading: closed
+_CLOSED_OUTBOX = (anyio.ClosedResourceError, anyio.BrokenResourceError)  # closing, or its writer ended
 _STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.IncompleteRead,
@@ -129,6 +132,16 @@ class Connection:
     close_reason: str | None = None
     rtt: float | None = None  # seconds: the TCP connect of a connection we dialed (one round trip)
     clock: PingClock = field(default_factory=PingClock)  # then the heartbeats' round trips
+    writing: bool = False  # its writer runs (a connection only verified never gets one)
+    written: anyio.Event = field(default_factory=anyio.Event)  # the writer is done
+    outbox: MemoryObjectSendStream[dict[str, Any]] = field(init=False)
+    _queued: MemoryObjectReceiveStream[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # one writer per connection (ConnectionManager._write) seals and sends what is queued
+        # here: nothing ever cancels a frame half way, which would put the two ends' nonces
+        # out of step, and no sender waits on a peer that does not read
+        self.outbox, self._queued = anyio.create_memory_object_stream[dict[str, Any]](OUTBOX)
 
 
 class ConnectionManager:
@@ -327,21 +340,37 @@ class ConnectionManager:
         return conn is not None and await self._try_send(conn, message)
 
     async def _try_send(self, conn: Connection, message: dict[str, Any]) -> bool:
-        try:
-            await self._send(conn, message, self._config.dead_after)
-        except (TimeoutError, *_STREAM_ERRORS):
-            return False
-        return True
+        return self._send(conn, message)
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         """Send ``message`` on every current connection; a failing one is left to its keeper."""
         for conn in list(self._current.values()):
-            with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
-                await self._send(conn, message, self._config.dead_after)
+            self._send(conn, message)
 
-    async def _send(self, conn: Connection, message: dict[str, Any], timeout: float) -> None:
-        await conn.channel.send(message, timeout)
+    def _send(self, conn: Connection, message: dict[str, Any]) -> bool:
+        """Queue ``message`` for the connection's writer (never waits); False if it is going."""
+        try:
+            conn.outbox.send_nowait(message)
+        except anyio.WouldBlock:
+            conn.close_reason = conn.close_reason or f"not reading ({OUTBOX} frames queued)"
+            conn.scope.cancel()
+            return False
+        except _CLOSED_OUTBOX:
+            return False  # closing
         self.liveness.sent(conn.peer_id)
+        return True
+
+    async def _write(self, conn: Connection) -> None:
+        """The connection's one writer: frames go out whole and in order."""
+        try:
+            async with conn._queued:
+                async for message in conn._queued:
+                    await conn.channel.send(message, math.inf)
+        except _STREAM_ERRORS:
+            conn.close_reason = conn.close_reason or "connection lost"
+            conn.scope.cancel()
+        finally:
+            conn.written.set()
 
     async def close(self, peer_id: PeerId, reason: str) -> None:
         """End the connection to ``peer_id`` (saying ``reason`` in the bye), if there is one."""
@@ -422,14 +451,18 @@ class ConnectionManager:
         existing = self._current.get(conn.peer_id)
         first = self._listener.authenticated(conn.record, existing.record if existing else None)
         if first is not None:  # said before anything else, even before a "duplicate" bye
-            await self._try_send(conn, first)
-        if not self._admit(conn):
-            await self._close(conn, DUPLICATE)
-            return
+            self._send(conn, first)  # first in the writer's queue
         reason = "closed"
         try:
             with conn.scope:
-                reason = await self._receive_until_gone(conn)
+                async with anyio.create_task_group() as tg:
+                    conn.writing = True
+                    tg.start_soon(self._write, conn)
+                    if not self._admit(conn):
+                        await self._close(conn, DUPLICATE)
+                        return
+                    reason = await self._receive_until_gone(conn)
+                    tg.cancel_scope.cancel()
         except Exception:  # a bug on one connection ends that connection only
             log.exception("internal error on the connection to %s; closed it", conn.peer_id)
             reason = "internal error"
@@ -458,7 +491,7 @@ class ConnectionManager:
             self.liveness.heard(conn.peer_id)
             if kind in liveness.FRAME_TYPES:
                 due = self.liveness.next_due
-                await self._act(self.liveness.on_frame(conn.peer_id, message))
+                self._act(self.liveness.on_frame(conn.peer_id, message))
                 if self.liveness.next_due < due:
                     self._timer_wake.set()
             else:
@@ -474,11 +507,11 @@ class ConnectionManager:
             with anyio.move_on_after(max(0.0, self.liveness.next_due - time.monotonic())):
                 await self._timer_wake.wait()
             self._timer_wake = anyio.Event()
-            await self._act(self.liveness.tick())
+            self._act(self.liveness.tick())
             self._sweep_grace()
 
-    async def _act(self, actions: liveness.Actions) -> None:
-        """Send what liveness asks for (never waiting on a stuck peer) and drop the dead."""
+    def _act(self, actions: liveness.Actions) -> None:
+        """Send what liveness asks for (queued: never waiting on a stuck peer); drop the dead."""
         for peer_id, reason in actions.dead:
             conn = self._current.get(peer_id)
             if conn is not None and self._tg is not None:
@@ -486,21 +519,23 @@ class ConnectionManager:
                 self._tg.start_soon(self._close, conn, reason)
         for peer_id, frame in actions.send:
             conn = self._current.get(peer_id)
-            if conn is None:
-                continue
-            try:
-                await self._send(conn, conn.clock.stamp(frame), SEND_WAIT_S)
-            except TimeoutError:
-                pass  # its send buffer is full: a frozen peer, which the timer will judge
-            except _STREAM_ERRORS:
-                conn.close_reason = conn.close_reason or "connection lost"
-                conn.scope.cancel()
+            if conn is not None:
+                self._send(conn, conn.clock.stamp(frame))
 
     async def _close(self, conn: Connection, reason: str) -> None:
+        """Say ``bye`` after whatever is queued (at most 0.5 s), then close."""
         conn.close_reason = conn.close_reason or reason
+        bye = {"type": "bye", "reason": reason}
         with anyio.move_on_after(0.5, shield=True):
-            with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
-                await self._send(conn, {"type": "bye", "reason": reason}, 0.5)
+            if conn.writing:
+                with contextlib.suppress(anyio.WouldBlock, *_CLOSED_OUTBOX):
+                    conn.outbox.send_nowait(bye)
+                conn.outbox.close()
+                await conn.written.wait()
+            else:  # nothing else is sending on it, and it closes right after
+                with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
+                    await conn.channel.send(bye, 0.5)
+        conn.outbox.close()
         conn.scope.cancel()
         await conn.channel.aclose()
 

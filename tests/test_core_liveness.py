@@ -280,3 +280,20 @@ async def test_a_node_whose_loop_is_blocked_reports_no_live_peer_gone(
         with anyio.move_on_after(0):
             async for event in events:
                 assert event.event != "disconnected", event
+
+
+@pytest.mark.anyio
+async def test_dropping_a_peer_whose_writer_already_ended_leaves_the_node_running() -> None:
+    """What the timer does to a dead peer (close it) is safe when that peer's socket had
+    already failed under its writer: the node reports it gone, and serves on."""
+    async with run_node() as a, a.events() as events:
+        plugin = Static(PeerCandidate.at("127.0.0.1", a.port, a.peer_id))
+        async with run_node({"static": plugin}) as b:
+            await next_event(events, "connected", timeout=10, peer_id=b.peer_id)
+            conn = a.connections._current[b.peer_id]
+            conn._queued.close()  # its writer ends, as when a send fails
+            with anyio.fail_after(5):
+                await conn.written.wait()
+            await a.connections._close(conn, "test: dropped")  # raises nothing
+            await next_event(events, "disconnected", timeout=5, peer_id=b.peer_id)
+            await next_event(events, "connected", timeout=10, peer_id=b.peer_id)  # b redials

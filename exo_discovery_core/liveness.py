@@ -17,7 +17,9 @@ Lifeguard are the model, over the connections we already hold:
   convinced by its own probe alone, so no peer can talk a node into dropping another.
 - **Slow self, slow verdict** (Lifeguard). The timer measures how late it runs. Time the node's
   own loop spent stalled does not count as anyone's silence, and while the node keeps running late
-  its awareness score stretches the time a probe has to be answered.
+  its awareness score stretches the time a probe has to be answered. A late node also says so in
+  its heartbeats (``a``, its score), and a peer's probes get as long as that peer's own score
+  asks for: a node busy meshing is given time, a frozen one (which said nothing) is not.
 
 The state machine takes the time as an argument and returns what to send, so the tests drive it
 with a clock of their own; :class:`ConnectionManager` runs the timer and does the sending.
@@ -45,8 +47,18 @@ SUSPECT = "suspect"
 FRAME_TYPES = frozenset({"hb", "probe", SUSPECT})
 
 
-def suspect_frame(peer: PeerId) -> dict[str, Any]:
-    return {"type": SUSPECT, "peer": str(peer)}
+def suspect_frame(peer: PeerId, awareness: int = 0) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": SUSPECT, "peer": str(peer)}
+    if awareness:
+        frame["a"] = awareness  # how late the suspect said it runs: the others wait as long
+    return frame
+
+
+def _score(value: object) -> int:
+    """A peer's word on its awareness score, bounded (anything else counts as 0)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_AWARENESS:
+        return value
+    return 0
 
 
 @dataclass
@@ -70,6 +82,7 @@ class _Peer:
     suspected_stall: float = 0.0
     reported_at: float = float("-inf")  # last time another peer's report made us probe it
     why: str = ""
+    awareness: int = 0  # how late it said it runs (its own score, 0..MAX_AWARENESS)
 
 
 class Liveness:
@@ -122,15 +135,19 @@ class Liveness:
         state = self._peers.get(peer)
         if state is None:
             return actions
-        if kind == "hb" and message.get("w") == 1:
-            state.watches_us_until = now + self.dead_after
+        if kind == "hb":
+            state.awareness = _score(message.get("a"))
+            if message.get("w") == 1:
+                state.watches_us_until = now + self.dead_after
         elif kind == "probe":
-            actions.send.append((peer, HEARTBEAT))
+            actions.send.append((peer, self._beat(HEARTBEAT)))
         elif kind == SUSPECT:
-            self._reported(peer, message.get("peer"), now, actions)
+            self._reported(peer, message.get("peer"), message.get("a"), now, actions)
         return actions
 
-    def _reported(self, reporter: PeerId, named: object, now: float, actions: Actions) -> None:
+    def _reported(
+        self, reporter: PeerId, named: object, message_a: object, now: float, actions: Actions
+    ) -> None:
         """Another peer finds ``named`` silent: probe it ourselves (at most once a while)."""
         if named == self.me:  # they find us slow: we probably are
             self.awareness = min(MAX_AWARENESS, self.awareness + 1)
@@ -138,6 +155,7 @@ class Liveness:
         state = self._peers.get(PeerId(named)) if isinstance(named, str) else None
         if state is None or state.suspected_at is not None:
             return
+        state.awareness = max(state.awareness, _score(message_a))
         if now - state.reported_at < self.dead_after:
             return  # one probe per report window, however often it is said
         state.reported_at = now
@@ -171,17 +189,18 @@ class Liveness:
         partners = self.partners(now)
         for peer, state in self._peers.items():
             if peer in partners and now - state.sent_at >= 0.75 * self.interval:
-                actions.send.append((peer, WATCHING if peer in self._ring_partners else HEARTBEAT))
+                beat = WATCHING if peer in self._ring_partners else HEARTBEAT
+                actions.send.append((peer, self._beat(beat)))
                 state.sent_at = now
             if state.suspected_at is None:
                 if peer in partners and self._silence(state, now) >= self.suspect_after:
                     why = f"no heartbeat for {self.suspect_after:g} s"
                     self._suspect(peer, state, now, why, actions)
-                    actions.send += [(other, suspect_frame(peer)) for other in self._peers
-                                     if other != peer]  # fmt: skip
-            elif self._since(state.suspected_at, state.suspected_stall, now) >= self._confirm():
+                    told = suspect_frame(peer, state.awareness)
+                    actions.send += [(other, told) for other in self._peers if other != peer]
+            elif self._since(state.suspected_at, state.suspected_stall, now) >= self._confirm(state):
                 actions.dead.append((peer, f"{state.why}, then no answer to a probe "
-                                           f"for {self._confirm():g} s"))  # fmt: skip
+                                           f"for {self._confirm(state):g} s"))  # fmt: skip
         for peer, _ in actions.dead:
             self.remove(peer)
         self._due = self._next(now, partners)
@@ -192,7 +211,7 @@ class Liveness:
         due = now + (self.interval if partners else IDLE_WAIT)
         for peer, state in self._peers.items():
             if state.suspected_at is not None:
-                then, stall, wait = state.suspected_at, state.suspected_stall, self._confirm()
+                then, stall, wait = state.suspected_at, state.suspected_stall, self._confirm(state)
             elif peer in partners:
                 then, stall, wait = state.heard_at, state.heard_stall, self.suspect_after
             else:
@@ -217,10 +236,15 @@ class Liveness:
         actions.send.append((peer, PROBE))
         state.sent_at = now
         if self._due is not None:  # the probe's wait may end before the next heartbeats
-            self._due = min(self._due, now + self._confirm())
+            self._due = min(self._due, now + self._confirm(state))
 
-    def _confirm(self) -> float:
-        return self.confirm_within * (1 + self.awareness)
+    def _confirm(self, state: _Peer) -> float:
+        """How long a probe of that peer may take: longer while we, or it, run late."""
+        return self.confirm_within * (1 + max(self.awareness, state.awareness))
+
+    def _beat(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """A heartbeat, saying how late we run when we do (so our probes get that long)."""
+        return {**frame, "a": self.awareness} if self.awareness else frame
 
     def _since(self, then: float, stall_then: float, now: float) -> float:
         """Seconds from ``then`` to ``now`` that the node's loop was actually running."""

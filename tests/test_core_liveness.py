@@ -297,3 +297,42 @@ async def test_dropping_a_peer_whose_writer_already_ended_leaves_the_node_runnin
             await a.connections._close(conn, "test: dropped")  # raises nothing
             await next_event(events, "disconnected", timeout=5, peer_id=b.peer_id)
             await next_event(events, "connected", timeout=10, peer_id=b.peer_id)  # b redials
+
+
+def test_a_peer_that_says_it_runs_late_gets_longer_to_answer_a_probe() -> None:
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(0.5, heard=[b, c])
+    live.on_frame(b, {"type": "hb", "a": 2}, now=clock.now)  # b: "my loop runs late"
+    start = clock.now
+    clock.run(start + 10.0, heard=[c])
+    [(when, peer)] = clock.dead()
+    assert peer == b and when - start >= live.suspect_after + 3 * live.confirm_within - SLACK
+    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
+    assert told == [{"type": "suspect", "peer": str(b), "a": 2}], "the others wait as long"
+
+
+def test_a_report_of_a_late_peer_gives_it_as_long_and_bad_scores_count_as_zero() -> None:
+    b, c = _ids(2)
+    for said, factor in [(3, 4), (99, 1), (-1, 1), (True, 1), ("3", 1), (2.5, 1), (None, 1)]:
+        live = _node([b, c])
+        clock = Clock(live)
+        clock.run(0.5, heard=[b, c])
+        live.on_frame(c, {"type": "suspect", "peer": str(b), "a": said}, now=clock.now)
+        reported = clock.now
+        clock.run(reported + 6.0, heard=[c])
+        [(when, _)] = clock.dead()
+        assert abs(when - reported - factor * live.confirm_within) <= SLACK, said
+
+
+def test_a_late_node_says_so_in_its_heartbeats() -> None:
+    (b,) = _ids(1)
+    live = _node([b])
+    clock = Clock(live)
+    clock.stall(0.5)
+    live.heard(b, clock.now)
+    clock.run(clock.now + 1.0, heard=[b])
+    beats = [f for _, a in clock.actions for p, f in a.send if f.get("type") == "hb"]
+    assert beats and all(f.get("a") == 1 for f in beats)
+    assert live.on_frame(b, PROBE, now=clock.now).send == [(b, {"type": "hb", "a": 1})]

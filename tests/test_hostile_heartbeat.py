@@ -34,7 +34,7 @@ NUMBERS = (
 PINGS = st.lists(
     st.fixed_dictionaries(
         {"type": st.sampled_from(["hb", "probe", "ping"])},
-        optional={"t": NUMBERS, "echo": NUMBERS, "held": NUMBERS, "w": NUMBERS},
+        optional={"t": NUMBERS, "echo": NUMBERS, "held": NUMBERS, "w": NUMBERS, "a": NUMBERS},
     ),
     min_size=1,
     max_size=8,

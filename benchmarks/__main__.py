@@ -42,6 +42,7 @@ BENCHES = [
     Bench("headscale", "bench_headscale", 240, "parse+compare vs json.loads; polling CPU"),
     Bench("failure", "bench_failure", 180, "kill -9 / SIGSTOP -> disconnected"),
     Bench("scale", "bench_scale", 600, "N members beside serf: mesh, CPU, RSS, failure"),
+    Bench("bounded", "bench_bounded", 600, "100 members, max_connections = 8, beside serf"),
     Bench("starved", "bench_starved", 600, "beside busy loops; an embedded node's host blocks"),
 ]
 

@@ -129,14 +129,17 @@ class Dialer:
 
     def peer_down(self, peer_id: PeerId, reason: str = "") -> None:
         """A connection ended: try that peer again at once, then back off; but one closed to
-        keep a ``max_connections`` limit (ours or the peer's) is held off as a refusal."""
+        keep a ``max_connections`` limit (ours or the peer's) is held off as a refusal while
+        we have other connections (with none, it is our way in: backed off, not held off)."""
         state = self._states.get(str(peer_id))
         if state is not None:
-            if TRIMMED in reason:
+            if TRIMMED in reason and self._links.connected():
                 state.next_at = self._clock() + REFUSED_RETRY
                 state.last_reason = (
                     f"closed to keep max_connections (tried again every {REFUSED_RETRY:g} s)"
                 )
+            elif TRIMMED in reason:
+                state.next_at = self._clock() + state.backoff.next()
             else:
                 state.next_at = 0.0
         self.wake()
@@ -188,7 +191,7 @@ class Dialer:
                 continue
             eligible.append(peer)
         due = []
-        for peer in self._within_limit(eligible, connected):
+        for peer in self._within_limit(eligible, connected, peers.values()):
             state = self._states[peer.key]
             paced = self._learned if peer.sources == {self._mutual_source} else None
             if paced is not None and not paced.try_take():  # hearsay only: paced
@@ -198,9 +201,12 @@ class Dialer:
             due.append(peer)
         return due, soonest
 
-    def _within_limit(self, eligible: list[Peer], connected: Mapping[PeerId, object]) -> list[Peer]:
+    def _within_limit(
+        self, eligible: list[Peer], connected: Mapping[PeerId, object], known: Iterable[Peer]
+    ) -> list[Peer]:
         """All of ``eligible`` without a limit; with one, as many as there is room for, in the
-        order of preference (peers of unknown id first)."""
+        order of preference among all ``known`` (so the trimming keeps the same; peers of
+        unknown id first)."""
         if self._preference is None:
             return eligible
         busy = sum(1 for state in self._states.values() if state.busy)
@@ -208,7 +214,7 @@ class Dialer:
         if room <= 0:
             return []
         rank = {p: i for i, p in enumerate(self._preference.ranked(
-            peer.peer_id for peer in eligible if peer.peer_id is not None
+            peer.peer_id for peer in known if peer.peer_id is not None
         ))}  # fmt: skip
         ordered = sorted(eligible, key=lambda p: -1 if p.peer_id is None else rank[p.peer_id])
         return ordered[:room]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from exo_discovery_core.degree import Preference, _digest
 from exo_discovery_core.exchange import HOP_AGE, MEMBER_TTL, Heard
 from exo_discovery_core.identity import Identity, PeerId
@@ -95,3 +97,43 @@ def test_ages_that_are_not_numbers_in_range_drop_their_entries_only() -> None:
     assert set(heard.ages()) == {w}
     heard.peers(a, peers([x, y], [0.5]), sender_on_this_host=True)  # not one each: connections
     assert heard.ages() == {x: 0.0, y: 0.0}
+
+
+@pytest.mark.anyio
+async def test_with_a_limit_the_dialer_dials_only_into_the_room_left_most_preferred_first() -> None:
+    from exo_discovery_core import PeerCandidate
+    from exo_discovery_core.degree import TRIMMED
+    from exo_discovery_core.dialer import REFUSED_RETRY, Dialer
+    from exo_discovery_core.models import Address
+    from exo_discovery_core.peertable import PeerTable
+
+    class Links:
+        def __init__(self) -> None:
+            self.current: dict[PeerId, Address] = {}
+
+        def connected(self) -> dict[PeerId, Address]:
+            return self.current
+
+        async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+            assert expected is not None
+            self.current[expected] = address
+            return expected
+
+        async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+            raise AssertionError("not discover-only")
+
+    clock, links, table = Clock(), Links(), PeerTable(ME)
+    table.replace("exchange", [
+        PeerCandidate.at("127.0.0.1", 1000 + i, str(p)) for i, p in enumerate(OTHERS)
+    ])  # fmt: skip
+    dialer = Dialer(ME, table.merged, links, clock=clock, max_connections=3)
+    due, _ = dialer.due()
+    assert [p.peer_id for p in due] == Preference(ME, 3).ranked(OTHERS)[:3]
+    for peer in due:
+        await dialer.attempt(peer)
+    assert dialer.due()[0] == []  # full
+    kept = Preference(ME, 3).ranked(OTHERS)[:3]
+    del links.current[kept[0]]
+    dialer.peer_down(kept[0], f"peer closed ({TRIMMED})")  # trimmed by it: held off, another
+    assert dialer.status()[str(kept[0])].retry_in == REFUSED_RETRY
+    assert [p.peer_id for p in dialer.due()[0]] == [Preference(ME, 3).ranked(OTHERS)[3]]

@@ -13,24 +13,18 @@ N-1 at once. Figures, each beside serf's from the same run:
 - disconnects of live peers while meshing and at rest (every member is alive until the kill);
 - ``kill -9`` of one member, then ``SIGSTOP`` of another -> every other member reports it gone
   (the worst of the N-1 reports; serf reports ``EventMemberFailed``).
-
-Also (in this process) what reading one peer-exchange announcement costs a node.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from exo_discovery_core import clusterkey, exchange
+from exo_discovery_core import clusterkey
 from exo_discovery_core.config import NodeConfig
-from exo_discovery_core.identity import Identity
-from exo_discovery_core.models import Address
-from exo_discovery_core.peertable import PeerTable
 
 from . import serf
 from .common import Deadline, Event, Fleet, Member, Row, free_port, median
@@ -239,36 +233,6 @@ def _rows(ours: Outcome, ref: Outcome | None, why_no_ref: str) -> list[Row]:
     ]  # fmt: skip
 
 
-def _exchange_cost(peers: int = 49, runs: int = 200) -> Row:
-    """One node's work for one ``peers`` frame from a peer with ``peers`` peers: the parsing
-    (exchange.read) and the table update the node does on every such frame."""
-    ids = [Identity.generate().peer_id for _ in range(peers + 2)]
-    frame = exchange.announcement(
-        [(pid, Address(host="127.0.0.1", port=40000 + i)) for i, pid in enumerate(ids[:peers])]
-    )
-    message = json.loads(json.dumps(frame))
-    sender, me = ids[peers], ids[peers + 1]
-    sender_address = Address(host="127.0.0.1", port=40000 + peers)  # the sender itself
-    table = PeerTable(me)
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        exchange.read(message, sender=sender, sender_address=sender_address, me=me)
-    read = (time.perf_counter() - t0) / runs
-    candidates = exchange.read(message, sender=sender, sender_address=sender_address, me=me)
-    exchanged = {pid: candidates for pid in ids[:peers]}  # what a node meshed with all holds
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        merged = {c.key: c for cands in exchanged.values() for c in cands}
-        table.replace(exchange.SOURCE, merged.values())
-        table.merged()
-    update = (time.perf_counter() - t0) / runs
-    return Row(NAME, f"one peer-exchange frame of {peers} peers: parse + table update",
-               read + update, "s",
-               note=f"exchange.read {read * 1e3:.2f} ms + re-merging the {peers} x {peers - 1} "
-               f"exchanged candidates {update * 1e3:.2f} ms, in this process; every node gets "
-               "such a frame from every peer after each change of that peer's connections")  # fmt: skip
-
-
 def run() -> list[Row]:
     deadline = Deadline(590, NAME)
     try:
@@ -282,4 +246,4 @@ def run() -> list[Row]:
         ours = _measure(exo_system(), count, deadline)
         theirs = _measure(reference, count, deadline) if reference else None
         rows += _rows(ours, theirs, why)
-    return [*rows, _exchange_cost()]
+    return rows

@@ -35,6 +35,7 @@ from pydantic.fields import FieldInfo
 
 from .clusterkey import ClusterKeyError, Keyring
 from .identity import PeerId
+from .interfacefilter import DEFAULT_EXCLUDE, InterfaceFilter
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -127,6 +128,27 @@ class NodeConfig(BaseModel):
         help="Where the node keeps its key and status socket",
         flag="--state-dir",
         env="EXO_DISCOVERY_STATE_DIR",
+    )
+    interfaces: tuple[str, ...] = option(
+        ("*",),
+        help="Interfaces (globs, e.g. en*) whose addresses the node advertises and where mDNS "
+        "runs; comma-separated in the flag and env",
+        flag="--interfaces",
+        env="EXO_DISCOVERY_INTERFACES",
+    )
+    exclude_interfaces: tuple[str, ...] = option(
+        DEFAULT_EXCLUDE,
+        help="Interfaces (globs) left out of interfaces; by default container and virtual "
+        "bridges (docker*, br-*, veth*, virbr*), never Tailscale",
+        flag="--exclude-interfaces",
+        env="EXO_DISCOVERY_EXCLUDE_INTERFACES",
+    )
+    advertise_addresses: tuple[str, ...] = option(
+        (),
+        help="Advertise these addresses (IP or name, optionally :port) instead of the "
+        "interfaces' (behind NAT, in a container); comma-separated in the flag and env",
+        flag="--advertise-addresses",
+        env="EXO_DISCOVERY_ADVERTISE_ADDRESSES",
     )
     connect: bool = option(
         True,
@@ -271,6 +293,24 @@ class NodeConfig(BaseModel):
         if self.cluster_key is not None:
             return Keyring.parse(self.cluster_key.get_secret_value(), "cluster_key")
         return Keyring()
+
+
+    @field_validator("advertise_addresses")
+    @classmethod
+    def _valid_advertised(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from .targetgroups import target_address  # here: models (which it needs) import config
+
+        for text in value:
+            try:
+                target_address(text, DEFAULT_PORT)
+            except ValueError as exc:
+                raise ValueError(f"{text!r} is not HOST or HOST:PORT ({exc})") from None
+        return value
+
+    @property
+    def interface_filter(self) -> InterfaceFilter:
+        return InterfaceFilter(self.interfaces, self.exclude_interfaces)
+
 
 
 def _keyring_from_file(path: Path) -> Keyring:

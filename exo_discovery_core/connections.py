@@ -93,6 +93,9 @@ class ConnectionListener(Protocol):
     def connection_up(self, peer_id: PeerId, address: Address) -> None:
         """``peer_id`` is connected now (once per transition)."""
 
+    def path_changed(self, peer_id: PeerId, old: Address, new: Address) -> None:
+        """A connected peer moved to another connection (a better path); it never went down."""
+
     def connection_down(self, peer_id: PeerId, reason: str) -> None:
         """``peer_id`` is no longer connected (once per transition)."""
 
@@ -118,6 +121,18 @@ def _connect_failure(exc: OSError) -> str:
         if isinstance(cause, OSError) and cause.errno:
             return os.strerror(cause.errno).lower()
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+@dataclass(eq=False)
+class Opened:
+    """A dialed connection whose handshake is done but which is not kept yet (:meth:`adopt` it
+    or :meth:`discard` it): so parallel dials of one peer keep exactly one."""
+
+    peer_id: PeerId
+    address: Address
+    channel: Session
+    connect_seconds: float  # the TCP connect alone: one round trip on this path
+    record: PeerRecord
 
 
 @dataclass(eq=False)
@@ -283,11 +298,30 @@ class ConnectionManager:
 
     async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         """Connect and handshake (DialError if not); the connection lives on in its own task."""
-        assert self._tg is not None, "start() first"
+        opened = await self.open(address, expected, timeout)
+        self.adopt(opened)
+        return opened.peer_id
+
+    async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
+        """Connect and handshake (DialError if not), not kept yet: :meth:`adopt` or
+        :meth:`discard` the result."""
         session, record, rtt = await self._open(address, expected, timeout, verify_only=False)
-        conn = self._connection(session, record, address, self._identity.peer_id, rtt)
+        return Opened(session.peer_id, address, session, rtt, record)
+
+    def adopt(self, opened: Opened) -> None:
+        """Keep a connection :meth:`open` made (it replaces one to the same peer this node
+        dialed before: the move to a better path)."""
+        assert self._tg is not None, "start() first"
+        conn = self._connection(
+            opened.channel, opened.record, opened.address, self._identity.peer_id,
+            opened.connect_seconds,
+        )  # fmt: skip
         self._tg.start_soon(self._keep, conn)
-        return session.peer_id
+
+    @staticmethod
+    async def discard(opened: Opened) -> None:
+        """Close a connection :meth:`open` made that another dial beat."""
+        await opened.channel.aclose()
 
     async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         """Handshake to learn who answers at ``address`` (its proven id, its record), then close:
@@ -436,16 +470,22 @@ class ConnectionManager:
             existing.close_reason = DUPLICATE
             if self._tg is not None:
                 self._tg.start_soon(self._close, existing, DUPLICATE)
-        if conn.peer_id not in self._reported:
-            self._reported[conn.peer_id] = conn.address
+        reported = self._reported.get(conn.peer_id)
+        self._reported[conn.peer_id] = conn.address
+        if reported is None:
             self._listener.connection_up(conn.peer_id, conn.address)
+        elif reported != conn.address:
+            log.info("%s moved from %s to %s", conn.peer_id, reported, conn.address)
+            self._listener.path_changed(conn.peer_id, reported, conn.address)
         return True
 
     def _prefer(self, new: Connection, old: Connection) -> bool:
-        """Both ends pick the same survivor: the connection dialed by the lower peer id."""
+        """Both ends pick the same survivor. Dialed by different ends: the one the lower peer id
+        dialed. Dialed by the same end: the newer, for that end dials a connected peer only to
+        move it to a better path (or because it saw the old one die)."""
         if new.dialer != old.dialer:
             return min(new.dialer, old.dialer) == new.dialer
-        return False
+        return True
 
     async def _keep(self, conn: Connection) -> None:
         existing = self._current.get(conn.peer_id)

@@ -2,7 +2,12 @@
 
 It reads snapshots of the peer table and the set of connected peers, and dials every peer that
 is known but not connected, one dial at a time per peer, with backoff between failures. A dial
-goes through the peer's addresses in route order (``routes.by_preference``). Peers heard of only
+tries the peer's addresses in the order of :class:`~.routes.Paths` (link class, then measured
+round trip), in parallel and staggered as Happy Eyeballs does (:mod:`.happy`, RFC 8305): the
+first to connect wins and the others are closed. A connected peer that has an address on a
+better link class than the one in use (a Thunderbolt cable plugged in beside the Wi-Fi) is
+dialed there too; the new connection replaces the old one without the peer ever going down,
+and a better path that does not answer is tried again with backoff. Peers heard of only
 by peer exchange know of us too: the lower peer id dials first and the other waits
 ``MUTUAL_SECOND_DIAL`` seconds, so a forming mesh makes no duplicate connections.
 
@@ -27,23 +32,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .backoff import Backoff
-from .connections import DialedSelf, DialError
+from .connections import DialedSelf, DialError, Opened
 from .degree import TRIMMED, Preference
+from .happy import ATTEMPT_DELAY, AllFailed, interleave, race
 from .identity import PeerId
 from .limits import TokenBucket
 from .models import Address
 from .peertable import Peer
+from .routes import Paths
 from .text import shown
 
 log = logging.getLogger("exo_discovery.dialer")
+T = TypeVar("T")
 
 CONNECT_TIMEOUT = 3.0
 REDIAL_INITIAL = 0.25
@@ -52,17 +60,27 @@ REFUSED_RETRY = 30.0  # seconds; a peer that refused us (namespace, version, id)
 IDLE_WAKE = 1.0  # seconds; the loop looks again at least this often
 REVERIFY_EVERY = 30.0  # seconds between verifications of one peer (verify_only)
 MAX_REASON = 300  # characters of a failure reason kept for ``peers``
+UPGRADE_RETRY_MAX = 30.0  # seconds; the most between tries of a better path that fails
+ARRIVING_WAIT = 5.0  # seconds a peer just reached is not dialed again while it is being kept
 
 
 class Links(Protocol):
     """What the dialer needs of the connection manager."""
 
-    def connected(self) -> Mapping[PeerId, object]:
-        """The peers connected now."""
+    def connected(self) -> Mapping[PeerId, Address]:
+        """The peers connected now, with the address in use."""
         ...
 
-    async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+    async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
         """Connect to ``address`` (refusing anyone but ``expected``); DialError if not."""
+        ...
+
+    def adopt(self, opened: Opened) -> None:
+        """Keep the connection (replacing an older one to that peer)."""
+        ...
+
+    async def discard(self, opened: Opened) -> None:
+        """Close a connection another dial beat."""
         ...
 
     async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
@@ -87,6 +105,8 @@ class _State:
     last_reason: str | None = None
     incompatible: str | None = None
     warned: set[str] = field(default_factory=set)
+    upgrade: Backoff = field(default_factory=lambda: Backoff(1.0, UPGRADE_RETRY_MAX))
+    upgrade_at: float = 0.0
 
 
 class Dialer:
@@ -98,20 +118,25 @@ class Dialer:
         peers: Callable[[], Mapping[str, Peer]],
         links: Links,
         *,
-        order: Callable[[Iterable[Address]], list[Address]] = list,
+        paths: Paths | None = None,
         redial_max: float = 30.0,
         mutual_source: str = "exchange",
         learned: TokenBucket | None = None,
         clock: Callable[[], float] = time.monotonic,
         verify_only: bool = False,
         max_connections: int | None = None,
+        attempt_delay: float = ATTEMPT_DELAY,
     ) -> None:
         """``learned`` paces the dials of peers known only through ``mutual_source`` (hearsay:
         whatever a peer says, it cannot make us dial faster than that)."""
         self._me = me
         self._peers = peers
         self._links = links
-        self._order = order
+        self._paths = paths
+        self._attempt_delay = attempt_delay
+        # peers a dial just reached, by id: the table re-keys a peer its first handshake named,
+        # and until the connection is kept it must not look like one to dial again
+        self._arriving: dict[PeerId, float] = {}
         self._redial_max = redial_max
         self._mutual_source = mutual_source
         self._learned = learned
@@ -154,17 +179,21 @@ class Dialer:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def _order(self, addresses: Iterable[Address]) -> list[Address]:
+        return self._paths.ordered(addresses) if self._paths else list(addresses)
+
     async def run(self, tg: TaskGroup) -> None:
         while True:
             due, wait = self.due()
-            for peer in due:
-                tg.start_soon(self.attempt, peer)
+            for peer, addresses in due:
+                tg.start_soon(self.attempt, peer, addresses)
             with anyio.move_on_after(wait):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    def due(self) -> tuple[list[Peer], float]:
-        """The peers to dial now (marked busy), and how long until the next one is due."""
+    def due(self) -> tuple[list[tuple[Peer, list[Address]]], float]:
+        """The peers to dial now (marked busy) with the addresses to try, and how long until
+        the next one is due. A connected peer is due when it has a better path than its own."""
         now = self._clock()
         peers = self._peers()
         connected = self._links.connected()
@@ -176,8 +205,26 @@ class Dialer:
             del self._verified[peer_id]
         soonest = IDLE_WAKE
         eligible: list[Peer] = []
+        upgrades: list[tuple[Peer, list[Address]]] = []  # connected already: no limit applies
+        for peer_id, at in list(self._arriving.items()):
+            if peer_id in connected or now - at >= ARRIVING_WAIT:
+                del self._arriving[peer_id]
         for key, peer in peers.items():
-            if peer.peer_id is not None and peer.peer_id in connected:
+            if peer.peer_id in self._arriving:
+                continue
+            in_use = connected.get(peer.peer_id) if peer.peer_id is not None else None
+            if in_use is not None:
+                better = [] if self._verify_only else self._better_paths(peer, in_use)
+                state = self._states.get(key)
+                if not better or (state is not None and state.busy):
+                    continue
+                if state is None:
+                    state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
+                if state.upgrade_at > now:
+                    soonest = min(soonest, state.upgrade_at - now)
+                    continue
+                state.busy = True
+                upgrades.append((peer, better))
                 continue
             state = self._states.get(key)
             if state is None:
@@ -190,7 +237,7 @@ class Dialer:
                 soonest = min(soonest, state.next_at - now)
                 continue
             eligible.append(peer)
-        due = []
+        due: list[tuple[Peer, list[Address]]] = upgrades
         for peer in self._within_limit(eligible, connected, peers.values()):
             state = self._states[peer.key]
             paced = self._learned if peer.sources == {self._mutual_source} else None
@@ -198,8 +245,15 @@ class Dialer:
                 soonest = min(soonest, paced.wait_time())
                 continue
             state.busy = True
-            due.append(peer)
+            due.append((peer, self._order(peer.addresses)))
         return due, soonest
+
+    def _better_paths(self, peer: Peer, in_use: Address) -> list[Address]:
+        """The peer's addresses on a better link class than the one in use, best first."""
+        if self._paths is None:
+            return []
+        current = self._paths.link(in_use)
+        return [a for a in self._order(peer.addresses) if self._paths.link(a) < current]
 
     def _within_limit(
         self, eligible: list[Peer], connected: Mapping[PeerId, object], known: Iterable[Peer]
@@ -237,42 +291,34 @@ class Dialer:
             and str(peer.peer_id) < str(self._me)
         )
 
-    async def attempt(self, peer: Peer) -> None:
-        """Dial ``peer``'s addresses in order until one connects; record why if none does."""
+    async def attempt(self, peer: Peer, addresses: list[Address] | None = None) -> None:
+        """Reach ``peer`` at ``addresses`` (default: all, best first) and record why if not:
+        connect Happy Eyeballs style and keep the first connection made, or (``verify_only``)
+        verify one address after the other."""
         state = self._states[peer.key]
         state.incompatible = None
-        reasons = []
-        refusals = 0
+        upgrading = addresses is not None and peer.peer_id in self._links.connected()
+        order = self._order(peer.addresses) if addresses is None else addresses
+        failures: list[tuple[Address, str, bool]] = []  # address, why, refused by the peer
         try:
-            for address in self._order(peer.addresses):
-                try:
-                    reach = self._links.verify if self._verify_only else self._links.dial
-                    peer_id = await reach(address, peer.peer_id, CONNECT_TIMEOUT)
-                except DialedSelf as exc:
-                    reasons.append(f"{address}: {exc}")
-                    log.debug("dial %s: %s", address, exc)
-                    break  # the table drops this address now
-                except DialError as exc:
-                    reasons.append(f"{address}: {exc}")
-                    state.incompatible = exc.incompatible or state.incompatible
-                    refusals += exc.refused
-                    self._log_failure(state, address, str(exc), loud=exc.refused)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - one bad address never stops the node
-                    reason = f"unexpected {type(exc).__name__}: {exc}"
-                    reasons.append(f"{address}: {reason}")
-                    self._log_failure(state, address, reason, loud=True)
-                    continue
-                log.debug("dialed %s: it is %s", address, peer_id)
+            if self._verify_only:
+                reached = await self._verify(state, peer, order, failures)
+            else:
+                reached = await self._connect(state, peer, order, failures)
+            if reached:
                 state.last_reason = None
                 state.backoff.reset()
+                state.upgrade.reset()
                 state.next_at = self._clock() + state.backoff.next()
-                if self._verify_only:  # known by its id from now on: no second handshake
-                    self._verified[peer_id] = (frozenset(peer.addresses), self._clock())
+                return
+            reason = "; ".join(f"{a}: {why}" for a, why, _ in failures) or "no address to dial"
+            if upgrading:  # still connected on the old path: no dial failure to show
+                state.upgrade_at = self._clock() + state.upgrade.next()
+                log.debug("better path to %s not taken: %s", peer.peer_id, shown(reason, MAX_REASON))
                 return
             delay = state.backoff.next()
-            reason = "; ".join(reasons) or "no address to dial"
-            if refusals and refusals == len(reasons):  # asking again soon changes nothing
+            refusals = sum(refused for _, _, refused in failures)
+            if refusals and refusals == len(failures):  # asking again soon changes nothing
                 delay = max(delay, REFUSED_RETRY)
                 reason += f" (refused: tried again every {REFUSED_RETRY:g} s)"
             state.last_reason = shown(reason, MAX_REASON)  # part may be the peer's
@@ -280,6 +326,90 @@ class Dialer:
         finally:
             state.busy = False
             self.wake()
+
+    async def _one(
+        self,
+        state: _State,
+        peer: Peer,
+        address: Address,
+        failures: list[tuple[Address, str, bool]],
+        reach: Callable[[Address, PeerId | None, float], Awaitable[T]],
+    ) -> T:
+        """One address reached by ``reach`` (open or verify); a failure is recorded and raised."""
+        try:
+            reached = await reach(address, peer.peer_id, CONNECT_TIMEOUT)
+            if isinstance(reached, Opened):  # no await since the handshake named it
+                self._arriving[reached.peer_id] = self._clock()
+            return reached
+        except DialedSelf as exc:
+            failures.append((address, str(exc), False))
+            log.debug("dial %s: %s", address, exc)  # the table drops this address now
+            raise
+        except DialError as exc:
+            failures.append((address, str(exc), exc.refused))
+            state.incompatible = exc.incompatible or state.incompatible
+            self._log_failure(state, address, str(exc), loud=exc.refused)
+            raise
+        except Exception as exc:  # one bad address never stops the node
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            failures.append((address, reason, False))
+            self._log_failure(state, address, reason, loud=True)
+            raise
+
+    async def _verify(
+        self, state: _State, peer: Peer, order: list[Address], failures: list[tuple[Address, str, bool]]
+    ) -> bool:
+        """``verify_only``: one handshake, address after address, until one proves the peer."""
+        for address in order:
+            try:
+                peer_id = await self._one(state, peer, address, failures, self._links.verify)
+            except DialedSelf:
+                return False
+            except Exception:  # noqa: BLE001 - recorded by _one; the next address's turn
+                continue
+            log.debug("verified %s: it is %s", address, peer_id)
+            self._verified[peer_id] = (frozenset(peer.addresses), self._clock())
+            return True
+        return False
+
+    async def _connect(
+        self, state: _State, peer: Peer, order: list[Address], failures: list[tuple[Address, str, bool]]
+    ) -> bool:
+        """Happy Eyeballs over ``order`` (families interleaved within a link class); the first
+        connection is kept, the others closed. Dialing ourselves at one address ends it all:
+        these addresses are ours, none of them is the peer."""
+        if self._paths is not None:
+            order = interleave(order, self._paths.link)
+        if not order:
+            return False
+        scope = anyio.CancelScope()
+
+        def at(address: Address) -> Callable[[], Awaitable[Opened]]:
+            async def open_() -> Opened:
+                try:
+                    return await self._one(state, peer, address, failures, self._links.open)
+                except DialedSelf:
+                    scope.cancel()
+                    raise
+
+            return open_
+
+        won: Opened | None = None
+        with scope:
+            try:
+                _, opened = await race(
+                    [at(a) for a in order], delay=self._attempt_delay, discard=self._links.discard
+                )
+                won = opened
+            except AllFailed:
+                return False
+        if won is None:
+            return False
+        if self._paths is not None:  # first: the connected event shows it
+            self._paths.measured(won.address, won.connect_seconds)
+        self._links.adopt(won)
+        log.debug("dialed %s: it is %s", won.address, won.peer_id)
+        return True
 
     def _log_failure(self, state: _State, address: Address, reason: str, *, loud: bool) -> None:
         """A warning (refusals) or info line once per peer and reason; repeats go to debug."""

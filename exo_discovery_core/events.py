@@ -3,9 +3,11 @@
 The kinds (each documented in the README): ``started`` and ``stopped``; ``peer_discovered`` once
 per peer, ``peer_identified`` when a handshake tells the id of a peer known only by its
 addresses, ``peer_updated`` when a known peer's addresses or sources change, ``peer_lost``;
-``connected`` and ``disconnected``; ``plugin_error`` and ``plugin_recovered``; ``lagged`` for a
-subscriber that missed events. Fields that do not apply are left out of the JSON, so no event
-carries an empty list.
+``connected`` and ``disconnected``; ``path_changed`` when a connected peer moved to a better
+path (it never went down); ``plugin_error`` and ``plugin_recovered``; ``lagged`` for a
+subscriber that missed events. Connection events carry the link class of the address in use
+(``link``) and the round trip measured to it (``rtt_ms``). Fields that do not apply are left out
+of the JSON, so no event carries an empty list.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ EventKind = Literal[
     "peer_lost",
     "connected",
     "disconnected",
+    "path_changed",
     "plugin_error",
     "plugin_recovered",
     "duplicate_identity",
@@ -55,6 +58,8 @@ class NodeEvent(BaseModel):
     addresses: list[str] | None = None
     sources: list[str] | None = None
     address: str | None = None
+    link: str | None = None  # the link class of ``address``: loopback, thunderbolt, ethernet...
+    rtt_ms: float | None = None  # the round trip measured to ``address``
     reason: str | None = None
     plugin: str | None = None
     error: str | None = None
@@ -156,16 +161,25 @@ def peer_events(diff: TableDiff) -> list[NodeEvent]:
     ]
 
 
-def connection_event(change: ConnectionEvent, peer: Peer | None) -> NodeEvent:
-    """``connected`` (with the address in use) or ``disconnected`` (with the reason), both with
-    the peer's addresses as the table knows them."""
+def connection_event(
+    change: ConnectionEvent,
+    peer: Peer | None,
+    link: str | None = None,
+    rtt_ms: float | None = None,
+    kind: EventKind | None = None,
+) -> NodeEvent:
+    """``connected`` (with the address in use, its link class and round trip) or
+    ``disconnected`` (with the reason), both with the peer's addresses as the table knows them;
+    ``kind`` ``path_changed`` for a connected peer's move to another address."""
     addresses = [str(a) for a in peer.addresses] if peer else []
     if change.address is not None and str(change.address) not in addresses:
         addresses.insert(0, str(change.address))
     return NodeEvent(
-        event="connected" if change.connected else "disconnected",
+        event=kind or ("connected" if change.connected else "disconnected"),
         peer_id=change.peer_id,
         address=str(change.address) if change.address else None,
+        link=link if change.connected else None,
+        rtt_ms=rtt_ms if change.connected else None,
         addresses=addresses or None,
         sources=sorted(change.sources),
         reason=None if change.connected else change.reason,

@@ -25,11 +25,14 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 from pathlib import Path
 
-from .routes import IPAddress, is_tailscale
+from .interfacefilter import InterfaceFilter
+from .ip import IP, interface_addresses, is_tailscale
+from .models import Address
 
 SYSFS_NET = Path("/sys/class/net")
 ARPHRD_ETHER = 1
@@ -165,7 +168,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def address_class(
-    ip: IPAddress, scope: str | None, interfaces: Iterable[tuple[str, IPInterface, LinkClass]]
+    ip: IP, scope: str | None, interfaces: Iterable[tuple[str, IPInterface, LinkClass]]
 ) -> LinkClass:
     """The class of the path to ``ip`` (a local or a peer's address): loopback and Tailscale by
     range, a link-local address by its scope's interface, else the interface whose network holds
@@ -183,3 +186,48 @@ def address_class(
         if ip in interface.network:
             found = link if found is None else min(found, link)
     return found if found is not None else LinkClass.OTHER
+
+
+LinkEntry = tuple[str, IPInterface, LinkClass]
+"""One address of one interface: the interface's name, the address with its network, its class."""
+
+
+def local_links(interfaces: InterfaceFilter | None = None) -> list[LinkEntry]:
+    """This host's interface addresses with their link classes (of the interfaces ``interfaces``
+    allows, if given); each interface is classified once."""
+    classes: dict[str, LinkClass] = {}
+    entries: list[LinkEntry] = []
+    for entry in interface_addresses():
+        if interfaces is not None and not interfaces.allows(entry.name, entry.nice_name):
+            continue
+        if entry.name not in classes:
+            classes[entry.name] = interface_class(entry.name)
+        entries.append((entry.name, entry.interface, classes[entry.name]))
+    return entries
+
+
+class LinkMap:
+    """The class of the path to any address, from this host's links re-read at most every
+    ``max_age`` seconds (interfaces come and go: a Thunderbolt cable plugged in)."""
+
+    def __init__(
+        self, read: Callable[[], Iterable[LinkEntry]] = local_links, max_age: float = 10.0
+    ) -> None:
+        self.read = read
+        self.max_age = max_age
+        self._read_at = -max_age
+        self._entries: list[LinkEntry] = []
+
+    def entries(self) -> list[LinkEntry]:
+        if time.monotonic() - self._read_at >= self.max_age:
+            self._entries = list(self.read())
+            self._read_at = time.monotonic()
+        return self._entries
+
+    def of(self, address: Address) -> LinkClass:
+        """The class of the path to ``address`` (a DNS name: other, until it is resolved)."""
+        ip = address.ip
+        if ip is None:
+            return LinkClass.OTHER
+        scope = address.host.partition("%")[2] or None
+        return address_class(ip, scope, self.entries())

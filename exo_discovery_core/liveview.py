@@ -157,6 +157,13 @@ class LogArea(logging.Handler):
             self.handleError(record)
 
 
+def _path(event: NodeEvent) -> str:
+    """" over ethernet, 0.4 ms": the link class and round trip of the address in use."""
+    if event.link is None:
+        return ""
+    return f" over {event.link}" + (f", {event.rtt_ms:g} ms" if event.rtt_ms is not None else "")
+
+
 def describe(event: NodeEvent) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
     addresses, sources = ", ".join(event.addresses or []), ", ".join(event.sources or [])
@@ -168,7 +175,8 @@ def describe(event: NodeEvent) -> str:
         "peer_identified": f"{who} answers at {addresses}",
         "peer_updated": f"{who} now at {addresses} via {sources}",
         "peer_lost": f"lost {who}",
-        "connected": f"connected {event.peer_id} at {event.address} ({sources})",
+        "connected": f"connected {event.peer_id} at {event.address}{_path(event)} ({sources})",
+        "path_changed": f"{event.peer_id} moved to {event.address}{_path(event)}, {event.reason}",
         "disconnected": f"disconnected {event.peer_id}: {event.reason}",
         "plugin_error": f"plugin {event.plugin} failing: {event.error}",
         "plugin_recovered": f"plugin {event.plugin} recovered",

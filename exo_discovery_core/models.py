@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .identity import PeerId
+from .interfacefilter import InterfaceFilter
 from .ip import IP, LocalNetworks, parse_ip
 from .optionhelp import how_to_set
 from .text import encodable
@@ -142,7 +143,8 @@ class NodeInfo:
     """The node itself, as a plugin needs to know it (to announce itself, to skip itself).
 
     ``local`` is this host's interfaces (a test gives its own); :meth:`is_own` is the one answer
-    to "is this address mine".
+    to "is this address mine". ``listen_addresses`` is what the node advertises: its interfaces'
+    addresses (those ``interfaces`` allows) or ``[node] advertise_addresses``.
     """
 
     peer_id: PeerId
@@ -157,6 +159,9 @@ class NodeInfo:
     # fingerprints of the accepted cluster keys (clusterkey.fingerprint), primary first; an
     # announcement may carry them so that nodes of other clusters are skipped before a dial
     cluster_key_fingerprints: tuple[str, ...] = ()
+    interfaces: InterfaceFilter = field(default_factory=InterfaceFilter, compare=False)
+    """The interfaces the node uses (``[node] interfaces`` / ``exclude_interfaces``): a plugin
+    that binds to interfaces (mDNS) uses only these."""
 
     def own_ips(self) -> frozenset[IP]:
         """This node's IPs: every address of this host's interfaces and each listen address."""

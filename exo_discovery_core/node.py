@@ -38,6 +38,7 @@ from .records import LocalRecord, PeerRecord
 from .routes import listen_hosts
 from .sources import PluginSources
 from .status import PeerView
+from .targetgroups import target_address
 
 log = logging.getLogger("exo_discovery.node")
 
@@ -221,7 +222,8 @@ class Node:
 
     @property
     def info(self) -> NodeInfo:
-        """Who we are and where we listen; on every interface, that is each address we have."""
+        """Who we are and where we can be reached: ``advertise_addresses`` when set (NAT, a
+        container), else each address of the interfaces ``[node] interfaces`` allows."""
         fingerprints = self.connections.credentials.keyring.fingerprints
         return NodeInfo(
             self.peer_id,
@@ -229,12 +231,17 @@ class Node:
             self.port,
             self._addresses(self.port),
             cluster_key_fingerprints=fingerprints,
+            interfaces=self.config.interface_filter,
         )
 
     def _addresses(self, port: int) -> tuple[Address, ...]:
-        return tuple(
-            Address(host=host, port=port) for host in listen_hosts(self.config.listen_host)
-        )
+        """What the node advertises (its signed record, plugins): ``advertise_addresses``, or
+        the addresses of the interfaces ``[node] interfaces`` allows."""
+        config = self.config
+        if config.advertise_addresses:
+            return tuple(target_address(t, port) for t in config.advertise_addresses)
+        hosts = listen_hosts(config.listen_host, config.interface_filter)
+        return tuple(Address(host=host, port=port) for host in hosts)
 
     def status(self) -> status.Status:
         """The typed snapshot ``exo-discovery peers`` and the live view show."""

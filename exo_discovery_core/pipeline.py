@@ -30,7 +30,7 @@ from .limits import TokenBucket
 from .models import Address, ConnectionEvent, ConnectionState
 from .peertable import PeerTable, TableDiff
 from .records import LocalRecord, PeerRecord, RecordStore, other_boot
-from .routes import LocalNetworks, RouteClass, by_preference, route_class
+from .routes import LocalNetworks, Paths, RouteClass, route_class
 from .sources import PluginSources
 from .status import PeerView, peer_views
 
@@ -64,6 +64,7 @@ class Pipeline:
         self.identity_conflict: str | None = None  # another live node holds our key
         self._twin_boot: str | None = None
         self.local = LocalNetworks()
+        self.paths = Paths(self.local)
         self.sources_at_up: dict[PeerId, frozenset[str]] = {}
         self.host_connections: dict[PeerId, Address | None] = {}  # reported by the host program
         self.last_up: dict[PeerId, float] = {}  # when each peer was last connected (time.time)
@@ -88,7 +89,7 @@ class Pipeline:
             identity.peer_id,
             self.table.merged,
             self.connections,
-            order=self.ordered,
+            paths=self.paths,
             redial_max=config.redial_max,
             mutual_source=exchange.SOURCE,
             verify_only=not config.connect,
@@ -97,7 +98,7 @@ class Pipeline:
         )
 
     def ordered(self, addresses: Iterable[Address]) -> list[Address]:
-        return by_preference(addresses, self.local)
+        return self.paths.ordered(addresses)
 
     def route(self, address: Address) -> RouteClass:
         return route_class(address, self.local)
@@ -115,6 +116,7 @@ class Pipeline:
             last_up=self.last_up,
             meta=self.meta_of,
             duplicate=self.duplicate_note,
+            link=self.paths.link,
         )
 
     def table_changed(self, diff: TableDiff) -> None:
@@ -256,6 +258,22 @@ class Pipeline:
 
         self.tg.start_soon(trim)
 
+    def path_changed(self, peer_id: PeerId, old: Address, new: Address) -> None:
+        peer = self.table.get(peer_id)
+        sources = self.sources_at_up.get(peer_id, peer.sources if peer else frozenset())
+        event = ConnectionEvent(
+            peer_id=peer_id, state=ConnectionState.CONNECTED, address=new, sources=sources,
+            reason=f"from {old}",
+        )
+        self.publish(connection_event(event, peer, *self._path(new), kind="path_changed"))
+
+    def _path(self, address: Address | None) -> tuple[str | None, float | None]:
+        """The link class and round trip (ms) of ``address``, as events show them."""
+        if address is None:
+            return None, None
+        rtt = self.paths.rtt(address)
+        return str(self.paths.link(address)), None if rtt is None else round(rtt * 1000, 2)
+
     def connection_down(self, peer_id: PeerId, reason: str) -> None:
         self.last_up.pop(peer_id, None)
         self.last_up[peer_id] = time.time()
@@ -281,7 +299,7 @@ class Pipeline:
             peer_id=peer_id, state=state, address=address, sources=sources, reason=reason,
             meta=meta,
         )  # fmt: skip
-        self.publish(connection_event(event, peer))
+        self.publish(connection_event(event, peer, *self._path(address)))
         self.plugins.notify(self.tg, event)
         self.exchange.announce(self.tg)
 

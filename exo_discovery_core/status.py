@@ -24,6 +24,7 @@ from anyio.abc import SocketStream, TaskGroup
 from pydantic import BaseModel, ConfigDict
 
 from .identity import PeerId
+from .links import LinkClass
 from .models import Address
 from .routes import RouteClass
 
@@ -45,6 +46,7 @@ class PeerRow(BaseModel):
     sources: list[str]
     state: Literal["connected", "known", "incompatible"]  # incompatible: another protocol version
     address: str | None = None  # the one in use, while connected
+    link: str | None = None  # the link class of the address in use: thunderbolt, ethernet...
     metadata: dict[str, str] = {}
     meta: dict[str, str] | None = None  # the peer's own, from its signed record
     duplicate_identity: str | None = None  # two live nodes hold this peer's key: the fix
@@ -94,6 +96,7 @@ class PeerAddress:
 
     address: Address
     route: RouteClass
+    link: LinkClass | None = None  # the class of the link it is reached over (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class PeerView:
     sources: frozenset[str]
     state: Literal["connected", "known", "incompatible"]  # incompatible: another protocol version
     address: Address | None = None  # the one in use, while connected
+    link: LinkClass | None = None  # the link class of ``address``
     metadata: Mapping[str, str] = field(default_factory=dict)  # what the plugins said of it
     meta: Mapping[str, str] | None = None  # its own signed record's (None: no record known)
     duplicate_identity: str | None = None  # two live nodes hold this peer's key: the fix
@@ -129,6 +133,7 @@ class PeerView:
             sources=sorted(self.sources),
             state=self.state,
             address=str(self.address) if self.address else None,
+            link=str(self.link) if self.link is not None else None,
             metadata=dict(self.metadata),
             meta=dict(self.meta) if self.meta is not None else None,
             duplicate_identity=self.duplicate_identity,
@@ -152,6 +157,7 @@ def peer_views(
     last_up: Mapping[PeerId, float] | None = None,
     meta: Callable[[PeerId], Mapping[str, str] | None] = lambda peer_id: None,
     duplicate: Callable[[PeerId], str | None] = lambda peer_id: None,
+    link: Callable[[Address], LinkClass] | None = None,
 ) -> list[PeerView]:
     """The table with connection state; connected peers first, then by id.
 
@@ -167,8 +173,12 @@ def peer_views(
             return now - heard[peer_id] if peer_id in heard else now
         return last_up.get(peer_id)
 
+    def linked(address: Address | None) -> LinkClass | None:
+        """The link class of ``address`` (loopback, thunderbolt, ethernet, wifi, ...)."""
+        return link(address) if link is not None and address is not None else None
+
     def routed(addresses: Iterable[Address]) -> tuple[PeerAddress, ...]:
-        return tuple(PeerAddress(a, route(a)) for a in order(addresses))
+        return tuple(PeerAddress(a, route(a), linked(a)) for a in order(addresses))
 
     views: dict[str, PeerView] = {}
     for key, peer in peers.items():
@@ -181,6 +191,7 @@ def peer_views(
             sources=frozenset(peer.sources),
             state="connected" if up else "incompatible" if dial and dial.incompatible else "known",
             address=in_use,
+            link=linked(in_use),
             metadata=dict(peer.metadata),
             rtt=(rtts or {}).get(peer.peer_id) if up and peer.peer_id else None,
             meta=meta(peer.peer_id) if peer.peer_id else None,
@@ -197,6 +208,7 @@ def peer_views(
                 sources=frozenset({"inbound"}),
                 state="connected",
                 address=address,
+                link=linked(address),
                 rtt=(rtts or {}).get(peer_id),
                 last_seen=last_seen(peer_id, True),
                 meta=meta(peer_id),

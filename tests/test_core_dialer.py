@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import ipaddress
+from collections.abc import Mapping
+from typing import cast
 
 import anyio
 import pytest
 
 from exo_discovery_core import Address, PeerCandidate
-from exo_discovery_core.connections import DialedSelf, DialError
+from exo_discovery_core.connections import DialedSelf, DialError, Opened
 from exo_discovery_core.dialer import (
     MAX_REASON,
     MUTUAL_SECOND_DIAL,
@@ -17,7 +19,11 @@ from exo_discovery_core.dialer import (
     Dialer,
 )
 from exo_discovery_core.identity import Identity, PeerId
+from exo_discovery_core.ip import LocalNetworks
+from exo_discovery_core.links import LinkClass, LinkMap
 from exo_discovery_core.peertable import Peer, PeerTable
+from exo_discovery_core.routes import Paths
+from exo_discovery_core.session import Session
 
 pytestmark = pytest.mark.anyio
 
@@ -39,17 +45,29 @@ class Links:
         self.outcomes = dict(outcomes)
         self.current: dict[PeerId, Address] = {}
         self.dialed: list[Address] = []
+        self.discarded: list[Address] = []
 
     def connected(self) -> Mapping[PeerId, Address]:
         return self.current
 
-    async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+    async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
         self.dialed.append(address)
         outcome = self.outcomes[address]
         if isinstance(outcome, DialError):
             raise outcome
-        self.current[outcome] = address
-        return outcome
+        return Opened(outcome, address, cast(Session, None), connect_seconds=0.001)
+
+    def adopt(self, opened: Opened) -> None:
+        self.current[opened.peer_id] = opened.address
+
+    async def discard(self, opened: Opened) -> None:
+        self.discarded.append(opened.address)
+
+
+def _paths(*links: tuple[str, str, LinkClass]) -> Paths:
+    """Paths over fake interfaces: (name, address/prefix, class)."""
+    entries = [(n, ipaddress.ip_interface(i), c) for n, i, c in links]
+    return Paths(LocalNetworks(read=lambda: [e[1] for e in entries]), LinkMap(read=lambda: entries))
 
 
 def address(port: int, host: str = "127.0.0.1") -> Address:
@@ -62,9 +80,9 @@ def make(table: PeerTable, links: Links, clock: Clock) -> Dialer:
 
 async def dial_due(dialer: Dialer) -> list[Peer]:
     due, _ = dialer.due()
-    for peer in due:
-        await dialer.attempt(peer)
-    return due
+    for peer, addresses in due:
+        await dialer.attempt(peer, addresses)
+    return [peer for peer, _ in due]
 
 
 async def test_a_known_peer_is_dialed_once_and_not_again_while_connected() -> None:
@@ -103,7 +121,7 @@ async def test_a_failed_dial_keeps_a_reason_for_every_address_and_backs_off() ->
 
 async def test_a_reason_is_never_empty() -> None:
     class Broken(Links):
-        async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+        async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
             raise RuntimeError()
 
     table, clock = PeerTable(ME), Clock()
@@ -120,10 +138,7 @@ async def test_addresses_are_tried_in_route_order_until_one_answers() -> None:
     links = Links({loopback: DialError("timed out"), lan: peer, other: peer})
     table.replace("static", [PeerCandidate(peer_id=peer, addresses=(lan, other, loopback))])
 
-    def loopback_first(addresses: Iterable[Address]) -> list[Address]:
-        return sorted(addresses, key=lambda a: a != loopback)
-
-    dialer = Dialer(ME, table.merged, links, order=loopback_first, clock=clock)
+    dialer = Dialer(ME, table.merged, links, paths=_paths(), clock=clock)
     await dial_due(dialer)
     assert links.dialed == [loopback, lan]
 
@@ -223,3 +238,50 @@ async def test_verify_only_verifies_once_then_again_after_reverify_every() -> No
     clock.now += 2
     assert [p.peer_id for p in await dial_due(dialer)] == [peer]  # a record may have changed
     assert links.dialed == [address(1), address(1)]
+
+
+async def test_a_silent_first_address_does_not_hold_the_dial_up() -> None:
+    """Happy Eyeballs: the first address hangs, the second starts after the attempt delay and
+    wins; the hanging attempt is cancelled, nothing else is kept."""
+    peer = Identity.generate().peer_id
+    hang, good = address(1, "10.0.0.1"), address(2, "10.0.0.2")
+
+    class Hanging(Links):
+        async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
+            if address == hang:
+                self.dialed.append(address)
+                await anyio.sleep_forever()
+            return await super().open(address, expected, timeout)
+
+    table, links = PeerTable(ME), Hanging({good: peer})
+    table.replace("static", [PeerCandidate(peer_id=peer, addresses=(hang, good))])
+    dialer = Dialer(ME, table.merged, links, paths=_paths(), attempt_delay=0.05)
+    with anyio.fail_after(5):
+        await dial_due(dialer)
+    assert links.dialed == [hang, good]
+    assert links.current == {peer: good}
+
+
+async def test_a_connected_peer_moves_to_a_better_link_when_one_appears() -> None:
+    peer = Identity.generate().peer_id
+    wifi, cable = address(1, "192.168.1.9"), address(1, "169.254.3.9")
+    paths = _paths(("en1", "192.168.1.2/24", LinkClass.WIFI),
+                   ("bridge0", "169.254.3.2/16", LinkClass.THUNDERBOLT))
+    table, clock = PeerTable(ME), Clock()
+    links = Links({wifi: peer, cable: DialError("No route to host")})
+    table.replace("static", [PeerCandidate(peer_id=peer, addresses=(wifi,))])
+    dialer = Dialer(ME, table.merged, links, paths=paths, clock=clock)
+    await dial_due(dialer)
+    assert links.current == {peer: wifi}
+    assert await dial_due(dialer) == []  # connected, no better path known
+
+    table.replace("static", [PeerCandidate(peer_id=peer, addresses=(wifi, cable))])
+    assert [p.peer_id for p in await dial_due(dialer)] == [peer]  # the cable, not yet answering
+    assert links.dialed[-1] == cable and links.current == {peer: wifi}
+    assert dialer.status()[str(peer)].last_reason is None  # connected: not a dial failure
+    assert await dial_due(dialer) == []  # backing off
+    clock.now += 60
+    links.outcomes[cable] = peer  # the cable is plugged in
+    await dial_due(dialer)
+    assert links.current == {peer: cable}
+    assert await dial_due(dialer) == []  # on the best path: nothing more to do

@@ -7,6 +7,7 @@ import pytest
 
 from exo_discovery_core import PeerCandidate
 from exo_discovery_core.host import Address, PeerAddress, PeerId, PeerView
+from exo_discovery_core.links import LinkClass
 from exo_discovery_core.testing import next_event, run_node
 from tests.support.static import Static
 
@@ -30,10 +31,11 @@ async def test_snapshot_is_typed_with_route_classes() -> None:
             [view] = node.peers()
             assert isinstance(view.peer_id, PeerId) and view.peer_id == target.peer_id
             assert view.addresses == (
-                PeerAddress(Address(host="127.0.0.1", port=target.port), "loopback"),
+                PeerAddress(Address(host="127.0.0.1", port=target.port), "loopback", LinkClass.LOOPBACK),
             )
             assert view.state == "connected"
             assert view.address == Address(host="127.0.0.1", port=target.port)
+            assert view.link is LinkClass.LOOPBACK and view.rtt is not None and view.rtt > 0
             assert view.sources == frozenset({"static"})
             assert view.metadata == {"role": "gpu"}
             assert view.rtt is not None and 0 < view.rtt < 3  # the TCP connect of our dial

@@ -10,6 +10,7 @@ import pytest
 
 from exo_discovery_core import ConfigError, PeerCandidate, PeerId
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.interfacefilter import InterfaceFilter
 from exo_discovery_core.testing import make_context
 from exo_discovery_mdns import plugin
 from exo_discovery_mdns.config import DEFAULT_SERVICE_TYPE, MdnsConfig
@@ -147,6 +148,17 @@ def test_interface_selection_by_all_name_ip_and_version() -> None:
     assert snapshot(("eth0",), "v6", ADAPTERS).bind == (2,)
     missing = snapshot(("wlan0", "eth0"), "all", ADAPTERS)
     assert missing.unmatched == ("wlan0",)
+
+
+def test_node_interfaces_decide_where_mdns_runs() -> None:
+    """[node] exclude_interfaces (docker* by default) keeps a container bridge out of mDNS;
+    [node] interfaces narrows it; loopback stays for nodes on one host."""
+    adapters = [*ADAPTERS, _adapter("docker0", 4, "172.17.0.1")]
+    assert "172.17.0.1" not in snapshot("all", "all", adapters, node_interfaces=InterfaceFilter()).bind
+    assert "172.17.0.1" in snapshot("all", "all", adapters).bind  # without a node filter: all
+    only_eth = snapshot("all", "all", adapters, node_interfaces=InterfaceFilter(include=("eth*",)))
+    assert only_eth.announce == ("10.0.0.5", "fd00::5")
+    assert only_eth.bind == ("10.0.0.5", "127.0.0.1", 2)
 
 
 def test_config_defaults_flags_and_errors_name_the_key() -> None:

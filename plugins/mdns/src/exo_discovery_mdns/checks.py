@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 
 from exo_discovery_core import CheckResult, DiscoveryContext, interface_addresses
+from exo_discovery_core.interfacefilter import InterfaceFilter
 
 from .config import MdnsConfig
 from .interfaces import Snapshot, snapshot
@@ -36,11 +37,15 @@ NO_NETWORK_FIX = (
 
 async def run_checks(context: DiscoveryContext[MdnsConfig]) -> list[CheckResult]:
     set_interfaces = context.how_to_set("interfaces")
-    return await anyio.to_thread.run_sync(_run_checks, context.config, set_interfaces)
+    return await anyio.to_thread.run_sync(
+        _run_checks, context.config, set_interfaces, context.node.interfaces
+    )
 
 
-def _run_checks(config: MdnsConfig, set_interfaces: str) -> list[CheckResult]:
-    snap = snapshot(config.interfaces, config.ip_version)
+def _run_checks(
+    config: MdnsConfig, set_interfaces: str, node_interfaces: InterfaceFilter
+) -> list[CheckResult]:
+    snap = snapshot(config.interfaces, config.ip_version, node_interfaces=node_interfaces)
     results = [check_interfaces(config, snap, set_interfaces)]
     port = check_port(config)
     results.append(port)

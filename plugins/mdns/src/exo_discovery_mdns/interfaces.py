@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import ifaddr
 
 from exo_discovery_core import IP, interfaces
+from exo_discovery_core.interfacefilter import InterfaceFilter
 
 #: zeroconf's explicit interface list: IPv4 addresses as text, IPv6 interfaces by index.
 ZcInterface = str | int
@@ -39,9 +40,15 @@ def snapshot(
     selection: str | Sequence[str],
     ip_version: str,
     adapters: Sequence[ifaddr.Adapter] | None = None,
+    node_interfaces: InterfaceFilter | None = None,
 ) -> Snapshot:
-    """The interfaces selected by ``selection`` ("all" or names/IPs) and ``ip_version``."""
-    here = interfaces(adapters)
+    """The interfaces selected by ``selection`` ("all" or names/IPs) and ``ip_version``, among
+    those the node uses (``[node] interfaces`` / ``exclude_interfaces``: no docker0 by default)."""
+    here = [
+        iface
+        for iface in interfaces(adapters)
+        if node_interfaces is None or node_interfaces.allows(iface.name, iface.nice_name)
+    ]
     wanted_names = None if selection == "all" else {s for s in selection}
     bind: set[ZcInterface] = set()
     announce: set[str] = set()

@@ -9,6 +9,7 @@ so a node started before its Wi-Fi came up, or whose VPN came up later, is still
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -70,11 +71,14 @@ class MdnsRun:
     def __init__(
         self,
         context: DiscoveryContext[MdnsConfig],
-        interfaces: Callable[[str | Sequence[str], str], Snapshot] = snapshot,
+        interfaces: Callable[[str | Sequence[str], str], Snapshot] | None = None,
     ) -> None:
-        """``interfaces`` reads this host's interfaces (a test on loopback gives its own view)."""
+        """``interfaces`` reads this host's interfaces (a test on loopback gives its own view);
+        by default those of the node's interfaces (``[node] interfaces``) the selection names."""
         self.context = context
-        self.interfaces = interfaces
+        self.interfaces = interfaces or functools.partial(
+            snapshot, node_interfaces=context.node.interfaces
+        )
         self.config = context.config
         self.log = context.log
         self.type = self.config.service_type

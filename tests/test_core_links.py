@@ -13,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from exo_discovery_core.ip import LocalNetworks
 from exo_discovery_core.links import (
     LinkClass,
+    LinkMap,
     address_class,
     interface_class,
     macos_class,
     parse_hardware_ports,
 )
+from exo_discovery_core.models import Address
+from exo_discovery_core.routes import Paths
 from tests.support.netns import NetnsLab
 
 L = LinkClass
@@ -165,3 +169,21 @@ def test_real_interfaces_in_a_network_namespace(netns_lab: Callable[[int], Netns
         capture_output=True, text=True, timeout=30, check=True,
     )
     assert json.loads(switch.stdout) == {"br0": "other", "p1": "other"}
+
+
+def test_paths_order_by_class_then_measured_rtt_then_rank() -> None:
+    entries = [("en1", ipaddress.ip_interface("192.168.1.2/24"), L.WIFI),
+               ("en0", ipaddress.ip_interface("10.0.0.2/24"), L.ETHERNET),
+               ("bridge0", ipaddress.ip_interface("169.254.7.2/16"), L.THUNDERBOLT)]
+    paths = Paths(LocalNetworks(read=lambda: [e[1] for e in entries]), LinkMap(read=lambda: entries))
+    a = {name: Address(host=host, port=1) for name, host in
+         [("wifi", "192.168.1.9"), ("eth", "10.0.0.9"), ("eth2", "10.0.0.8"), ("tb", "169.254.7.9"),
+          ("ts", "100.64.0.9"), ("public", "8.8.8.8"), ("name", "box.lan")]}
+    order = [a["public"], a["name"], a["ts"], a["wifi"], a["eth"], a["eth2"], a["tb"]]
+    assert paths.ordered(order) == [a[n] for n in ("tb", "eth", "eth2", "wifi", "ts", "public", "name")]
+    paths.measured(a["eth2"], 0.002)
+    paths.measured(a["eth"], 0.010)
+    assert paths.ordered(order)[1:3] == [a["eth2"], a["eth"]]  # same class: the faster first
+    paths.measured(a["eth"], 0.0)  # smoothed: one fast sample does not win outright
+    assert paths.rtt(a["eth"]) == pytest.approx(0.005)
+    assert paths.link(a["tb"]) is L.THUNDERBOLT and str(paths.link(a["wifi"])) == "wifi"

@@ -160,6 +160,9 @@ class NodeInfo:
     # announcement may carry them so that nodes of other clusters are skipped before a dial
     cluster_key_fingerprints: tuple[str, ...] = ()
     interfaces: InterfaceFilter = field(default_factory=InterfaceFilter, compare=False)
+    advertised_explicitly: bool = False
+    """``listen_addresses`` are ``[node] advertise_addresses`` (NAT, a container): a plugin that
+    announces addresses (mDNS) announces these instead of its interfaces'."""
     """The interfaces the node uses (``[node] interfaces`` / ``exclude_interfaces``): a plugin
     that binds to interfaces (mDNS) uses only these."""
 

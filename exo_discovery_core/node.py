@@ -232,6 +232,7 @@ class Node:
             self._addresses(self.port),
             cluster_key_fingerprints=fingerprints,
             interfaces=self.config.interface_filter,
+            advertised_explicitly=bool(self.config.advertise_addresses),
         )
 
     def _addresses(self, port: int) -> tuple[Address, ...]:

@@ -9,6 +9,7 @@ address, RFC 5737): it is only carried in the records, never dialed, and nothing
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -108,3 +109,25 @@ async def test_two_runs_find_each_other_other_namespaces_are_not_peers_a_goodbye
     finally:
         logging.getLogger("exo_discovery.plugin.mdns-b").removeHandler(foreign)
     assert all(other.peer_id not in {p.peer_id for p in peers} for peers in seen)
+
+
+async def test_advertise_addresses_are_what_mdns_announces() -> None:
+    """[node] advertise_addresses (a container behind a port mapping): the records carry the
+    given address and port, not the interfaces'."""
+    config = {"service_type": f"_t{secrets.token_hex(4)}._tcp.local.", "ip_version": "v4",
+              "interface_check_interval": 3600}
+    a = dataclasses.replace(
+        node_info(port=40011, namespace="adv"),
+        listen_addresses=(Address(host="192.0.2.99", port=7100),),
+        advertised_explicitly=True,
+    )
+    b = node_info(port=40012, namespace="adv")
+    seen: list[frozenset[PeerCandidate]] = []
+    async with (
+        discovering(OnLoopback(), config, name="mdns-b", node=b) as b_sets,
+        discovering(OnLoopback(), config, name="mdns-a", node=a) as a_sets,
+    ):
+        await anext(a_sets)
+        [peer] = await until(b_sets, lambda s: bool(s), seen)
+    assert peer.peer_id == a.peer_id
+    assert peer.addresses == (Address(host="192.0.2.99", port=7100),)

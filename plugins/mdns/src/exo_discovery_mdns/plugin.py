@@ -175,15 +175,19 @@ class MdnsRun:
     def _service_info(self, instance: str, snap: Snapshot) -> AsyncServiceInfo:
         node = self.context.node
         ttl = self.config.record_ttl
+        port, addresses = node.port, list(snap.announce)
+        explicit = [a for a in node.listen_addresses if a.ip is not None]
+        if node.advertised_explicitly and explicit:  # [node] advertise_addresses: as given
+            port, addresses = explicit[0].port, [a.host for a in explicit]
         return AsyncServiceInfo(
             self.type,
             f"{instance}.{self.type}",
-            port=node.port,
+            port=port,
             properties=txt_properties(node.peer_id, node.namespace, node.cluster_key_fingerprints),
             server=server_name(instance),
             host_ttl=ttl,
             other_ttl=ttl,
-            parsed_addresses=list(snap.announce),
+            parsed_addresses=addresses,
         )
 
     async def _register(self) -> None:

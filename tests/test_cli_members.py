@@ -76,7 +76,7 @@ def test_peers_says_why_each_known_peer_does_not_connect(
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert max(map(len, lines)) <= 80, lines
-    assert lines[1].split() == ["PEER", "HOST", "STATE", "ROUTE", "RTT", "SEEN", "SOURCES"]
+    assert lines[1].split() == ["PEER", "HOST", "STATE", "ROUTE", "LINK", "RTT", "SEEN", "SOURCES"]
     assert "  ↳ next try in " in shown.stdout and ": namespace 'lab' is not ours" in shown.stdout
     assert f"127.0.0.1:{dead}: connection refused" in shown.stdout
 

@@ -22,6 +22,7 @@ from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.ip import LocalNetworks
 from exo_discovery_core.links import LinkClass, LinkMap
 from exo_discovery_core.peertable import Peer, PeerTable
+from exo_discovery_core.records import PeerRecord
 from exo_discovery_core.routes import Paths
 from exo_discovery_core.session import Session
 
@@ -55,7 +56,7 @@ class Links:
         outcome = self.outcomes[address]
         if isinstance(outcome, DialError):
             raise outcome
-        return Opened(outcome, address, cast(Session, None), connect_seconds=0.001)
+        return Opened(outcome, address, cast(Session, None), 0.001, cast(PeerRecord, None))
 
     def adopt(self, opened: Opened) -> None:
         self.current[opened.peer_id] = opened.address
@@ -285,3 +286,31 @@ async def test_a_connected_peer_moves_to_a_better_link_when_one_appears() -> Non
     await dial_due(dialer)
     assert links.current == {peer: cable}
     assert await dial_due(dialer) == []  # on the best path: nothing more to do
+
+
+async def test_a_peer_its_first_handshake_named_is_not_dialed_again_while_it_is_kept() -> None:
+    """The handshake tells the table who answered (it re-keys the peer by its id) before the
+    connection is kept: in that moment the peer must not look like one to dial."""
+    peer = Identity.generate().peer_id
+    table, clock = PeerTable(ME), Clock()
+
+    class Slow(Links):
+        adopted: list[PeerId] = []
+
+        async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
+            opened = await super().open(address, expected, timeout)
+            table.learn(address, opened.peer_id)  # what the connection manager reports
+            return opened
+
+        def adopt(self, opened: Opened) -> None:  # kept later, by a task of its own
+            self.adopted.append(opened.peer_id)
+
+    links = Slow({address(1): peer})
+    table.replace("static", [PeerCandidate(addresses=(address(1),))])  # no id yet
+    dialer = make(table, links, clock)
+    await dial_due(dialer)
+    assert str(peer) in table.merged()  # re-keyed by its id
+    assert await dial_due(dialer) == []  # being kept: not dialed again
+    assert links.dialed == [address(1)]
+    clock.now += 6  # never kept (lost to another connection): dialed again after a while
+    assert [p.peer_id for p in await dial_due(dialer)] == [peer]

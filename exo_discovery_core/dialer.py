@@ -156,6 +156,7 @@ class Dialer:
         """A connection ended: try that peer again at once, then back off; but one closed to
         keep a ``max_connections`` limit (ours or the peer's) is held off as a refusal while
         we have other connections (with none, it is our way in: backed off, not held off)."""
+        self._arriving.pop(peer_id, None)
         state = self._states.get(str(peer_id))
         if state is not None:
             if TRIMMED in reason and self._links.connected():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 
@@ -102,10 +103,13 @@ def test_ages_that_are_not_numbers_in_range_drop_their_entries_only() -> None:
 @pytest.mark.anyio
 async def test_with_a_limit_the_dialer_dials_only_into_the_room_left_most_preferred_first() -> None:
     from exo_discovery_core import PeerCandidate
+    from exo_discovery_core.connections import Opened
     from exo_discovery_core.degree import TRIMMED
     from exo_discovery_core.dialer import REFUSED_RETRY, Dialer
     from exo_discovery_core.models import Address
     from exo_discovery_core.peertable import PeerTable
+    from exo_discovery_core.records import PeerRecord
+    from exo_discovery_core.session import Session
 
     class Links:
         def __init__(self) -> None:
@@ -114,10 +118,15 @@ async def test_with_a_limit_the_dialer_dials_only_into_the_room_left_most_prefer
         def connected(self) -> dict[PeerId, Address]:
             return self.current
 
-        async def dial(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+        async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
             assert expected is not None
-            self.current[expected] = address
-            return expected
+            return Opened(expected, address, cast(Session, None), 0.001, cast(PeerRecord, None))
+
+        def adopt(self, opened: Opened) -> None:
+            self.current[opened.peer_id] = opened.address
+
+        async def discard(self, opened: Opened) -> None:
+            raise AssertionError("one address each: nothing to discard")
 
         async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
             raise AssertionError("not discover-only")
@@ -128,12 +137,12 @@ async def test_with_a_limit_the_dialer_dials_only_into_the_room_left_most_prefer
     ])  # fmt: skip
     dialer = Dialer(ME, table.merged, links, clock=clock, max_connections=3)
     due, _ = dialer.due()
-    assert [p.peer_id for p in due] == Preference(ME, 3).ranked(OTHERS)[:3]
-    for peer in due:
-        await dialer.attempt(peer)
+    assert [p.peer_id for p, _ in due] == Preference(ME, 3).ranked(OTHERS)[:3]
+    for peer, addresses in due:
+        await dialer.attempt(peer, addresses)
     assert dialer.due()[0] == []  # full
     kept = Preference(ME, 3).ranked(OTHERS)[:3]
     del links.current[kept[0]]
     dialer.peer_down(kept[0], f"peer closed ({TRIMMED})")  # trimmed by it: held off, another
     assert dialer.status()[str(kept[0])].retry_in == REFUSED_RETRY
-    assert [p.peer_id for p in dialer.due()[0]] == [Preference(ME, 3).ranked(OTHERS)[3]]
+    assert [p.peer_id for p, _ in dialer.due()[0]] == [Preference(ME, 3).ranked(OTHERS)[3]]

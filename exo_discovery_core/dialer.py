@@ -104,6 +104,7 @@ class _State:
     busy: bool = False
     last_reason: str | None = None
     incompatible: str | None = None
+    held: bool = False  # held off after it closed us to keep its max_connections
     warned: set[str] = field(default_factory=set)
     upgrade: Backoff = field(default_factory=lambda: Backoff(1.0, UPGRADE_RETRY_MAX))
     upgrade_at: float = 0.0
@@ -161,6 +162,7 @@ class Dialer:
         if state is not None:
             if TRIMMED in reason and self._links.connected():
                 state.next_at = self._clock() + REFUSED_RETRY
+                state.held = True
                 state.last_reason = (
                     f"closed to keep max_connections (tried again every {REFUSED_RETRY:g} s)"
                 )
@@ -168,7 +170,18 @@ class Dialer:
                 state.next_at = self._clock() + state.backoff.next()
             else:
                 state.next_at = 0.0
+        if not self._links.connected():
+            self._release_holds()
         self.wake()
+
+    def _release_holds(self) -> None:
+        """With no connection left (the members we kept went away), the peers that trimmed us
+        are our way back in: a hold meant for a node with other links would isolate it."""
+        now = self._clock()
+        for state in self._states.values():
+            if state.held:
+                state.held = False
+                state.next_at = min(state.next_at, now)
 
     def status(self) -> dict[str, DialStatus]:
         """By table key, for every peer the dialer has tried or is waiting to try."""

@@ -146,3 +146,7 @@ async def test_with_a_limit_the_dialer_dials_only_into_the_room_left_most_prefer
     dialer.peer_down(kept[0], f"peer closed ({TRIMMED})")  # trimmed by it: held off, another
     assert dialer.status()[str(kept[0])].retry_in == REFUSED_RETRY
     assert [p.peer_id for p, _ in dialer.due()[0]] == [Preference(ME, 3).ranked(OTHERS)[3]]
+    for peer_id in list(links.current):  # the members it kept go away: isolated, it takes
+        del links.current[peer_id]  # the way back in that the trimming peer held off
+        dialer.peer_down(peer_id, "connection lost")
+    assert dialer.status()[str(kept[0])].retry_in == 0.0

@@ -14,7 +14,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs milliseconds of st
 if TYPE_CHECKING:
     from typing import Any
 
-    from .config import ConfigError, NodeConfig, option
+    from .config import ConfigError, NodeConfig
     from .hookspecs import hookimpl
     from .identity import PeerId
     from .ip import (
@@ -39,12 +39,13 @@ if TYPE_CHECKING:
         PeerCandidate,
         PeerSets,
     )
+    from .optionhelp import option
     from .polling import SourceError, Trigger, poll
 
 _EXPORTS = {
     "ConfigError": "config",
     "NodeConfig": "config",
-    "option": "config",
+    "option": "optionhelp",
     "hookimpl": "hookspecs",
     "PeerId": "identity",
     "IP": "ip",

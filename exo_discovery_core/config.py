@@ -16,7 +16,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,6 @@ import platformdirs
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Field,
     SecretStr,
     ValidationError,
     field_validator,
@@ -36,6 +35,9 @@ from pydantic.fields import FieldInfo
 from .clusterkey import ClusterKeyError, Keyring
 from .identity import PeerId
 from .interfacefilter import DEFAULT_EXCLUDE, InterfaceFilter
+from .models import Address
+from .optionhelp import option, option_meta  # option: the fields below are declared with it
+from .routes import advertised
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -56,43 +58,6 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def option(
-    default: Any = ...,
-    *,
-    help: str,
-    flag: str | None = None,
-    env: str | None = None,
-    secret: bool = False,
-    needed: bool = False,
-    **field_kwargs: Any,
-) -> Any:
-    """A config field that may also be set by ``env`` and ``flag``.
-
-    ``secret=True`` also accepts ``<key>_file`` in the file and ``<ENV>_FILE`` in the environment
-    (the value is the file's content); declare such fields as ``SecretStr`` so they never print.
-    ``needed=True`` marks what a user must set for the plugin to run: an idle plugin's message
-    and ``doctor`` name these options (with their flag and env var), so no plugin writes that text.
-    An empty env var or flag value counts as unset.
-    """
-    extra: dict[str, Any] = {
-        "exo_flag": flag,
-        "exo_env": env,
-        "exo_secret": secret,
-        "exo_needed": needed,
-    }
-    return Field(default, description=help, json_schema_extra=extra, **field_kwargs)
-
-
-def option_meta(info: FieldInfo) -> tuple[str | None, str | None, bool]:
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    flag, env, secret = extra.get("exo_flag"), extra.get("exo_env"), extra.get("exo_secret")
-    return (
-        flag if isinstance(flag, str) else None,
-        env if isinstance(env, str) else None,
-        bool(secret),
-    )
 
 
 class NodeConfig(BaseModel):
@@ -311,6 +276,12 @@ class NodeConfig(BaseModel):
     def interface_filter(self) -> InterfaceFilter:
         return InterfaceFilter(self.interfaces, self.exclude_interfaces)
 
+    def advertised(self, port: int) -> tuple[Address, ...]:
+        """Where peers can reach this node at ``port`` (its signed record, what plugins announce):
+        ``advertise_addresses`` when set (NAT, a container), else each address of the
+        interfaces ``interfaces`` allows."""
+        return advertised(port, self.advertise_addresses, self.listen_host, self.interface_filter)
+
 
 
 def _keyring_from_file(path: Path) -> Keyring:
@@ -352,6 +323,24 @@ class ConfigSource:
     warnings: list[str] = field(default_factory=list)
     """Problems that do not stop the node (a disabled plugin that is not installed)."""
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(
+        cls,
+        node: Mapping[str, Any],
+        plugins: Mapping[str, Any],
+        *,
+        use_file: bool | Path = False,
+        use_env: bool = False,
+    ) -> ConfigSource:
+        """Settings in code, keyed by field name as in the file, over the file (found as the CLI
+        finds it with ``use_file=True``; a path names it) and the environment, only if asked."""
+        path = use_file if isinstance(use_file, Path) else None
+        if use_file is True and os.environ.get(CONFIG_ENV):
+            path = Path(os.environ[CONFIG_ENV])
+        settings = {"node": dict(node), "plugins": dict(plugins)}
+        env: dict[str, str] | None = None if use_env else {}
+        return cls.load(path, env=env, settings=settings, find_file=use_file is True)
 
     @classmethod
     def load(
@@ -411,6 +400,11 @@ class ConfigSource:
     def _tables(self) -> list[tuple[dict[str, Any], str]]:
         """The table-shaped sources, lowest first: the file, then the host's settings."""
         return [(self.file_data, self.file_label), (self.settings, SETTINGS_LABEL)]
+
+    def check_flags_of(self, models: Iterable[type[BaseModel]]) -> None:
+        """Every flag given must be one of these models' fields declares."""
+        flags = {option_meta(info)[0] for model in models for info in model.model_fields.values()}
+        self.check_flags({flag for flag in flags if flag})
 
     def check_flags(self, known: set[str]) -> None:
         """Every flag given must be one a model declares (the CLI only makes those)."""

@@ -12,7 +12,6 @@ sets ``connect = false`` and calls :meth:`Node.report_connection` itself.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,21 +23,18 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel
 
 from . import status
-from .config import CONFIG_ENV, ConfigSource, NodeConfig, option_meta
+from .config import ConfigSource, NodeConfig
 from .connections import ConnectionManager
 from .events import EventHub, NodeEvent
 from .handshake import PROTOCOL
 from .identity import Identity, PeerId
-from .limits import InboundGate, accept_forever
 from .models import Address, NodeInfo
 from .peertable import PeerTable
 from .pipeline import Pipeline
 from .plugins import PluginHost, installed_entry_points
 from .records import LocalRecord, PeerRecord
-from .routes import listen_hosts
 from .sources import PluginSources
 from .status import PeerView
-from .targetgroups import target_address
 
 log = logging.getLogger("exo_discovery.node")
 
@@ -91,12 +87,7 @@ class Node:
         values raise :class:`ConfigError` naming the key, now rather than at start; ``register``
         adds plugin objects by name, as ``Node(plugins=...)`` does.
         """
-        path = use_file if isinstance(use_file, Path) else None
-        if use_file is True and os.environ.get(CONFIG_ENV):  # the file is found as the CLI does
-            path = Path(os.environ[CONFIG_ENV])
-        settings = {"node": node, "plugins": dict(plugins or {})}
-        env: dict[str, str] | None = None if use_env else {}
-        source = ConfigSource.load(path, env=env, settings=settings, find_file=use_file is True)
+        source = ConfigSource.from_settings(node, plugins or {}, use_file=use_file, use_env=use_env)
         config = source.node_config()
         built = cls(config, source=source, plugins=register, entry_points=entry_points,
                     identity=identity)  # fmt: skip
@@ -128,10 +119,7 @@ class Node:
             models = [("node", NodeConfig)] + [
                 (name, self.host.config_model(name)) for name in self.host.loaded()
             ]
-            flags = {
-                option_meta(info)[0] for _, model in models for info in model.model_fields.values()
-            }
-            self.source.check_flags({flag for flag in flags if flag})
+            self.source.check_flags_of(model for _, model in models)
             self._plugin_configs = {
                 name: self.source.plugin_config(name, model) for name, model in models[1:]
             }
@@ -154,18 +142,14 @@ class Node:
                 identity,
                 config.state_dir,
                 protocol=PROTOCOL,
-                addresses=self._addresses(port),
+                addresses=config.advertised(port),
                 meta=config.meta,
             )
             tg = await stack.enter_async_context(anyio.create_task_group())
             run = Pipeline(config, identity, port, tg, plugins, self._hub.publish, record)
             self._started = run
             stack.push_async_callback(self._shutdown, run)
-            run.connections.start(tg)
-            gate = InboundGate(
-                config.max_inbound_connections, config.max_inbound_per_ip, config.max_handshakes
-            )
-            tg.start_soon(accept_forever, listener, run.connections.handle_inbound, tg, gate)
+            run.serve(listener)
             await status.serve(config.state_dir, self.status, stack, tg)
             run.plugins.start(tg, self.info, config, run.table)
             tg.start_soon(run.dialer.run, tg)  # connect = false: it verifies, then closes
@@ -222,27 +206,9 @@ class Node:
 
     @property
     def info(self) -> NodeInfo:
-        """Who we are and where we can be reached: ``advertise_addresses`` when set (NAT, a
-        container), else each address of the interfaces ``[node] interfaces`` allows."""
-        fingerprints = self.connections.credentials.keyring.fingerprints
-        return NodeInfo(
-            self.peer_id,
-            self.config.namespace,
-            self.port,
-            self._addresses(self.port),
-            cluster_key_fingerprints=fingerprints,
-            interfaces=self.config.interface_filter,
-            advertised_explicitly=bool(self.config.advertise_addresses),
-        )
-
-    def _addresses(self, port: int) -> tuple[Address, ...]:
-        """What the node advertises (its signed record, plugins): ``advertise_addresses``, or
-        the addresses of the interfaces ``[node] interfaces`` allows."""
-        config = self.config
-        if config.advertise_addresses:
-            return tuple(target_address(t, port) for t in config.advertise_addresses)
-        hosts = listen_hosts(config.listen_host, config.interface_filter)
-        return tuple(Address(host=host, port=port) for host in hosts)
+        """Who we are and where we can be reached (``[node] advertise_addresses``, else the
+        addresses of the interfaces ``[node] interfaces`` allows), as plugins see it."""
+        return self._run.info
 
     def status(self) -> status.Status:
         """The typed snapshot ``exo-discovery peers`` and the live view show."""

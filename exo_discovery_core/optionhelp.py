@@ -1,6 +1,8 @@
-"""One help text per option, rendered from its ``option(...)`` declaration for every place that
-shows it: ``--help``, ``doctor`` and an idle plugin's "how to configure me" (go-discover's
-``Help()``). A plugin never writes that text by hand, so it cannot drift from the declaration.
+"""Options: a config field's declaration (``option(...)``: key, flag, env var, default, help) and
+the one help text rendered from it for every place that shows it: ``--help``, ``doctor`` and an
+idle plugin's "how to configure me" (go-discover's ``Help()``). A plugin never writes that text by
+hand, so it cannot drift from the declaration. This module imports no other of the core's, so
+the models and the config layer can both use it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,46 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import option_meta
+
+def option(
+    default: Any = ...,
+    *,
+    help: str,
+    flag: str | None = None,
+    env: str | None = None,
+    secret: bool = False,
+    needed: bool = False,
+    **field_kwargs: Any,
+) -> Any:
+    """A config field that may also be set by ``env`` and ``flag``.
+
+    ``secret=True`` also accepts ``<key>_file`` in the file and ``<ENV>_FILE`` in the environment
+    (the value is the file's content); declare such fields as ``SecretStr`` so they never print.
+    ``needed=True`` marks what a user must set for the plugin to run: an idle plugin's message
+    and ``doctor`` name these options (with their flag and env var), so no plugin writes that text.
+    An empty env var or flag value counts as unset.
+    """
+    extra: dict[str, Any] = {
+        "exo_flag": flag,
+        "exo_env": env,
+        "exo_secret": secret,
+        "exo_needed": needed,
+    }
+    return Field(default, description=help, json_schema_extra=extra, **field_kwargs)
+
+
+def option_meta(info: FieldInfo) -> tuple[str | None, str | None, bool]:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    flag, env, secret = extra.get("exo_flag"), extra.get("exo_env"), extra.get("exo_secret")
+    return (
+        flag if isinstance(flag, str) else None,
+        env if isinstance(env, str) else None,
+        bool(secret),
+    )
 
 
 @dataclass(frozen=True)

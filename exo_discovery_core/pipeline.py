@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import Listener, SocketStream, TaskGroup
 
 from . import exchange, records
 from .config import NodeConfig
@@ -26,8 +26,8 @@ from .degree import TRIM_DELAY, TRIMMED, Preference
 from .dialer import Dialer
 from .events import NodeEvent, connection_event, peer_events
 from .identity import Identity, PeerId
-from .limits import TokenBucket
-from .models import Address, ConnectionEvent, ConnectionState
+from .limits import InboundGate, TokenBucket, accept_forever
+from .models import Address, ConnectionEvent, ConnectionState, NodeInfo
 from .peertable import PeerTable, TableDiff
 from .records import LocalRecord, PeerRecord, RecordStore, other_boot
 from .routes import LocalNetworks, Paths, RouteClass, route_class
@@ -95,6 +95,28 @@ class Pipeline:
             verify_only=not config.connect,
             learned=TokenBucket(config.learned_dial_rate, config.learned_dial_burst),
             max_connections=config.max_connections,
+        )
+
+    def serve(self, listener: Listener[SocketStream]) -> None:
+        """Keep the connections, and accept peers on ``listener`` through the inbound gate."""
+        config = self.config
+        self.connections.start(self.tg)
+        gate = InboundGate(
+            config.max_inbound_connections, config.max_inbound_per_ip, config.max_handshakes
+        )
+        self.tg.start_soon(accept_forever, listener, self.connections.handle_inbound, self.tg, gate)
+
+    @property
+    def info(self) -> NodeInfo:
+        config = self.config
+        return NodeInfo(
+            self.identity.peer_id,
+            config.namespace,
+            self.port,
+            config.advertised(self.port),
+            cluster_key_fingerprints=self.connections.credentials.keyring.fingerprints,
+            interfaces=config.interface_filter,
+            advertised_explicitly=bool(config.advertise_addresses),
         )
 
     def ordered(self, addresses: Iterable[Address]) -> list[Address]:

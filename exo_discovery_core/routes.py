@@ -118,6 +118,18 @@ def usable_from_peer(address: Address, *, sender_on_this_host: bool) -> bool:
     return not ip.is_link_local or "%" in address.host  # a zone says which link it is on
 
 
+def advertised(
+    port: int, advertise: Iterable[str], listen_host: str, interfaces: InterfaceFilter | None
+) -> tuple[Address, ...]:
+    """What a node advertises (its signed record, plugins): ``advertise_addresses`` when set (NAT,
+    a container), else the addresses of the interfaces ``[node] interfaces`` allows."""
+    from .targetgroups import target_address  # the same host[:port] forms as peers files
+
+    if given := list(advertise):
+        return tuple(target_address(text, port) for text in given)
+    return tuple(Address(host=host, port=port) for host in listen_hosts(listen_host, interfaces))
+
+
 def listen_hosts(listen_host: str, interfaces: InterfaceFilter | None = None) -> list[str]:
     """Where a node bound to ``listen_host`` ("" for every interface) can be reached: each
     address of this host's interfaces that ``interfaces`` allows (no docker0 by default), IPv4

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from exo_discovery_core.config import ConfigError, ConfigSource, option
+from exo_discovery_core.config import ConfigError, ConfigSource
+from exo_discovery_core.optionhelp import option
 
 
 class DemoConfig(BaseModel):

@@ -148,6 +148,7 @@ class Connection:
     rtt: float | None = None  # seconds: the TCP connect of a connection we dialed (one round trip)
     clock: PingClock = field(default_factory=PingClock)  # then the heartbeats' round trips
     writing: bool = False  # its writer runs (a connection only verified never gets one)
+    frames_read: int = 0  # since it opened: what frame_rate let through
     written: anyio.Event = field(default_factory=anyio.Event)  # the writer is done
     outbox: MemoryObjectSendStream[dict[str, Any]] = field(init=False)
     _queued: MemoryObjectReceiveStream[dict[str, Any]] = field(init=False)
@@ -225,6 +226,11 @@ class ConnectionManager:
             for pid, c in self._current.items()
             if pid in self._reported
         }
+
+    def frames_read(self) -> Mapping[PeerId, int]:
+        """Frames read from each peer with an open connection (reported or not), since it
+        opened: what the frame-rate bound let through."""
+        return {pid: c.frames_read for pid, c in self._current.items()}
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -516,6 +522,7 @@ class ConnectionManager:
             await conn.frames.take()  # past frame_rate the peer waits (TCP pushes back on it)
             try:
                 message = await conn.channel.receive()
+                conn.frames_read += 1
             except wire.ProtocolError as exc:  # a forged or damaged frame: say so, once
                 log.warning("closed the connection to %s: bad frame: %s", conn.peer_id, exc)
                 return f"bad frame: {exc}"

@@ -6,7 +6,7 @@
 2. CPU share: a node process with only the headscale plugin polls a fake Headscale (in this
    process, 127.0.0.1) serving 1,000 online, tagged nodes every 5 s; the reference is the same
    node process, same config, with no plugin at all, measured over the same window. Both run
-   with ``[node] connect = false`` (the host program dials; here nobody does), so the 1,000
+   with ``[node] connect = false`` and ``verify = false`` (the node dials nothing), so the 1,000
    Tailscale addresses are never dialed and no packet leaves loopback. CPU share = (utime + stime
    from /proc/<pid>/stat) / wall time, in % of one core.
 """
@@ -71,7 +71,7 @@ def _cpu_rows(deadline: Deadline) -> list[Row]:
              for i in range(1, NODES + 1)]  # fmt: skip
     with FakeHeadscale(nodes=nodes) as fake, Fleet(NAME) as fleet:
         config = fleet.root / "exo-discovery.toml"
-        config.write_text("[node]\nconnect = false\n")
+        config.write_text("[node]\nconnect = false\nverify = false\n")
         polling = fleet.start("polling", "--config", str(config), "--headscale-api-url", fake.url,
                               "--headscale-poll-interval", f"{POLL_S:g}", plugins="headscale",
                               env={"HEADSCALE_API_KEY": fake.key})  # fmt: skip
@@ -97,7 +97,7 @@ def _cpu_rows(deadline: Deadline) -> list[Row]:
             "%", "same node, no plugin, same window", share["idle"],
             note=f"{wall:.0f} s window, {polls} polls answered, {discovered} peers discovered; "
             + (f"≈ {per_poll * 1e3:.0f} ms CPU per poll above idle; " if per_poll else "")
-            + f"RSS {rss[0]:.0f} MiB vs {rss[1]:.0f} MiB idle; connect = false (no dialing)",
+            + f"RSS {rss[0]:.0f} MiB vs {rss[1]:.0f} MiB idle; connect = false, verify = false (no dialing)",
             extra={"cpu_s": cpu, "wall_s": wall, "polls": polls}),
     ]  # fmt: skip
 

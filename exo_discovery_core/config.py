@@ -121,6 +121,12 @@ class NodeConfig(BaseModel):
         flag="--connect",
         env="EXO_DISCOVERY_CONNECT",
     )
+    verify: bool = option(
+        True,
+        help="With connect = false, still verify each candidate with one handshake (its id, its signed record); false: the node dials nothing at all",
+        flag="--verify",
+        env="EXO_DISCOVERY_VERIFY",
+    )
     max_connections: int | None = option(
         None,
         help="Connections this node keeps at most (default: one to every member); every member "

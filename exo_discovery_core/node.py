@@ -152,7 +152,8 @@ class Node:
             run.serve(listener)
             await status.serve(config.state_dir, self.status, stack, tg)
             run.plugins.start(tg, self.info, config, run.table)
-            tg.start_soon(run.dialer.run, tg)  # connect = false: it verifies, then closes
+            if config.connect or config.verify:  # connect = false: it verifies, then closes
+                tg.start_soon(run.dialer.run, tg)
             tg.start_soon(run.exchange.run, tg)
         except BaseException:
             self._started = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -194,10 +195,27 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_PORTS = range(20000, 32000)  # below Linux's ephemeral range (32768-60999): no --port 0
+_GIVEN: set[int] = set()  # listener or outgoing connection of this machine is given these
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 for TCP and UDP (serf's gossip uses both), never handed out twice
+    in one run: a port the kernel picks for ``bind(0)`` is released at once and may be picked
+    again for the next caller, and with 200 serf agents (400 ports) that happened."""
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        if port in _GIVEN:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port on 127.0.0.1 between 20000 and 32000")
 
 
 class Member:

@@ -93,3 +93,28 @@ async def test_a_bootstrap_address_alone_gives_the_peers_metadata_too() -> None:
 def test_a_wrong_settings_key_is_named() -> None:
     with pytest.raises(ConfigError, match=r"^settings \[node\] conect: unknown key"):
         discover_only("127.0.0.1:1", conect=False)
+
+
+async def test_with_verify_false_the_node_dials_nothing_at_all() -> None:
+    """``verify = false``: the host gets the addresses its plugins found and nothing touches
+    them (for candidates not on this machine, or a host that dials itself)."""
+    accepted: list[object] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+
+    async def record(stream: anyio.abc.SocketStream) -> None:
+        accepted.append(stream)
+        await stream.aclose()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, record)
+        host = discover_only(f"127.0.0.1:{port}", verify=False)
+        async with host, host.events(replay=True) as events:
+            await next_event(events, "peer_discovered")
+            with anyio.move_on_after(1.5):  # a verification would come within a dial's first try
+                async for _ in events:
+                    pass
+            assert [p.state for p in host.peers()] == ["known"]
+        tg.cancel_scope.cancel()
+    await listener.aclose()
+    assert accepted == [], "verify = false still dialed the candidate"

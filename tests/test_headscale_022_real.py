@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from exo_discovery_core import NodeInfo
 from exo_discovery_core.testing import collecting, make_context, node_info, peer_sets
 from exo_discovery_headscale.plugin import HeadscalePlugin
 from tests.support.gotools import binary_path
-from tests.support.headscale import HeadscaleServer, TailscaleClient, wait_for
+from tests.support.headscale import HeadscaleServer, TailscaleClient, start_clients, wait_for
 
 pytestmark = [pytest.mark.headscale, pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -47,8 +46,14 @@ class OldTailnet:
 
     def config(self, me: TailscaleClient | None = None, **extra: Any) -> dict[str, Any]:
         me = me or self.a
-        return {"api_url": self.hs.url, "api_key": self.api_key, "poll_interval": 0.5,
-                "timeout": 5.0, "self_addresses": [me.ipv4, me.ipv6], **extra}
+        return {
+            "api_url": self.hs.url,
+            "api_key": self.api_key,
+            "poll_interval": 0.5,
+            "timeout": 5.0,
+            "self_addresses": [me.ipv4, me.ipv6],
+            **extra,
+        }
 
     def machines(self) -> dict[str, dict[str, Any]]:
         resp = self.api.get("/api/v1/machine")
@@ -67,18 +72,19 @@ def old_tailnet() -> Iterator[OldTailnet]:
         user_key = hs.create_preauth_key(USER)
         api_key = hs.create_api_key()
         api = stack.enter_context(
-            httpx.Client(base_url=hs.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+            httpx.Client(
+                base_url=hs.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+            )
         )
-        clients = [
-            TailscaleClient(hs.url, exo_key, hostname="old-a"),
-            TailscaleClient(hs.url, exo_key, hostname="old-b"),
-            TailscaleClient(hs.url, user_key, hostname="old-u"),
-        ]
-        for client in clients:
-            stack.callback(client.cleanup)
-        with ThreadPoolExecutor(len(clients)) as pool:
-            for future in [pool.submit(c.start) for c in clients]:
-                future.result()
+        clients = start_clients(
+            stack,
+            hs.url,
+            [
+                (exo_key, "old-a"),
+                (exo_key, "old-b"),
+                (user_key, "old-u"),
+            ],
+        )
         net = OldTailnet(hs, api_key, api, *clients)
 
         def all_online() -> bool:
@@ -99,7 +105,9 @@ def _node() -> NodeInfo:
 
 
 async def test_discovers_the_other_online_tagged_machine(old_tailnet: OldTailnet) -> None:
-    [peers] = await peer_sets(_plugin(), old_tailnet.config(), name="headscale", node=_node(), timeout=20)
+    [peers] = await peer_sets(
+        _plugin(), old_tailnet.config(), name="headscale", node=_node(), timeout=20
+    )
     b = old_tailnet.b
     assert {(dict(p.metadata)["hostname"], frozenset(map(str, p.addresses))) for p in peers} == {
         ("old-b", frozenset({f"{b.ipv4}:{PORT}", f"[{b.ipv6}]:{PORT}"}))
@@ -111,7 +119,10 @@ async def test_doctor_names_the_machine_api(old_tailnet: OldTailnet) -> None:
     context = make_context(plugin, old_tailnet.config(), name="headscale", node=_node())
     checks = {c.name: c for c in await plugin.doctor(context)}
     assert all(c.ok for c in checks.values()), checks
-    assert "machine API /api/v1/machine (Headscale 0.22)" in checks["headscale: server reachable"].detail
+    assert (
+        "machine API /api/v1/machine (Headscale 0.22)"
+        in checks["headscale: server reachable"].detail
+    )
     assert checks["headscale: API key"].detail == "accepted"
     assert checks["headscale: nodes"].detail == "3 visible, 2 members (tag:exo), 2 of them online"
 
@@ -122,16 +133,22 @@ async def test_a_wrong_key_is_diagnosed_as_a_rejected_key(
     """The real 0.22 answers HTTP 500 "Unauthorized": doctor and the log say the key was
     rejected and how to make one, not "look at the server's log"."""
     async with httpx.AsyncClient(timeout=10) as http:
-        raw = await http.get(f"{old_tailnet.hs.url}/api/v1/machine",
-                             headers={"Authorization": f"Bearer {WRONG_KEY}"})
+        raw = await http.get(
+            f"{old_tailnet.hs.url}/api/v1/machine", headers={"Authorization": f"Bearer {WRONG_KEY}"}
+        )
     assert (raw.status_code, raw.text) == (500, "Unauthorized")  # what makes this case special
     plugin = _plugin()
     config = old_tailnet.config(api_key=WRONG_KEY)
-    checks = {c.name: c for c in await plugin.doctor(make_context(plugin, config, name="headscale", node=_node()))}
+    checks = {
+        c.name: c
+        for c in await plugin.doctor(make_context(plugin, config, name="headscale", node=_node()))
+    }
     assert checks["headscale: server reachable"].ok
     key = checks["headscale: API key"]
     assert not key.ok
-    assert key.detail.startswith("API key rejected (wrong, expired or lacking permission): HTTP 500")
+    assert key.detail.startswith(
+        "API key rejected (wrong, expired or lacking permission): HTTP 500"
+    )
     assert "headscale apikeys create" in key.fix
     assert "server's log" not in key.fix
     caplog.set_level(logging.WARNING)
@@ -149,8 +166,13 @@ async def test_self_register_sets_the_forced_tag_on_0_22(old_tailnet: OldTailnet
     async with collecting(_plugin(), config, name="headscale", node=_node()) as sets:
         await sets.wait_for(1, timeout=20)
         await anyio.to_thread.run_sync(
-            lambda: wait_for(lambda: "tag:exo" in old_tailnet.machines()["old-u"]["forcedTags"],
-                             timeout=20, what="old-u carrying tag:exo")
+            lambda: wait_for(
+                lambda: "tag:exo" in old_tailnet.machines()["old-u"]["forcedTags"],
+                timeout=20,
+                what="old-u carrying tag:exo",
+            )
         )
-    [from_a] = await peer_sets(_plugin(), old_tailnet.config(), name="headscale", node=_node(), timeout=20)
+    [from_a] = await peer_sets(
+        _plugin(), old_tailnet.config(), name="headscale", node=_node(), timeout=20
+    )
     assert {dict(p.metadata)["hostname"] for p in from_a} == {"old-b", "old-u"}

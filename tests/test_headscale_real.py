@@ -22,7 +22,6 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,13 @@ from exo_discovery_core import NodeInfo, PeerCandidate
 from exo_discovery_core.testing import make_context, node_info, peer_sets
 from exo_discovery_headscale.plugin import HeadscalePlugin
 from tests.support.gotools import TOOLS, binary_path
-from tests.support.headscale import HeadscaleServer, TailscaleClient, free_port, wait_for
+from tests.support.headscale import (
+    HeadscaleServer,
+    TailscaleClient,
+    free_port,
+    start_clients,
+    wait_for,
+)
 from tests.support.nodes import NodeProcess
 
 pytestmark = [pytest.mark.headscale, pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -111,17 +116,16 @@ def tailnet() -> Iterator[Tailnet]:
                 base_url=hs.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=10
             )
         )
-        clients = [
-            TailscaleClient(hs.url, exo_key, hostname="hs-a"),
-            TailscaleClient(hs.url, exo_key, hostname="hs-b"),
-            TailscaleClient(hs.url, port_key, hostname="hs-c"),
-            TailscaleClient(hs.url, user_key, hostname="hs-u"),
-        ]
-        for client in clients:
-            stack.callback(client.cleanup)  # registered before start: ended even if one fails
-        with ThreadPoolExecutor(len(clients)) as pool:
-            for future in [pool.submit(c.start) for c in clients]:
-                future.result()
+        clients = start_clients(
+            stack,
+            hs.url,
+            [
+                (exo_key, "hs-a"),
+                (exo_key, "hs-b"),
+                (port_key, "hs-c"),
+                (user_key, "hs-u"),
+            ],
+        )
         net = Tailnet(hs, api_key, api, *clients)
 
         def all_online() -> bool:
@@ -166,7 +170,9 @@ def _hosts(peers: Iterable[PeerCandidate]) -> set[str]:
 
 async def test_discovers_exactly_the_other_online_tagged_nodes(tailnet: Tailnet) -> None:
     """b and c (c at its port tag's port), with both Tailscale IPs; not u, not a itself."""
-    [peers] = await peer_sets(_plugin(), tailnet.config(), name="headscale", node=_node(), timeout=20)
+    [peers] = await peer_sets(
+        _plugin(), tailnet.config(), name="headscale", node=_node(), timeout=20
+    )
     assert _summary(peers) == _expected((tailnet.b, PORT), (tailnet.c, TAG_PORT))
     server = tailnet.nodes()
     for peer in peers:
@@ -180,9 +186,13 @@ async def test_discovers_exactly_the_other_online_tagged_nodes(tailnet: Tailnet)
 
 async def test_each_node_sees_the_others(tailnet: Tailnet) -> None:
     """From c's seat: a and b; from u's seat (untagged, not a member): all three tagged."""
-    [from_c] = await peer_sets(_plugin(), tailnet.config(tailnet.c), name="headscale", node=_node(), timeout=20)
+    [from_c] = await peer_sets(
+        _plugin(), tailnet.config(tailnet.c), name="headscale", node=_node(), timeout=20
+    )
     assert _summary(from_c) == _expected((tailnet.a, PORT), (tailnet.b, PORT))
-    [from_u] = await peer_sets(_plugin(), tailnet.config(tailnet.u), name="headscale", node=_node(), timeout=20)
+    [from_u] = await peer_sets(
+        _plugin(), tailnet.config(tailnet.u), name="headscale", node=_node(), timeout=20
+    )
     assert _hosts(from_u) == {"hs-a", "hs-b", "hs-c"}
 
 
@@ -195,7 +205,8 @@ async def test_other_tag_and_user_filter(tailnet: Tailnet) -> None:
     [of_user] = await peer_sets(
         _plugin(),
         tailnet.config(user=USER, all_nodes_of_user=True),
-        name="headscale", node=_node(),
+        name="headscale",
+        node=_node(),
         timeout=20,
     )
     assert _summary(of_user) == _expected((tailnet.u, PORT))
@@ -330,7 +341,9 @@ async def test_self_register_tags_this_node_on_the_server(
         what="hs-u to see tag:exo and tag:other on itself",
     )
     # The others now see u as a member.
-    [from_a] = await peer_sets(_plugin(), tailnet.config(), name="headscale", node=_node(), timeout=20)
+    [from_a] = await peer_sets(
+        _plugin(), tailnet.config(), name="headscale", node=_node(), timeout=20
+    )
     assert _hosts(from_a) == {"hs-b", "hs-c", "hs-u"}
 
     # Already tagged: a new run changes nothing.

@@ -12,7 +12,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from exo_discovery_core import Address, PeerCandidate
 from exo_discovery_core.testing import make_context, peer_sets, run_node
 from exo_discovery_tailscale import plugin as tailscale
 from tests.support.gotools import TOOLS, binary_path
-from tests.support.headscale import HeadscaleServer, TailscaleClient, wait_for
+from tests.support.headscale import HeadscaleServer, TailscaleClient, start_clients, wait_for
 from tests.test_tailscale_localapi import discovering
 
 pytestmark = [pytest.mark.headscale, pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -58,16 +57,15 @@ def tailnet() -> Iterator[Tailnet]:
         hs.create_user(USER)
         tagged_key = hs.create_preauth_key(USER, tags=["tag:exo"])
         user_key = hs.create_preauth_key(USER)
-        clients = [
-            TailscaleClient(hs.url, tagged_key, hostname="ts-a"),
-            TailscaleClient(hs.url, user_key, hostname="ts-b"),
-            TailscaleClient(hs.url, user_key, hostname="ts-c"),
-        ]
-        for client in clients:
-            stack.callback(client.cleanup)
-        with ThreadPoolExecutor(len(clients)) as pool:
-            for future in [pool.submit(c.start) for c in clients]:
-                future.result()
+        clients = start_clients(
+            stack,
+            hs.url,
+            [
+                (tagged_key, "ts-a"),
+                (user_key, "ts-b"),
+                (user_key, "ts-c"),
+            ],
+        )
         net = Tailnet(hs, *clients)
         [b_id] = [n["id"] for n in hs.list_nodes_cli() if n["name"] == "ts-b"]
         hs.cli("nodes", "tag", "-i", str(b_id), "-t", "tag:exo")

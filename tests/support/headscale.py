@@ -635,3 +635,19 @@ class TailscaleClient(_Service):
         else:
             raise ValueError(f"unknown down method {method!r}")
 
+
+
+def start_clients(
+    stack: contextlib.ExitStack, server_url: str, keys: Sequence[tuple[str, str]]
+) -> list[TailscaleClient]:
+    """One tailscaled client per ``(auth key, hostname)``, started in parallel; each is ended by
+    ``stack`` (registered before its start, so it is ended even if another one fails)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [TailscaleClient(server_url, key, hostname=name) for key, name in keys]
+    for client in clients:
+        stack.callback(client.cleanup)
+    with ThreadPoolExecutor(len(clients)) as pool:
+        for future in [pool.submit(c.start) for c in clients]:
+            future.result()
+    return clients

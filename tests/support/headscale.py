@@ -257,11 +257,7 @@ class HeadscaleServer(_Service):
             return self._config_v022()
         w = self.workdir
         return {
-            "server_url": self.url,
-            "listen_addr": f"127.0.0.1:{self.port}",
-            "metrics_listen_addr": f"127.0.0.1:{self.metrics_port}",
-            "grpc_listen_addr": f"127.0.0.1:{self.grpc_port}",
-            "grpc_allow_insecure": False,
+            **self._listeners(),
             "noise": {"private_key_path": str(w / "noise_private.key")},
             "prefixes": {
                 "v4": "100.64.0.0/10",
@@ -311,16 +307,22 @@ class HeadscaleServer(_Service):
             "auto_update": {"enabled": False},
         }
 
-    def _config_v022(self) -> dict[str, Any]:
-        """The same server in 0.22's config dialect (flat db and policy keys, ``ip_prefixes``,
-        ``dns_config``; the embedded DERP region is added by the server itself)."""
-        w = self.workdir
+    def _listeners(self) -> dict[str, Any]:
+        """Where the server listens, on loopback only: the same keys in every dialect."""
         return {
             "server_url": self.url,
             "listen_addr": f"127.0.0.1:{self.port}",
             "metrics_listen_addr": f"127.0.0.1:{self.metrics_port}",
             "grpc_listen_addr": f"127.0.0.1:{self.grpc_port}",
             "grpc_allow_insecure": False,
+        }
+
+    def _config_v022(self) -> dict[str, Any]:
+        """The same server in 0.22's config dialect (flat db and policy keys, ``ip_prefixes``,
+        ``dns_config``; the embedded DERP region is added by the server itself)."""
+        w = self.workdir
+        return {
+            **self._listeners(),
             "private_key_path": str(w / "private.key"),
             "noise": {"private_key_path": str(w / "noise_private.key")},
             "ip_prefixes": ["fd7a:115c:a1e0::/48", "100.64.0.0/10"],

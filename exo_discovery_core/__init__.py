@@ -8,12 +8,10 @@ The names are imported on first use (PEP 562), so importing the package costs no
 
 from __future__ import annotations
 
-import importlib
+from .lazy import lazy_exports
 
 TYPE_CHECKING = False  # not typing's: importing typing costs milliseconds of start-up
 if TYPE_CHECKING:
-    from typing import Any
-
     from .config import ConfigError, NodeConfig
     from .hookspecs import hookimpl
     from .identity import PeerId
@@ -71,18 +69,7 @@ _EXPORTS = {
     "poll": "polling",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -54,6 +54,9 @@ LOG_LEVELS = {
 
 
 COMMANDS_WITHOUT_PLUGINS = {"id", "peers", "keygen"}
+COMMANDS_WITHOUT_FLAGS = {*COMMANDS_WITHOUT_PLUGINS, "plugins"}
+"""Commands that take no node or plugin flag: their command line is built without the config
+models (``plugins`` lists the plugins without building their models' flags)."""
 
 
 class Prescan:
@@ -118,6 +121,8 @@ class Setup:
 
 
 def _flag_options(setup: Setup) -> list[click.Option]:
+    if setup.pre.command in COMMANDS_WITHOUT_FLAGS:
+        return []
     return flag_options(setup.models())
 
 
@@ -509,12 +514,14 @@ def _warn(source: ConfigSource) -> None:
 
 def _running_plugins(setup: Setup) -> dict[str, PluginStatus]:
     """The plugins of the node running with this state dir, by name; none when none runs."""
-    from .status import query, socket_path
+    from .files import socket_path
 
     try:
         state_dir = setup.with_flags({}).node_config().state_dir
         if not socket_path(state_dir).exists():
             return {}
+        from .status import query
+
         status = anyio.run(query, state_dir, 1.0)
     except (ConfigError, ConnectionError, OSError, TimeoutError, ValueError):
         return {}  # no node, or not one we can read: the installed plugins are still listed

@@ -1,4 +1,5 @@
-"""Writing the node's private files so that a crash or a full disk never leaves half a file.
+"""The node's files in its state dir, and writing the private ones so that a crash or a full disk
+never leaves half a file.
 
 The data goes to a temporary file in the same directory (mode 0600), is fsynced, and is then
 renamed over the target (or linked, when an existing file must not be replaced), and the
@@ -10,6 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+
+SOCKET_NAME = "status.sock"
+
+
+def socket_path(state_dir: Path) -> Path:
+    """The status socket of the node running with ``state_dir`` (here, not in :mod:`.status`:
+    ``exo-discovery plugins`` checks for it without importing the status models)."""
+    return state_dir / SOCKET_NAME
 
 
 def write_private(path: Path, data: bytes, *, replace: bool = True) -> bool:

@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import SocketStream, TaskGroup
 from pydantic import BaseModel, ConfigDict
 
+from .files import socket_path
 from .identity import PeerId
 from .links import LinkClass
 from .models import Address
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from .dialer import DialStatus
     from .peertable import Peer
 
-SOCKET_NAME = "status.sock"
 log = logging.getLogger("exo_discovery.status")
 
 
@@ -215,10 +215,6 @@ def peer_views(
                 duplicate_identity=duplicate(peer_id),
             )
     return sorted(views.values(), key=lambda view: (view.state != "connected", str(view.peer_id)))
-
-
-def socket_path(state_dir: Path) -> Path:
-    return state_dir / SOCKET_NAME
 
 
 async def serve(

@@ -22,7 +22,7 @@ from exo_discovery_core import Address, DiscoveryContext, PeerCandidate, PeerSet
 from exo_discovery_core.testing import discovering, node_info
 from exo_discovery_mdns.config import MdnsConfig
 from exo_discovery_mdns.interfaces import Snapshot
-from exo_discovery_mdns.plugin import MdnsRun
+from exo_discovery_mdns.run import MdnsRun
 
 pytestmark = pytest.mark.anyio
 ANNOUNCED = "192.0.2.77"

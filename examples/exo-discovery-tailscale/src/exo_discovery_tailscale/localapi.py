@@ -16,12 +16,14 @@ from collections.abc import Generator
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exo_discovery_core import SourceError
+
+if TYPE_CHECKING:
+    import httpx  # imported by the clients, when the plugin runs: loading it costs no httpx
 
 LOCALAPI_HOST = "local-tailscaled.sock"
 """tailscaled only answers requests with this Host (its guard against DNS rebinding)."""
@@ -122,6 +124,8 @@ class LocalAPI:
     """One tailscaled, reached through ``socket``; use as ``async with LocalAPI(path) as api``."""
 
     def __init__(self, socket: Path, *, timeout: float = 5.0) -> None:
+        import httpx
+
         self.socket = socket
         self.timeout = timeout
         self._client = httpx.AsyncClient(
@@ -147,6 +151,8 @@ class LocalAPI:
 
     async def status(self) -> Status:
         """``GET /localapi/v0/status``, validated; LocalAPIError on any failure."""
+        import httpx
+
         check_socket(self.socket)
         path = "/localapi/v0/status"
         try:
@@ -190,6 +196,8 @@ class BusReader:
 
     def notes(self) -> Generator[dict[str, Any], None, None]:
         """One dict per notification until the stream ends or :meth:`interrupt` is called."""
+        import httpx
+
         check_socket(self.socket)
         path = "/localapi/v0/watch-ipn-bus"
         transport = httpx.HTTPTransport(uds=str(self.socket))
@@ -253,6 +261,8 @@ def check_socket(socket: Path) -> None:
 
 def transport_error(exc: httpx.HTTPError, socket: Path, timeout: float) -> LocalAPIError:
     """A clear message for a failure to reach tailscaled at all."""
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return LocalAPIError(
             f"tailscaled at {socket} did not answer within {timeout:g} s",

@@ -14,10 +14,6 @@ import socket
 from dataclasses import dataclass
 from typing import Literal
 
-from multiaddr import Multiaddr
-from multiaddr.exceptions import Error as MultiaddrError
-from multiaddr.protocols import protocol_with_name
-
 from exo_discovery_core import PeerId
 
 Kind = Literal["ip4", "ip6", "dns", "dns4", "dns6", "srv"]
@@ -152,6 +148,9 @@ def _parse_multiaddr(entry: str) -> BootstrapEntry:
 
 def _unsupported(proto: str, expected: str) -> str:
     """Tell a real multiaddr protocol we do not dial (udp, quic) from a typo or garbage."""
+    from multiaddr.exceptions import Error as MultiaddrError
+    from multiaddr.protocols import protocol_with_name
+
     try:
         protocol_with_name(proto)
     except MultiaddrError:  # ProtocolNotFoundError: not a multiaddr protocol at all
@@ -259,7 +258,13 @@ def _check_peer_id(entry: str, text: str) -> PeerId:
 
 
 def _cross_check(entry: BootstrapEntry) -> None:
-    """Let ``multiaddr`` confirm the canonical form, so libp2p tools would accept it too."""
+    """Let ``multiaddr`` confirm the canonical form, so libp2p tools would accept it too.
+
+    Imported here, when an entry is parsed: loading the plugin (``exo-discovery plugins``) does
+    not pay for multiaddr and netaddr."""
+    from multiaddr import Multiaddr
+    from multiaddr.exceptions import Error as MultiaddrError
+
     try:
         Multiaddr(entry.multiaddr)
     except (MultiaddrError, ValueError) as exc:

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
-import httpx
 from pydantic import ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from exo_discovery_core import SourceError
 from exo_discovery_core.remote import TooLarge, read_limited, short_reason
+
+from .config import AUTH_RETRY_AFTER
+
+if TYPE_CHECKING:
+    import httpx  # imported by the client, when the plugin runs: loading it costs no httpx
 
 T = TypeVar("T")
 Api = Literal["node", "machine"]
@@ -31,8 +35,6 @@ ErrorKind = Literal["auth", "not_found", "server", "timeout", "connect", "shape"
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """The default of ``max_answer_bytes``: a larger node list is refused (10,000 nodes: ~10 MB)."""
-AUTH_RETRY_AFTER = 60.0
-"""A rejected key is not retried sooner: it needs a human, and hammering only fills logs."""
 _UINT64 = Field(ge=0, lt=2**64)
 _WIRE = ConfigDict(extra="ignore", populate_by_name=True, str_max_length=4096, defer_build=True)
 
@@ -191,6 +193,8 @@ class HeadscaleClient:
         self.auth_retry_after = auth_retry_after
         self.api: Api | None = None
         self._key = api_key
+        import httpx
+
         headers = {"Accept": "application/json", "User-Agent": "exo-discovery-headscale"}
         if api_key is not None:
             headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
@@ -254,6 +258,8 @@ class HeadscaleClient:
         json_body: bool = False,
     ) -> bytes:
         """The body of a 2xx answer, read up to ``max_bytes`` within ``timeout`` in all."""
+        import httpx
+
         url = self.base_url + path
         headers = {"Content-Type": "application/json"} if json_body else None
         try:

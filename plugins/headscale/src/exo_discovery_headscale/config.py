@@ -12,6 +12,8 @@ from exo_discovery_core.remote import check_http_url
 
 TAG_RULE = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
 """Tailscale's tag syntax: ``tag:``, a letter, then letters, digits and ``-`` only."""
+AUTH_RETRY_AFTER = 60.0
+"""A rejected key is not retried sooner: it needs a human, and hammering only fills logs."""
 
 class HeadscaleConfig(BaseModel):
     """The ``[plugins.headscale]`` table; ``api_url`` unset leaves the plugin idle."""

@@ -13,11 +13,9 @@ import operator
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
-from pydantic import BaseModel
 
 from exo_discovery_core import (
     Address,
@@ -33,8 +31,13 @@ from exo_discovery_core import (
     poll,
 )
 
-from .api import AUTH_RETRY_AFTER, HeadscaleClient, HeadscaleError, WireNode
-from .config import HeadscaleConfig
+from .config import AUTH_RETRY_AFTER, HeadscaleConfig
+
+if TYPE_CHECKING:  # the API client and its models are imported when the plugin runs
+    import httpx
+    from pydantic import BaseModel
+
+    from .api import HeadscaleClient, WireNode
 
 LEGACY_PEER_ID_TAG = "tag:exo_peer_id="
 LEGACY_PORT_TAG = "tag:exo_port="
@@ -60,6 +63,8 @@ class HeadscalePlugin:
         self.register_retry = register_retry
 
     def client(self, config: HeadscaleConfig) -> HeadscaleClient:
+        from .api import HeadscaleClient
+
         assert config.api_url is not None
         return HeadscaleClient(
             config.api_url,
@@ -293,6 +298,8 @@ class _Round:
         if tag in me.tag_set or time.monotonic() < self.register_after:
             return
         current = me.tags if me.tag_field == "tags" else me.forcedTags
+        from .api import HeadscaleError
+
         try:
             await self.client.set_tags(me.id, (*(current or ()), tag))
         except HeadscaleError as exc:
@@ -324,6 +331,8 @@ async def _doctor(
     plugin: HeadscalePlugin, context: DiscoveryContext[HeadscaleConfig], config: HeadscaleConfig
 ) -> list[CheckResult]:
     """URL, reachability and API generation, the key, then what the node list holds."""
+    from .api import HeadscaleError
+
     url = config.api_url
     checks = [
         CheckResult(

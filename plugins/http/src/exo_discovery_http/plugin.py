@@ -9,9 +9,7 @@ A bad target skips only itself, logged once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import httpx
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
 from exo_discovery_core import (
     CheckResult,
@@ -26,6 +24,10 @@ from exo_discovery_core.targetgroups import group_candidates
 
 from .config import HttpConfig
 from .source import HttpSource, HttpSourceError
+
+if TYPE_CHECKING:
+    import httpx
+    from pydantic import BaseModel
 
 
 class HttpPlugin:

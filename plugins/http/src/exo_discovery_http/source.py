@@ -9,15 +9,18 @@ fix; the messages name status codes and positions, never the token or what the b
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from exo_discovery_core import SourceError
 from exo_discovery_core.remote import TooLarge, read_limited, short_reason
 from exo_discovery_core.targetgroups import TargetGroup, TargetGroupError, parse_target_groups
 
 from .config import HttpConfig
+
+if TYPE_CHECKING:
+    import httpx  # imported by the source, when the plugin runs: loading it costs no httpx
 
 REFRESH_HEADER = "X-Prometheus-Refresh-Interval-Seconds"
 MAX_REFRESH = 3600.0
@@ -33,6 +36,8 @@ class HttpSource:
     def __init__(
         self, config: HttpConfig, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
+        import httpx
+
         assert config.url is not None
         self.config = config
         self.url = config.url
@@ -74,6 +79,8 @@ class HttpSource:
         return self.config.shown_url
 
     async def _get(self) -> tuple[bytes, float | None]:
+        import httpx
+
         config = self.config
         headers = {REFRESH_HEADER: f"{self.interval:g}"}
         try:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
-from zeroconf import IPVersion
 
 from exo_discovery_core import option
 
+if TYPE_CHECKING:
+    from zeroconf import IPVersion
+
 DEFAULT_SERVICE_TYPE = "_exo-discovery._tcp.local."
-IP_VERSIONS = {"all": IPVersion.All, "v4": IPVersion.V4Only, "v6": IPVersion.V6Only}
 _LABEL = re.compile(r"^[^.\x00-\x1f]{1,63}$")
 #: RFC 6763 section 7: a service name is 1-15 letters, digits and hyphens, starting with a letter.
 _SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9](?:[A-Za-z0-9-]{0,14})\._(?:tcp|udp)\.local\.$")
@@ -110,4 +111,8 @@ class MdnsConfig(BaseModel):
 
     @property
     def zc_ip_version(self) -> IPVersion:
-        return IP_VERSIONS[self.ip_version]
+        from zeroconf import IPVersion  # here: the config is read where zeroconf never runs
+
+        return {"all": IPVersion.All, "v4": IPVersion.V4Only, "v6": IPVersion.V6Only}[
+            self.ip_version
+        ]

@@ -1,0 +1,101 @@
+"""What start-up imports: loading a plugin costs none of the heavy libraries it needs only once it
+runs (zeroconf for mdns, httpx for headscale/http/tailscale, multiaddr for bootstrap entries).
+
+Each check runs in a fresh interpreter (``sys.modules`` of the test process has everything), with
+the installed plugins loaded through their entry points as the CLI loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HEAVY = ("httpx", "zeroconf", "multiaddr", "netaddr", "yaml", "dns")
+INSTALLED = ("bootstrap", "headscale", "http", "mdns", "tailscale")
+
+# The CLI's own entry function, in-process; then which of HEAVY got imported.
+CLI_PROBE = """
+import contextlib, io, json, sys
+from exo_discovery_core.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        main(sys.argv[1:])
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+print(json.dumps({"out": out.getvalue(), "heavy": [m for m in HEAVY if m in sys.modules]}))
+"""
+
+# Every plugin loaded, its config model read, and discover_peers called with its empty table:
+# the unconfigured ones (headscale, http, bootstrap) answer None (idle) without importing anything.
+IDLE_PROBE = """
+import json, sys
+from exo_discovery_core.plugins import PluginHost, installed_entry_points
+from exo_discovery_core.testing import make_context
+host = PluginHost()
+host.load_installed({name: "enabled" for name in installed_entry_points()})
+idle = {}
+for name in ("bootstrap", "headscale", "http"):
+    context = make_context(host.pm.get_plugin(name), {})
+    idle[name] = host.call(name, "discover_peers", context=context) is None
+print(json.dumps({"idle": idle, "errors": {n: i.error for n, i in host.infos.items() if i.error},
+                  "heavy": [m for m in HEAVY if m in sys.modules]}))
+"""
+
+
+def _probe(code: str, *argv: str, tmp_path: Path) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXO_", "HEADSCALE_"))}
+    env["EXO_DISCOVERY_STATE_DIR"] = str(tmp_path / "state")
+    done = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{code}", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _all_installed() -> None:
+    from exo_discovery_core.plugins import installed_entry_points
+
+    missing = set(INSTALLED) - set(installed_entry_points())
+    if missing:
+        pytest.skip(f"plugins not installed here: {sorted(missing)}")
+
+
+def test_plugins_command_lists_every_plugin_without_importing_their_libraries(
+    tmp_path: Path,
+) -> None:
+    result = _probe(CLI_PROBE, "plugins", "--json", tmp_path=tmp_path)
+    listed = {p["name"]: p for p in json.loads(result["out"])}
+    assert sorted(listed) == sorted(INSTALLED)
+    assert all(p["enabled"] and p["error"] is None and p["hooks"] for p in listed.values())
+    assert result["heavy"] == []
+
+
+def test_unconfigured_plugins_stay_idle_without_importing_their_libraries(tmp_path: Path) -> None:
+    result = _probe(IDLE_PROBE, tmp_path=tmp_path)
+    assert result["errors"] == {}
+    assert result["idle"] == {"bootstrap": True, "headscale": True, "http": True}
+    assert result["heavy"] == []
+
+
+def test_run_help_builds_every_plugins_flags_without_importing_their_libraries(
+    tmp_path: Path,
+) -> None:
+    result = _probe(CLI_PROBE, "run", "--help", tmp_path=tmp_path)
+    for flag in ("--bootstrap-peers", "--headscale-api-url", "--mdns-interfaces", "--port"):
+        assert flag in result["out"]
+    assert result["heavy"] == []

@@ -16,21 +16,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import import_probe
+
 HEAVY = ("httpx", "zeroconf", "multiaddr", "netaddr", "yaml", "dns")
 INSTALLED = ("bootstrap", "headscale", "http", "mdns", "tailscale")
 
-# The CLI's own entry function, in-process; then which of HEAVY got imported.
-CLI_PROBE = """
-import contextlib, io, json, sys
-from exo_discovery_core.cli import main
-out = io.StringIO()
-with contextlib.redirect_stdout(out):
-    try:
-        main(sys.argv[1:])
-    except SystemExit as exc:
-        assert not exc.code, exc.code
-print(json.dumps({"out": out.getvalue(), "heavy": [m for m in HEAVY if m in sys.modules]}))
-"""
+CLI_PROBE = import_probe(HEAVY)
 
 # Every plugin loaded, its config model read, and discover_peers called with its empty table:
 # the unconfigured ones (headscale, http, bootstrap) answer None (idle) without importing anything.
@@ -45,7 +36,7 @@ for name in ("bootstrap", "headscale", "http"):
     context = make_context(host.pm.get_plugin(name), {})
     idle[name] = host.call(name, "discover_peers", context=context) is None
 print(json.dumps({"idle": idle, "errors": {n: i.error for n, i in host.infos.items() if i.error},
-                  "heavy": [m for m in HEAVY if m in sys.modules]}))
+                  "imported": [m for m in HEAVY if m in sys.modules]}))
 """
 
 
@@ -82,14 +73,14 @@ def test_plugins_command_lists_every_plugin_without_importing_their_libraries(
     listed = {p["name"]: p for p in json.loads(result["out"])}
     assert sorted(listed) == sorted(INSTALLED)
     assert all(p["enabled"] and p["error"] is None and p["hooks"] for p in listed.values())
-    assert result["heavy"] == []
+    assert result["imported"] == []
 
 
 def test_unconfigured_plugins_stay_idle_without_importing_their_libraries(tmp_path: Path) -> None:
     result = _probe(IDLE_PROBE, tmp_path=tmp_path)
     assert result["errors"] == {}
     assert result["idle"] == {"bootstrap": True, "headscale": True, "http": True}
-    assert result["heavy"] == []
+    assert result["imported"] == []
 
 
 def test_run_help_builds_every_plugins_flags_without_importing_their_libraries(
@@ -98,4 +89,4 @@ def test_run_help_builds_every_plugins_flags_without_importing_their_libraries(
     result = _probe(CLI_PROBE, "run", "--help", tmp_path=tmp_path)
     for flag in ("--bootstrap-peers", "--headscale-api-url", "--mdns-interfaces", "--port"):
         assert flag in result["out"]
-    assert result["heavy"] == []
+    assert result["imported"] == []

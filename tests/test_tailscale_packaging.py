@@ -18,24 +18,15 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import import_probe
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "examples" / "exo-discovery-tailscale"
 
 # Runs the CLI's own entry function in-process, then reports whether the plugin got imported.
-PROBE = """
-import contextlib, io, json, sys
-from exo_discovery_core.cli import main
-out = io.StringIO()
-with contextlib.redirect_stdout(out):
-    try:
-        main(sys.argv[1:])
-    except SystemExit as exc:
-        assert not exc.code, exc.code
-print(json.dumps({"plugins": json.loads(out.getvalue()),
-                  "imported": "exo_discovery_tailscale" in sys.modules}))
-"""
+PROBE = import_probe(["exo_discovery_tailscale"])
 
 
 class Venv:
@@ -76,10 +67,10 @@ class Venv:
         return data
 
     def probe(self, *args: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(
+        data = json.loads(
             self.run(str(self.bin / "python"), "-c", PROBE, "plugins", "--json", *args)
         )
-        return data
+        return {"plugins": json.loads(data["out"]), "imported": bool(data["imported"])}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,26 @@ EXO_DISCOVERY = str(Path(sys.executable).parent / "exo-discovery")
 # a running node uses only the bootstrap plugin unless a test says otherwise: no mDNS multicast
 # goes out on the host's own LAN
 QUIET_PLUGINS = {"EXO_DISCOVERY_PLUGINS": "bootstrap"}
+
+
+_PROBE = """
+import contextlib, io, json, sys
+from exo_discovery_core.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        main(sys.argv[1:])
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+print(json.dumps({"out": out.getvalue(), "imported": [m for m in MODULES if m in sys.modules]}))
+"""
+
+
+def import_probe(modules: Sequence[str]) -> str:
+    """Source for ``python -c``: the CLI's own entry function run in-process on the arguments
+    after ``-c``, then one JSON line: ``out`` (what it printed) and ``imported`` (which of
+    ``modules`` it imported on the way)."""
+    return f"MODULES = {tuple(modules)!r}\n{_PROBE}"
 
 
 def user_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -11,7 +11,6 @@ key, the env var, the flag, or the setting.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 import types
@@ -56,6 +55,8 @@ class ConfigError(ValueError):
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing when none is close."""
+    import difflib  # here: only a config with a mistake in it needs it
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -472,6 +473,8 @@ class ConfigSource:
         for data, label in self._tables():
             for name, table in data.get("plugins", {}).items():
                 if isinstance(table, dict) and name not in installed:
+                    import difflib
+
                     listing = ", ".join(sorted(installed)) or "none"
                     close = difflib.get_close_matches(name, installed, n=1)
                     fix = (

@@ -83,6 +83,20 @@ def test_unconfigured_plugins_stay_idle_without_importing_their_libraries(tmp_pa
     assert result["imported"] == []
 
 
+def test_host_port_bootstrap_entries_need_no_multiaddr(tmp_path: Path) -> None:
+    code = """
+import json, sys
+from exo_discovery_bootstrap.plugin import BootstrapConfig
+BootstrapConfig(peers=["127.0.0.1:52417", "[::1]:52417", "peer.example.org:52417"])
+before = [m for m in HEAVY if m in sys.modules]
+BootstrapConfig(peers=["/ip4/127.0.0.1/tcp/52417"])  # written as a multiaddr: cross-checked
+print(json.dumps({"imported": before, "after": [m for m in HEAVY if m in sys.modules]}))
+"""
+    result = _probe(code, tmp_path=tmp_path)
+    assert result["imported"] == []
+    assert "multiaddr" in result["after"]
+
+
 def test_run_help_builds_every_plugins_flags_without_importing_their_libraries(
     tmp_path: Path,
 ) -> None:

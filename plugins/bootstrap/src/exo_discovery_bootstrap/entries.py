@@ -92,12 +92,11 @@ def parse_entry(text: str) -> BootstrapEntry:
         return _parse_srv(entry)
     if entry.startswith("/"):
         parsed = _parse_multiaddr(entry)
-    elif entry.startswith("["):
-        parsed = _parse_bracketed(entry)
-    else:
-        parsed = _parse_host_port(entry)
-    _cross_check(parsed)
-    return parsed
+        _cross_check(parsed)
+        return parsed
+    if entry.startswith("["):
+        return _parse_bracketed(entry)
+    return _parse_host_port(entry)
 
 
 def _check_not_url(entry: str) -> None:
@@ -258,10 +257,12 @@ def _check_peer_id(entry: str, text: str) -> PeerId:
 
 
 def _cross_check(entry: BootstrapEntry) -> None:
-    """Let ``multiaddr`` confirm the canonical form, so libp2p tools would accept it too.
+    """Let ``multiaddr`` confirm the canonical form of an entry written as a multiaddr, so libp2p
+    tools would accept it too. A ``host:port`` entry needs no second opinion: its multiaddr is
+    built from an IP ``ipaddress`` wrote, an LDH name and a checked port.
 
-    Imported here, when an entry is parsed: loading the plugin (``exo-discovery plugins``) does
-    not pay for multiaddr and netaddr."""
+    Imported here: a node given only ``host:port`` entries, and loading the plugin, never pay for
+    multiaddr and netaddr (about 1 MiB resident)."""
     from multiaddr import Multiaddr
     from multiaddr.exceptions import Error as MultiaddrError
 

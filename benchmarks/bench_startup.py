@@ -1,21 +1,30 @@
-"""Start-up: ``exo-discovery plugins`` and ``exo-discovery id`` vs importing the dependencies.
+"""Start-up and memory: ``exo-discovery plugins`` and ``exo-discovery id`` vs importing the
+dependencies, and the resident memory of an idle node vs that of its dependencies alone.
 
 Each command runs as ``python -m exo_discovery_core ...`` in a fresh process (cwd and state dir in a
 temp dir, so no config file is picked up); the figure is the median wall time of RUNS runs, the
 three commands interleaved, after a warm-up run of each (byte-code caches written). Reference:
 ``python -c "import pluggy, httpx, pydantic, zeroconf"``. When a target is missed, ``-X
 importtime`` says which imports the command pays for beyond the reference.
+
+Memory: a node started as ``bench_scale`` starts one (the bootstrap plugin, a cluster key, on
+loopback, its own address as its bootstrap peer), VmRSS read from /proc (as for serf) once it has
+idled IDLE_S seconds, median of RSS_RUNS nodes. Reference, in the same run: a process that imports
+only the node's dependencies and runs an event loop; the note breaks both down, step by step.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .common import Row, clean_env, median
+from exo_discovery_core import clusterkey
+
+from .common import Fleet, Row, clean_env, free_port, median
 
 NAME = "startup"
 RUNS = 10
@@ -23,6 +32,36 @@ TARGET_RATIO = 1.5
 REFERENCE = [sys.executable, "-c", "import pluggy, httpx, pydantic, zeroconf"]
 ALL_DEPS = [sys.executable, "-c", "import pluggy, httpx, pydantic, zeroconf, anyio, click, base58, "
             "platformdirs, ifaddr, cryptography.hazmat.primitives.asymmetric.ed25519"]  # fmt: skip
+RSS_TARGET_MIB = 40.0
+RSS_RUNS = 3
+IDLE_S = 3.0
+# What an idle node holds, imported step by step in a fresh process (VmRSS after each): first
+# its dependencies with an event loop (the reference), then everything of ours the node imports.
+RSS_STEPS = [
+    ("the interpreter", "pass"),
+    ("asyncio (with ssl and hashlib: OpenSSL's libcrypto)", "import asyncio"),
+    ("pydantic (pydantic-core)", "from pydantic import BaseModel"),
+    ("cryptography (Ed25519, X25519, ChaCha20-Poly1305: its Rust bindings)",
+     "from cryptography.hazmat.primitives.asymmetric import ed25519, x25519\n"
+     "from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305"),
+    ("anyio with a running loop, click, pluggy, importlib.metadata",
+     "import anyio, click, pluggy, importlib.metadata\nanyio.run(anyio.sleep, 0)"),
+    ("the core, its CLI and the bootstrap plugin (modules and their other imports)",
+     "import exo_discovery_core.cli, exo_discovery_core.runner, exo_discovery_core.node\n"
+     "import exo_discovery_bootstrap.plugin"),
+]  # fmt: skip
+DEPENDENCY_STEPS = 5  # the first five are the reference
+_RSS_PROBE = """
+import json, sys
+def rss():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmRSS:")) / 1024
+out = []
+for step in json.loads(sys.argv[1]):
+    exec(step)
+    out.append(rss())
+print(json.dumps(out))
+"""
 
 
 def _time(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -66,6 +105,56 @@ def _analysis(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _idle_node_rss() -> list[float]:
+    """VmRSS of RSS_RUNS idle nodes, each started as bench_scale starts its first member."""
+    env = {"EXO_DISCOVERY_CLUSTER_KEY": clusterkey.encode(clusterkey.generate())}
+    found = []
+    with Fleet("startup-rss") as fleet:
+        for i in range(RSS_RUNS):
+            port = free_port()
+            node = fleet.start(f"idle{i}", "--port", str(port), "--bootstrap-peers",
+                               f"127.0.0.1:{port}", plugins="bootstrap", env=env)  # fmt: skip
+            node.wait_started()
+            time.sleep(IDLE_S)  # the measurement window: the node at rest
+            found.append(node.rss_mib())
+            node.stop()
+    return found
+
+
+def _rss_steps(cwd: Path, env: dict[str, str]) -> list[float]:
+    """VmRSS after each of RSS_STEPS, in one fresh process (median of RSS_RUNS processes)."""
+    steps = json.dumps([code for _, code in RSS_STEPS])
+    runs = []
+    for _ in range(RSS_RUNS):
+        done = subprocess.run([sys.executable, "-c", _RSS_PROBE, steps], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        runs.append(json.loads(done.stdout))
+    return [median([run[i] for run in runs]) for i in range(len(RSS_STEPS))]
+
+
+def _memory_rows(cwd: Path, env: dict[str, str]) -> list[Row]:
+    steps = _rss_steps(cwd, env)
+    nodes = _idle_node_rss()
+    node = median(nodes)
+    floor = steps[DEPENDENCY_STEPS - 1]
+    lines = ["VmRSS of one process importing, step by step (median of "
+             f"{RSS_RUNS}; MiB, what the step added):"]  # fmt: skip
+    before = 0.0
+    for (what, _), after in zip(RSS_STEPS, steps, strict=True):
+        lines.append(f"    {after:6.1f}  +{after - before:5.1f}  {what}")
+        before = after
+    lines.append(f"    {node:6.1f}  +{node - before:5.1f}  running: config validated, listening, "
+                 f"status socket, plugin started, idle {IDLE_S:g} s (the node's own VmRSS)")  # fmt: skip
+    return [
+        Row(NAME, "idle node RSS (bootstrap plugin, as bench_scale starts it), median", node,
+            "MiB", "a process importing only its dependencies, with an event loop", floor,
+            max_value=RSS_TARGET_MIB, extra={"memory": "\n".join(lines)},
+            note=f"VmRSS after {IDLE_S:g} s idle, {RSS_RUNS} nodes: "
+            + ", ".join(f"{v:.1f}" for v in nodes) + " MiB; the reference is steps 1-"
+            f"{DEPENDENCY_STEPS} of the breakdown below"),
+    ]  # fmt: skip
+
+
 def run() -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="exo-bench-startup-") as tmp:
         cwd = Path(tmp)
@@ -100,4 +189,5 @@ def run() -> list[Row]:
                         "cryptography's ed25519: the floor for any command that loads the core "
                         f"and all plugins; `plugins` is {median(times['plugins']) / all_deps:.2f}x "
                         f"this, `id` {median(times['id']) / all_deps:.2f}x"))  # fmt: skip
+        rows += _memory_rows(cwd, env)
         return rows

@@ -12,7 +12,6 @@ key, the env var, the flag, or the setting.
 from __future__ import annotations
 
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -377,6 +376,8 @@ class ConfigSource:
             path = Path(DEFAULT_CONFIG_NAME)
         data: dict[str, Any] = {}
         if path is not None:
+            import tomllib  # here: most nodes and commands read no file
+
             try:
                 data = tomllib.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:

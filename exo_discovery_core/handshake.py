@@ -34,7 +34,6 @@ from anyio.abc import ByteStream
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import noise, wire
 from .clusterkey import Keyring
@@ -104,7 +103,7 @@ class Credentials:
         self.preamble = bytes([len(protocol)]) + protocol.encode()
         self.static = X25519PrivateKey.generate()
         static_public = noise.public_bytes(self.static)
-        key = identity.peer_id.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        key = identity.peer_id.public_key().public_bytes_raw()
         # what both messages 2 and 3 open with: the proof and what the other side checks
         self.introduction = {
             "key": _b64(key),

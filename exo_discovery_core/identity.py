@@ -57,10 +57,7 @@ class PeerId(str):
 
     @classmethod
     def from_public_key(cls, key: Ed25519PublicKey) -> PeerId:
-        from cryptography.hazmat.primitives import serialization
-
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return cls.from_raw_key(raw)
+        return cls.from_raw_key(key.public_bytes_raw())
 
     @classmethod
     def from_raw_key(cls, raw: bytes) -> PeerId:
@@ -179,13 +176,8 @@ class Identity:
         return identity, old
 
     def _seed(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        return self._key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        # the raw forms: cryptography's serialization package (PEM, SSH...) costs a node 0.6 MiB
+        return self._key.private_bytes_raw()
 
     @classmethod
     def load(cls, path: Path) -> Identity:

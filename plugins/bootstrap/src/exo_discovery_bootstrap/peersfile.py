@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +134,8 @@ def _load(path: Path, fmt: str, content: str) -> Any:
         except json.JSONDecodeError as exc:
             raise BadPeersFile(path, [f" line {exc.lineno}: not valid JSON: {exc.msg}"]) from None
     if fmt == "toml":
+        import tomllib  # as yaml below: imported by the node that reads such a file
+
         try:
             return tomllib.loads(content)
         except tomllib.TOMLDecodeError as exc:

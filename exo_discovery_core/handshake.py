@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import noise, wire
 from .clusterkey import Keyring
-from .identity import Identity, PeerId
+from .identity import Identity, PeerId, forget_ids
 from .session import Reader, Session, frame, read_frame
 from .text import shown
 
@@ -327,7 +327,7 @@ def verify_proof(proof: dict[str, Any], static: bytes | None) -> PeerId:
         raise HandshakeError("the peer's proof is not an Ed25519 key and signature")
     if not _signed(key, signature, static):
         raise HandshakeError("the peer could not prove its peer id")
-    return _peer_id(key)
+    return PeerId.from_raw_key(key)  # a valid key: _signed parsed it
 
 
 @functools.lru_cache(maxsize=1024)
@@ -340,16 +340,11 @@ def _signed(key: bytes, signature: bytes, static: bytes) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1024)
-def _peer_id(key: bytes) -> PeerId:
-    return PeerId.from_raw_key(key)  # a valid key: _signed parsed it
-
-
 def forget_proofs() -> None:
-    """Forget every proof seen, so the next handshake with any peer costs what a first one does
-    (the benchmark measures first meetings, not reconnections)."""
+    """Forget every proof seen and every peer id worked out, so the next handshake with any peer
+    costs what a first one does (the benchmark measures first meetings, not reconnections)."""
     _signed.cache_clear()
-    _peer_id.cache_clear()
+    forget_ids()
 
 
 def _session(

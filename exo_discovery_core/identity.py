@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,18 +33,72 @@ _IDENTITY_MULTIHASH_PREFIX = bytes([0x00, 0x24])
 KEY_FILE_NAME = "identity.key"
 
 
-@functools.lru_cache(maxsize=1024)
+_REMEMBERED = 1024  # ids a node meets over and over; also the most strangers can make it keep
+
+
+class _Recent:
+    """base58 text -> bytes, the most recently used first out last; bounded, thread-safe (a
+    host program may parse peer ids in any thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._items: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> bytes | None:
+        with self._lock:
+            raw = self._items.pop(text, None)
+            if raw is not None:
+                self._items[text] = raw  # used: the newest again
+            return raw
+
+    def put(self, text: str, raw: bytes) -> None:
+        with self._lock:
+            self._items.pop(text, None)
+            if len(self._items) >= self._limit:
+                del self._items[next(iter(self._items))]
+            self._items[text] = raw
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_decoded = _Recent(_REMEMBERED)
+
+
 def _b58decode(text: str) -> bytes:
     """base58 is pure Python and slow; a node sees the same few ids over and over."""
-    return bytes(base58.b58decode(text))
+    raw = _decoded.get(text)
+    if raw is None:
+        raw = bytes(base58.b58decode(text))
+        _decoded.put(text, raw)
+    return raw
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _id_text(multihash: bytes) -> str:
+    """The base58 id of ``multihash``, remembered both ways: a handshake makes a peer's id from
+    its key, and checking the peer's record with that id then decodes nothing."""
+    text = base58.b58encode(multihash).decode()
+    _decoded.put(text, multihash)
+    return text
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
 def _public_key(peer_id: str) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     raw = _b58decode(peer_id)[len(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX) :]
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def forget_ids() -> None:
+    """Forget every id and key worked out so far, as a node that never met anyone (the
+    handshake benchmark measures first meetings)."""
+    _decoded.clear()
+    _id_text.cache_clear()
+    _public_key.cache_clear()
 
 
 class InvalidPeerId(ValueError):
@@ -71,7 +126,7 @@ class PeerId(str):
             _ED25519_PROTO_PREFIX
         ):
             raise InvalidPeerId("not a protobuf-encoded Ed25519 public key")
-        return cls(base58.b58encode(_IDENTITY_MULTIHASH_PREFIX + data).decode())
+        return cls(_id_text(_IDENTITY_MULTIHASH_PREFIX + data))
 
     def key_bytes(self) -> bytes:
         """The public key as libp2p's protobuf ``PublicKey``: the id without its multihash prefix."""

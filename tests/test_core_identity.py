@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from multiaddr import Multiaddr
 
-from exo_discovery_core.identity import Identity, InvalidPeerId, PeerId
+from exo_discovery_core.identity import Identity, InvalidPeerId, PeerId, forget_ids
 
 # libp2p specs, peer-ids/peer-ids.md "Test vectors": an Ed25519 key pair as protobuf bytes.
 SPEC_PRIVATE = bytes.fromhex(
@@ -79,3 +79,39 @@ def test_bad_peer_ids_say_what_is_wrong(text: str, message: str) -> None:
 def test_identity_repr_shows_no_key_material() -> None:
     identity = Identity.generate()
     assert repr(identity) == f"Identity(peer_id={identity.peer_id})"
+
+
+def test_an_id_made_from_a_key_gives_that_key_back_without_decoding_base58(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handshake makes the peer's id from its key; checking its record with that id (the key
+    from the id) decodes no base58 (pure Python), and after forget_ids everything is worked
+    out again, as for a peer never met."""
+
+    forget_ids()
+    peer_id = PeerId.from_raw_key(SPEC_PUBLIC[4:])
+    decoded: list[str] = []
+    real_decode = base58.b58decode
+
+    def counted(text: str) -> bytes:
+        decoded.append(text)
+        return real_decode(text)
+
+    monkeypatch.setattr(base58, "b58decode", counted)
+    assert peer_id.key_bytes() == SPEC_PUBLIC
+    assert peer_id.verify(b"\0" * 64, b"message") is False  # a key was parsed, a signature checked
+    assert decoded == []
+    forget_ids()
+    assert PeerId.parse(str(peer_id)).key_bytes() == SPEC_PUBLIC
+    assert decoded == [str(peer_id)]
+
+
+def test_the_ids_remembered_are_bounded() -> None:
+    """A stranger can make the node parse any number of ids; it keeps at most the bound."""
+    from exo_discovery_core import identity as module
+
+    forget_ids()
+    for _ in range(module._REMEMBERED + 50):
+        PeerId.parse(str(Identity.generate().peer_id))
+    assert len(module._decoded._items) == module._REMEMBERED
+    forget_ids()

@@ -1,39 +1,72 @@
-"""Handshake: connect + the v2 handshake vs a bare TCP connect + close, one event loop.
+"""Handshake: connect + the v2 handshake vs a bare TCP connect, as two nodes meet.
 
-Both listeners run in this process on 127.0.0.1, in the same anyio (asyncio) loop as the dialer:
-the handshake listener does what the node's ``ConnectionManager.handle_inbound`` does
-(``handshake.respond`` under ``fail_after``, with the node's one ``Credentials``), the plain one
-accepts and closes. The dialer times ``connect_tcp`` (+ ``handshake.initiate``, which returns
-once the responder's sealed accept arrived) + ``aclose``; the kinds are interleaved in blocks so
-drift (CPU frequency, other load) hits all alike. Measured without and with a cluster key
-(Noise XX and XXpsk0). Both ends run on one core, so "handshakes per second" counts the work of
-dialer *and* listener.
+**The target rows: a node process.** The listener is a real node (``exo-discovery run`` on
+127.0.0.1, its own process and its own ``ConnectionManager`` accept path: the inbound gate,
+the limits, the handshake deadline, its signed record, the check of ours). The dialer is a
+``ConnectionManager`` here doing what a node's dial does (``ConnectionManager.verify``:
+connect, handshake, the node's signed record checked), with ``verify_only``, so the node does
+not count it as a member. Every measured dial is a first meeting on both ends: each is made by a
+fresh identity with a fresh Noise static key and record, which the node has never seen, and
+the dialer forgets the node's proof and id before each one (``handshake.forget_proofs``). The
+reference is a bare anyio TCP connect to the SAME node, interleaved with the handshakes in
+blocks. Neither timing includes the close (a dial that joins keeps its connection; ``verify``
+returns once it knows who answered): both close after the clock stopped. The node runs on core
+1 and the dialer on core 0 (``taskset``; without two cores they are not pinned): two nodes meet
+from two machines, and left alone the scheduler wakes the node on the dialer's core, where its
+work on message 3 runs inside the dialer's send. So the node's work after message 3 (our proof
+and record) is off the dialer's clock, as its accept and close are in the reference; and what
+the reference leaves out, the two wake-ups of another process per round trip, is in the
+handshake. The "three messages to a process of their own" row measures that part alone: the
+same byte counts to a process that reads, answers and reads, on the node's core, no
+cryptography. The notes say where a first meeting's time goes on the dialer's clock (one dial's
+steps, stamped) and how much CPU the node spent per first meeting.
 
-Every measured handshake is a first meeting: the proofs seen are forgotten before each dial, so
-both Ed25519 signatures are verified and both peer ids made, as between two nodes that never met.
-A node remembers proofs it has verified (a peer's static key lives as long as its process), so a
-reconnection costs less: the "known peer" row measures that, beside the same TCP reference.
-The "no cryptography" row replays the byte counts of a real keyed handshake through the same
-streams and the same kind of listener: what the connect and the three messages cost alone.
+**The one-process rows: both ends on one event loop.** The listener does with the handshake
+what the node's accept path does (``handshake.respond`` under ``fail_after``, one
+``Credentials``, then the dialer's signed record checked); the plain listener accepts and
+closes. The dialer times ``connect_tcp`` + ``handshake.initiate`` + the listener's record
+checked + ``aclose``, the reference ``connect_tcp`` + ``aclose``. Both ends share one core, so
+these rows show the CPU of dialer *and* listener per handshake, and each dial also carries the
+listener's last work for the one before it. First meetings as above (a fixed pair of
+identities whose proofs and ids are forgotten before each dial); the "known peer" row is a
+reconnection (a node remembers proofs it verified: a peer's static key lives as long as its
+process); the "no cryptography" row replays a real keyed handshake's byte counts through the
+same streams and the same kind of listener.
+
+Both settings are measured without and with a cluster key (Noise XX and XXpsk0).
 """
 
 from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+from pydantic import SecretStr
 
-from exo_discovery_core import clusterkey, handshake, wire
+from exo_discovery_core import clusterkey, handshake, records, wire
 from exo_discovery_core.clusterkey import Keyring
-from exo_discovery_core.identity import Identity
+from exo_discovery_core.config import NodeConfig
+from exo_discovery_core.connections import ConnectionManager
+from exo_discovery_core.identity import Identity, PeerId
+from exo_discovery_core.models import Address
+from exo_discovery_core.records import LocalRecord, PeerRecord
 from exo_discovery_core.session import Reader
 
-from .common import Row, median, quantile
+from .common import Fleet, Row, clean_env, cpu_seconds, end_process, median, quantile, track
 
 NAME = "handshake"
 BUDGET_S = 120.0
@@ -45,12 +78,16 @@ TARGET_RATIO = 3.0
 Dial = Callable[[], Awaitable[None]]
 
 
-async def _serve_handshake(stream: anyio.abc.SocketStream, server: handshake.Credentials) -> None:
+async def _serve_handshake(
+    stream: anyio.abc.SocketStream, server: handshake.Credentials, record: bytes
+) -> None:
+    """What the node's accept path does with the handshake: respond, check the peer's record."""
     try:
         with anyio.fail_after(5):
-            await handshake.respond(stream, server)
-    except (handshake.HandshakeError, wire.ProtocolError, TimeoutError, OSError,
-            anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):  # fmt: skip
+            session = await handshake.respond(stream, server, local_record=record)
+        records.verify(session.remote_record, session.peer_id)
+    except (handshake.HandshakeError, records.RecordError, wire.ProtocolError, TimeoutError,
+            OSError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):  # fmt: skip
         pass
     finally:
         await anyio.aclose_forcefully(stream)
@@ -77,20 +114,26 @@ async def _serve_exchange(stream: anyio.abc.SocketStream, sizes: tuple[int, int,
 
 
 class _Recorder(anyio.abc.ByteStream):
-    """A dialer's stream that counts what one real handshake sends and receives."""
+    """A dialer's stream that counts (and stamps) what one real handshake sends and receives."""
 
     def __init__(self, inner: anyio.abc.ByteStream) -> None:
         self.inner = inner
         self.sent: list[int] = []
         self.received = 0
+        self.sending_at: list[float] = []  # when each send was called
+        self.sent_at: list[float] = []  # ... and returned
+        self.received_at: list[float] = []
 
     async def send(self, item: bytes) -> None:
         self.sent.append(len(item))
+        self.sending_at.append(time.perf_counter())
         await self.inner.send(item)
+        self.sent_at.append(time.perf_counter())
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         data = await self.inner.receive(max_bytes)
         self.received += len(data)
+        self.received_at.append(time.perf_counter())
         return data
 
     async def send_eof(self) -> None:
@@ -98,6 +141,279 @@ class _Recorder(anyio.abc.ByteStream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+# -- the target rows: a node process ------------------------------------------------------------
+
+NODE_ITERATIONS = 500
+NODE_NAMESPACE = "exo-bench"
+HANDSHAKE_TIMEOUT = 5.0
+# Each end on a core of its own, as on two machines: left to itself the scheduler wakes the
+# listener on the dialer's core, and its work on message 3 runs inside the dialer's send.
+PINNED = len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
+DIALER_CORE = 0
+LISTENER_CORE = ["taskset", "-c", "1"] if PINNED else []
+PHASES = ("TCP connect", "message 1 made", "message 1 sent (the send call)",
+          "waiting for message 2 (the node's part)", "message 2 read, message 3 made",
+          "message 3 sent (the send call)", "the node's record verified")  # fmt: skip
+
+
+# The node's side of a handshake without its work, in a process of its own: what the connect and
+# the three messages cost between two processes (argv: the three sizes; prints its port).
+EXCHANGE_PROCESS = """
+import sys, anyio
+from exo_discovery_core.session import Reader
+first, answer, third = map(int, sys.argv[1:4])
+async def serve(stream):
+    try:
+        receive = Reader(stream)
+        await receive.receive_exactly(first)
+        await stream.send(bytes(answer))
+        await receive.receive_exactly(third)
+    except Exception:
+        pass
+    finally:
+        await anyio.aclose_forcefully(stream)
+async def main():
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    print(listener.extra(anyio.abc.SocketAttribute.local_port), flush=True)
+    await listener.serve(serve)
+anyio.run(main)
+"""
+
+
+class _Unheard:
+    """The dialer's ConnectionListener: a benchmark keeps nothing it hears."""
+
+    def identified(self, address: Address, peer_id: PeerId) -> None: ...
+    def connection_up(self, peer_id: PeerId, address: Address) -> None: ...
+    def path_changed(self, peer_id: PeerId, old: Address, new: Address) -> None: ...
+    def connection_down(self, peer_id: PeerId, reason: str) -> None: ...
+    def received(self, peer_id: PeerId, address: Address, message: dict[str, Any]) -> None: ...
+    def authenticated(self, record: PeerRecord, live: PeerRecord | None) -> None: ...
+    def twin(self, record: PeerRecord) -> None: ...
+
+
+@dataclass
+class _NodeMeasured:
+    """One node's figures: dials to it, TCP and handshake, interleaved."""
+
+    tcp: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)  # first meetings, ConnectionManager.verify
+    bare: list[float] = field(default_factory=list)  # the keyed sizes, no cryptography
+    node_cpu: float = 0.0  # the node's CPU seconds during the handshake blocks
+    node_cpu_tcp: float = 0.0  # ... and during the TCP blocks
+    phases: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    profile: str = ""
+
+
+def _stranger(config: NodeConfig) -> ConnectionManager:
+    """A dialer the node never met: a fresh identity, so a fresh proof, Noise key and record."""
+    identity = Identity.generate()
+    record = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
+    return ConnectionManager(identity, config, 0, _Unheard(), record)
+
+
+async def _first_meeting(manager: ConnectionManager, address: Address) -> float:
+    """Seconds of one node dial that only verifies (the close runs after the clock stops)."""
+    handshake.forget_proofs()  # the node's proof is verified again: a first meeting here too
+    async with anyio.create_task_group() as tg:
+        manager.start(tg)
+        await anyio.lowlevel.checkpoint()  # the manager's timer starts before the clock does
+        started = time.perf_counter()
+        await manager.verify(address, None, HANDSHAKE_TIMEOUT)
+        elapsed = time.perf_counter() - started
+        tg.cancel_scope.cancel()  # its timer (the close verify started still closes)
+    return elapsed
+
+
+async def _tcp_connect(address: Address) -> float:
+    started = time.perf_counter()
+    stream = await anyio.connect_tcp(address.host, address.port)
+    elapsed = time.perf_counter() - started
+    await stream.aclose()
+    return elapsed
+
+
+async def _bare_exchange(port: int, sizes: tuple[int, int, int]) -> float:
+    """The three messages' bytes to the exchange process, timed as a first meeting is."""
+    first, answer, third = sizes
+    started = time.perf_counter()
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    try:
+        await stream.send(bytes(first))
+        await Reader(stream).receive_exactly(answer)
+        await stream.send(bytes(third))
+        elapsed = time.perf_counter() - started
+    finally:
+        await stream.aclose()
+    return elapsed
+
+
+async def _phases(
+    config: NodeConfig, address: Address, out: dict[str, list[float]]
+) -> tuple[int, int, int]:
+    """Where one first meeting's time goes on the dialer's clock: the dial's steps, stamped."""
+    identity = Identity.generate()
+    mine = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
+    credentials = handshake.Credentials(
+        identity, namespace=config.namespace, keyring=config.keyring()
+    )
+    handshake.forget_proofs()
+    started = time.perf_counter()
+    stream = _Recorder(await anyio.connect_tcp(address.host, address.port))
+    connected = time.perf_counter()
+    try:
+        session = await handshake.initiate(
+            stream, credentials, local_record=mine.encode(), verify_only=True
+        )
+        records.verify(session.remote_record, session.peer_id)
+        done = time.perf_counter()
+    finally:
+        await stream.aclose()
+    (first_sending, third_sending), (first_sent, third_sent) = stream.sending_at, stream.sent_at
+    answered = stream.received_at[0]
+    steps = (started, connected, first_sending, first_sent, answered, third_sending, third_sent,
+             done)  # fmt: skip
+    for phase, begin, end in zip(PHASES, steps[:-1], steps[1:], strict=True):
+        out[phase].append(end - begin)
+    first, third = stream.sent
+    return first, stream.received, third
+
+
+async def _measure_nodes(
+    nodes: list[tuple[int, int, NodeConfig]],
+    exchange: tuple[int, tuple[int, int, int]],
+    iterations: int,
+    profile: bool,
+) -> list[_NodeMeasured]:
+    """Dial each node (port, pid, the dialer's config for it) in interleaved blocks, and the
+    exchange process (port, sizes) with the last node's."""
+    results = [_NodeMeasured() for _ in nodes]
+    addresses = [Address(host="127.0.0.1", port=port) for port, _pid, _config in nodes]
+
+    async def block(which: int, kind: str, out: list[float] | None) -> None:
+        _port, pid, config = nodes[which]
+        cpu = cpu_seconds(pid)
+        for _ in range(BLOCK):
+            if kind == "handshake":
+                elapsed = await _first_meeting(_stranger(config), addresses[which])
+            elif kind == "tcp":
+                elapsed = await _tcp_connect(addresses[which])
+            else:
+                elapsed = await _bare_exchange(*exchange)
+            if out is not None:
+                out.append(elapsed)
+        if out is not None and kind != "bare":
+            spent = cpu_seconds(pid) - cpu
+            if kind == "handshake":
+                results[which].node_cpu += spent
+            else:
+                results[which].node_cpu_tcp += spent
+
+    for which in range(len(nodes)):  # warm-up: first connections, first imports
+        for kind in ("tcp", "handshake", "bare"):
+            await block(which, kind, None)
+    for _ in range(iterations // BLOCK):
+        for which, result in enumerate(results):
+            await block(which, "tcp", result.tcp)
+            await block(which, "handshake", result.first)
+        await block(len(nodes) - 1, "bare", results[-1].bare)
+    for result, address, (_port, _pid, config) in zip(results, addresses, nodes, strict=True):
+        for _ in range(BLOCK * 2):
+            await _phases(config, address, result.phases)
+    if profile:  # the dialer's side of first meetings with the keyed node
+        profiler = cProfile.Profile()
+        managers = [_stranger(nodes[-1][2]) for _ in range(300)]
+        profiler.enable()
+        for manager in managers:
+            await _first_meeting(manager, addresses[-1])
+        profiler.disable()
+        results[-1].profile = _profile_report(profiler, 300, "the dialer's side of first "
+                                              "meetings with the keyed node")  # fmt: skip
+    return results
+
+
+def _exchange_process(sizes: tuple[int, int, int]) -> tuple[subprocess.Popen[str], int]:
+    proc = track(
+        subprocess.Popen(
+            [*LISTENER_CORE, sys.executable, "-c", EXCHANGE_PROCESS, *map(str, sizes)],
+            stdout=subprocess.PIPE, env=clean_env(), text=True,
+        )
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def _node_rows() -> tuple[list[Row], bool]:
+    """The target rows; and whether a target was missed."""
+    key = clusterkey.encode(clusterkey.generate())
+    exchange: subprocess.Popen[str] | None = None
+    with tempfile.TemporaryDirectory(prefix="exo-bench-dialer-") as tmp, Fleet(NAME) as fleet:
+        open_node = fleet.start("open", "--namespace", NODE_NAMESPACE, prefix=LISTENER_CORE)
+        keyed_node = fleet.start("keyed", "--namespace", NODE_NAMESPACE, prefix=LISTENER_CORE,
+                                 env={"EXO_DISCOVERY_CLUSTER_KEY": key})  # fmt: skip
+        for node in (open_node, keyed_node):
+            node.wait_started(30)
+        dialer = NodeConfig(namespace=NODE_NAMESPACE, state_dir=Path(tmp))
+        keyed = NodeConfig(
+            namespace=NODE_NAMESPACE, state_dir=Path(tmp), cluster_key=SecretStr(key)
+        )
+        nodes = [(open_node.port, open_node.pid, dialer), (keyed_node.port, keyed_node.pid, keyed)]
+        address = Address(host="127.0.0.1", port=keyed_node.port)
+        unused: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        sizes = anyio.run(_phases, keyed, address, unused)  # what a first meeting sends
+        cores = os.sched_getaffinity(0)
+        try:
+            if PINNED:
+                os.sched_setaffinity(0, {DIALER_CORE})
+            exchange, exchange_port = _exchange_process(sizes)
+            measured = anyio.run(_measure_nodes, nodes, (exchange_port, sizes),
+                                 NODE_ITERATIONS, False)  # fmt: skip
+            missed = any(median(m.first) > TARGET_RATIO * median(m.tcp) for m in measured)
+            if missed:
+                measured[-1].profile = anyio.run(
+                    _measure_nodes, nodes, (exchange_port, sizes), BLOCK, True
+                )[-1].profile
+        finally:
+            os.sched_setaffinity(0, cores)
+            if exchange is not None:
+                end_process(exchange)
+        complaints = [line for node in (open_node, keyed_node) for line in node.complaints()
+                      if "not an exo-discovery client" not in line]  # fmt: skip
+    if complaints:
+        raise RuntimeError(f"a node complained: {complaints[0][:200]}")
+    rows = []
+    load = os.getloadavg()[0]
+    for label, result in zip(("no cluster key (XX)", "cluster key (XXpsk0)"), measured,
+                             strict=True):  # fmt: skip
+        count = len(result.first)
+        phases = "; ".join(f"{phase} {median(times) * 1e6:.0f} µs"
+                           for phase, times in result.phases.items())  # fmt: skip
+        note = (f"{count} first meetings and {len(result.tcp)} TCP connects, interleaved in "
+                f"blocks of {BLOCK}, each dial by a fresh identity; the node's CPU per first "
+                f"meeting {result.node_cpu / count * 1e6:.0f} µs (per TCP connect "
+                f"{result.node_cpu_tcp / len(result.tcp) * 1e6:.0f} µs); "
+                f"{'dialer on core 0, node on core 1' if PINNED else 'not pinned to cores'}; "
+                "on the dialer's clock "
+                f"(medians of {len(result.phases[PHASES[0]])} stamped dials): {phases}; "
+                f"load average {load:.1f} after")  # fmt: skip
+        extra = {"profile": result.profile} if result.profile else {}
+        rows += [
+            Row(NAME, f"connect + v2 handshake to a node process, {label}, first meeting, median",
+                median(result.first), "s", "TCP connect to the same node, median",
+                median(result.tcp), max_ratio=TARGET_RATIO, note=note, extra=extra),
+            Row(NAME, f"connect + v2 handshake to a node process, {label}, first meeting, p99",
+                quantile(result.first, 0.99), "s", "TCP connect to the same node, p99",
+                quantile(result.tcp, 0.99), max_ratio=TARGET_RATIO),
+        ]  # fmt: skip
+    first, answer, third = sizes
+    rows.append(Row(NAME, f"connect + the same three messages ({first}, {answer}, {third} bytes) "
+                    "to a process of their own, no cryptography, median",
+                    median(measured[-1].bare), "s", "TCP connect to the keyed node, median",
+                    median(measured[-1].tcp),
+                    note="the node's side without its work: read, answer, read, close"))  # fmt: skip
+    return rows, missed
 
 
 class _Measured:
@@ -120,6 +436,10 @@ async def _measure(profile: bool) -> _Measured:
                for k in (Keyring(), keyring)]  # fmt: skip
     clients = [handshake.Credentials(client_id, namespace=NAMESPACE, keyring=k)
                for k in (Keyring(), keyring)]  # fmt: skip
+    server_record, client_record = (
+        LocalRecord(i, None, protocol=handshake.PROTOCOL, addresses=(), meta={}).encode()
+        for i in (server_id, client_id)
+    )
     listeners = [await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
                  for _ in range(4)]  # fmt: skip
     plain_port, bare_port, *hs_ports = (int(lst.extra(anyio.abc.SocketAttribute.local_port))
@@ -131,7 +451,10 @@ async def _measure(profile: bool) -> _Measured:
                 handshake.forget_proofs()
             stream = await anyio.connect_tcp("127.0.0.1", hs_ports[which])
             try:
-                await handshake.initiate(stream, clients[which], expected=server_id.peer_id)
+                session = await handshake.initiate(
+                    stream, clients[which], local_record=client_record, expected=server_id.peer_id
+                )
+                records.verify(session.remote_record, session.peer_id)
             finally:
                 await stream.aclose()
 
@@ -144,7 +467,9 @@ async def _measure(profile: bool) -> _Measured:
     async def recorded_sizes() -> tuple[int, int, int]:
         recorder = _Recorder(await anyio.connect_tcp("127.0.0.1", hs_ports[1]))
         try:
-            await handshake.initiate(recorder, clients[1], expected=server_id.peer_id)
+            await handshake.initiate(
+                recorder, clients[1], local_record=client_record, expected=server_id.peer_id
+            )
         finally:
             await recorder.aclose()
         first, third = recorder.sent
@@ -171,7 +496,8 @@ async def _measure(profile: bool) -> _Measured:
     async with anyio.create_task_group() as tg:
         tg.start_soon(listeners[0].serve, _serve_plain)
         for listener, server in zip(listeners[2:], servers, strict=True):
-            tg.start_soon(listener.serve, lambda s, c=server: _serve_handshake(s, c))
+            tg.start_soon(listener.serve,
+                          lambda s, c=server: _serve_handshake(s, c, server_record))  # fmt: skip
         result.sizes = await recorded_sizes()
         tg.start_soon(listeners[1].serve, lambda s: _serve_exchange(s, result.sizes))
         for dial in (open_dial, keyed_dial, dial_plain, dial_bare):  # warm-up (first connections)
@@ -192,14 +518,14 @@ async def _measure(profile: bool) -> _Measured:
             profiler.enable()
             await timed(keyed_dial, 300, [])
             profiler.disable()
-            result.profile = _profile_report(profiler, 300)
+            result.profile = _profile_report(profiler, 300, "dialer + listener, one process")
         tg.cancel_scope.cancel()
     for listener in listeners:
         await listener.aclose()
     return result
 
 
-def _profile_report(profiler: cProfile.Profile, n: int) -> str:
+def _profile_report(profiler: cProfile.Profile, n: int, what: str) -> str:
     """Where a handshake's time goes: own time per function (µs per handshake), top entries."""
     stats = pstats.Stats(profiler, stream=io.StringIO())
     raw = stats.stats  # type: ignore[attr-defined]
@@ -208,8 +534,8 @@ def _profile_report(profiler: cProfile.Profile, n: int) -> str:
         rows.append((tottime, cumtime, f"{_short(filename)}:{line}({func})"))
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
-    lines = [f"cProfile of {n} handshakes (dialer + listener), {total / n * 1e6:.0f} µs each "
-             "under the profiler; own time per handshake:"]  # fmt: skip
+    lines = [f"cProfile of {n} handshakes ({what}), {total / n * 1e6:.0f} µs each under the "
+             "profiler; own time per handshake:"]  # fmt: skip
     for tottime, _cumtime, where in rows[:14]:
         lines.append(f"    {tottime / n * 1e6:7.1f} µs  {tottime / total:5.1%}  {where}")
     groups = {
@@ -235,32 +561,27 @@ def _short(filename: str) -> str:
 
 
 def run() -> list[Row]:
+    rows, missed = _node_rows()
     measured = anyio.run(_measure, False)
     tcp_med = median(measured.plain)
-    profile = ""
-    if max(median(measured.open), median(measured.keyed)) > TARGET_RATIO * tcp_med:
-        profile = anyio.run(_measure, True).profile
-    note = (f"{len(measured.plain)} iterations each, interleaved in blocks of {BLOCK}; "
-            "asyncio, 127.0.0.1")  # fmt: skip
-    rows = []
+    profile = anyio.run(_measure, True).profile if missed else ""
+    note = (f"{len(measured.plain)} iterations each, interleaved in blocks of {BLOCK}; both "
+            "ends in this process, one asyncio loop, 127.0.0.1; each side's signed record checked")  # fmt: skip
+    reference = "TCP connect + close, one process, median"
     for label, times in (
         ("no cluster key (XX)", measured.open),
         ("cluster key (XXpsk0)", measured.keyed),
     ):
-        rows += [
-            Row(NAME, f"connect + v2 handshake, {label}, median", median(times), "s",
-                "TCP connect + close, median", tcp_med, max_ratio=TARGET_RATIO, note=note,
-                extra={"profile": profile} if profile and "psk" in label else {}),
-            Row(NAME, f"connect + v2 handshake, {label}, p99", quantile(times, 0.99), "s",
-                "TCP connect + close, p99", quantile(measured.plain, 0.99),
-                max_ratio=TARGET_RATIO),
-        ]  # fmt: skip
-    rows.append(Row(NAME, "connect + v2 handshake, cluster key, a known peer (proof seen), median",
-                    median(measured.known), "s", "TCP connect + close, median", tcp_med))  # fmt: skip
+        rows.append(Row(NAME, f"one process: connect + v2 handshake + close, {label}, median",
+                        median(times), "s", reference, tcp_med, note=note,
+                        extra={"one-process profile": profile} if profile and "psk" in label
+                        else {}))  # fmt: skip
+    rows.append(Row(NAME, "one process: cluster key, a known peer (proof seen), median",
+                    median(measured.known), "s", reference, tcp_med))  # fmt: skip
     first, answer, third = measured.sizes
-    rows.append(Row(NAME, f"connect + the same three messages ({first}, {answer}, {third} bytes), "
-                    "no cryptography, median", median(measured.bare), "s",
-                    "TCP connect + close, median", tcp_med))  # fmt: skip
+    rows.append(Row(NAME, f"one process: the same three messages ({first}, {answer}, {third} "
+                    "bytes), no cryptography, median", median(measured.bare), "s",
+                    reference, tcp_med))  # fmt: skip
     rows.append(Row(NAME, "handshakes per second, one core (both ends), cluster key",
                     measured.per_second, "/s",
                     note=f"CPU {measured.cpu_each * 1e6:.0f} µs per handshake, dialer + listener"))  # fmt: skip

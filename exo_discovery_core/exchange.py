@@ -14,6 +14,17 @@ Bounds: at most ``per_sender`` peers taken from one sender, ``total`` from all s
 (first come); a record is kept only for a peer some sender lists; what a sender said is
 forgotten when it disconnects.
 
+**Deltas.** A mesh forming changes every node's list many times a second, and a full list to
+each of N connections at each change is O(N²) ids per node. So after the first (full) list the
+sender sends only what changed, ``{"type": "peers", "n": 7, "add": [...], "remove": [...]}``
+(``ages`` then aligned with ``add``), and every exchange message to one receiver carries the
+next number ``n`` of that stream. The receiver applies a delta only on top of a numbered full
+list, in order (``n`` one past the last): a gap (a frame lost with a replaced connection) makes
+it ignore the sender's deltas and ask, ``{"type": "peers_resync"}``, for the full list again,
+which the sender grants at most once per ``RESYNC_EVERY`` seconds. A delta is bounded exactly
+as a full list is (its result is one list of the sender's, under the same bounds), and what it
+changes is the sender's own list only.
+
 **Relay of members** (``relay``, on with ``max_connections``): a node then lists not only its
 connections but every member it knows, each with an ``age`` (``"ages": [seconds, ...]``, aligned
 with ``peers``; absent or 0 means "connected to it now"), and sends their records too, each
@@ -38,7 +49,7 @@ import binascii
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -57,6 +68,9 @@ MAX_PEERS = 100  # ids in one peers message: per_sender is capped at this
 MEMBER_TTL = 10.0  # seconds: a relayed member not vouched for this long is gone
 HOP_AGE = 0.1  # seconds added by each relay, so ages only grow around a loop
 REFRESH = 2.5  # seconds between re-announcements of relayed members (relay only)
+RESYNC_EVERY = 1.0  # seconds: the least between two full lists sent on request to one peer
+COALESCE = 0.05  # seconds: the table is refreshed once per burst of exchange messages
+RESYNC = {"type": "peers_resync"}
 ANNOUNCE_DELAY = (0.1, 0.3)  # seconds; random, so a mesh's announcements do not all coincide
 _ROOM = wire.MAX_FRAME - 64  # a records message's body, with room for its JSON around it
 log = logging.getLogger("exo_discovery.exchange")
@@ -67,12 +81,13 @@ def _b64(record: PeerRecord) -> str:
 
 
 class Outbox:
-    """What we tell each connected peer: our connections' ids, and each record once (again
-    only when a newer one replaces it)."""
+    """What we tell each connected peer: the ids we list (in full once, then what changed), each
+    record once (again only when a newer one replaces it), every message numbered."""
 
     def __init__(self) -> None:
         self._sent: dict[PeerId, dict[PeerId, int]] = {}
-        self._lists: dict[PeerId, list[str]] = {}
+        self._lists: dict[PeerId, dict[str, float]] = {}  # what the recipient holds: id -> age
+        self._numbers: dict[PeerId, int] = {}
 
     def messages(
         self,
@@ -83,18 +98,18 @@ class Outbox:
         again: bool = False,
     ) -> list[dict[str, Any]]:
         """The messages to send ``recipient`` now, given the records of the peers we list (our
-        connections; with relay our members, aged by ``ages``); ``again``: the list even if
-        unchanged (a refresh of the ages)."""
+        connections; with relay our members, aged by ``ages``); ``again``: the hearsay ages
+        again even if unchanged (a refresh that keeps relayed members young)."""
         others = [r for pid, r in records.items() if pid != recipient][:MAX_PEERS]
         sent = self._sent.setdefault(recipient, {})
-        ids = [str(r.peer_id) for r in others]
+        listing = {
+            str(r.peer_id): round(ages.get(r.peer_id, 0.0), 2) if ages else 0.0 for r in others
+        }
         out: list[dict[str, Any]] = []
-        if again or self._lists.get(recipient) != ids:
-            message: dict[str, Any] = {"type": "peers", "peers": ids}
-            if ages:
-                message["ages"] = [round(ages.get(r.peer_id, 0.0), 2) for r in others]
-            out.append(message)
-            self._lists[recipient] = ids
+        change = _change(self._lists.get(recipient), listing, again=again)
+        if change is not None:
+            out.append(change)
+        self._lists[recipient] = listing
         batch: list[str] = []
         size = 0
         for record in others:
@@ -109,15 +124,48 @@ class Outbox:
             sent[record.peer_id] = record.seq
         if batch:
             out.append({"type": "records", "records": batch})
-        return out
+        return [self.numbered(recipient, message) for message in out]
 
-    def own(self, record: PeerRecord) -> dict[str, Any]:
-        """Our own new record (new metadata), for every connected peer."""
-        return {"type": "records", "records": [_b64(record)]}
+    def own(self, recipient: PeerId, record: PeerRecord) -> dict[str, Any]:
+        """Our own new record (new metadata), for one connected peer."""
+        return self.numbered(recipient, {"type": "records", "records": [_b64(record)]})
+
+    def numbered(self, recipient: PeerId, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` with the next number of the stream to ``recipient`` (sent at once)."""
+        number = self._numbers.get(recipient, 0)
+        self._numbers[recipient] = number + 1
+        return {**message, "n": number}
 
     def forget(self, recipient: PeerId) -> None:
+        """Start afresh with ``recipient``: a full list and every record next time."""
         self._sent.pop(recipient, None)
         self._lists.pop(recipient, None)
+
+
+def _change(
+    held: Mapping[str, float] | None, listing: Mapping[str, float], *, again: bool
+) -> dict[str, Any] | None:
+    """The peers message that turns what the recipient ``held`` into ``listing``: the full list
+    the first time (or when no smaller), else a delta; None when nothing is to be said."""
+    relay = any(listing.values()) or (held is not None and any(held.values()))
+    if held is not None:
+        remove = [i for i in held if i not in listing]
+        add = [
+            i
+            for i, age in listing.items()
+            if i not in held or (held[i] == 0) != (age == 0) or (again and age > 0)
+        ]
+        if not add and not remove:
+            return None
+        if len(add) + len(remove) < len(listing):
+            delta: dict[str, Any] = {"type": "peers", "add": add, "remove": remove}
+            if relay:
+                delta["ages"] = [listing[i] for i in add]
+            return delta
+    full: dict[str, Any] = {"type": "peers", "peers": list(listing)}
+    if relay:
+        full["ages"] = list(listing.values())
+    return full
 
 
 class Heard:
@@ -145,38 +193,107 @@ class Heard:
         self._local: dict[PeerId, bool] = {}
         self._count: dict[PeerId, int] = {}
         self._records: dict[PeerId, PeerRecord] = {}
+        self._next: dict[PeerId, int] = {}  # by sender: the number its next message must have
+        self._gap: dict[PeerId, float] = {}  # by sender out of step: when we last asked it
+        # by listed peer: the record and locality its candidate was made from, and the candidate
+        self._candidates: dict[PeerId, tuple[PeerRecord, bool, PeerCandidate | None]] = {}
 
     # -- what senders say ---------------------------------------------------------------------
 
     def peers(self, sender: PeerId, message: dict[str, Any], *, sender_on_this_host: bool) -> bool:
-        """A ``peers`` message; True if the set of listed peers changed."""
+        """A ``peers`` message, full or a delta; True if the set of listed peers changed."""
+        if "peers" not in message and ("add" in message or "remove" in message):
+            return self._delta(sender, message)
         entries = message.get("peers")
         if not isinstance(entries, list):
             log.debug("peer %s sent a peers message without a list", sender)
             entries = []
-        ages = message.get("ages")
-        if not isinstance(ages, list) or len(ages) != len(entries):
-            ages = [0] * len(entries)  # no ages (or not one each): all connections of the sender
-        now = self._clock()
         wanted: dict[PeerId, float | None] = {}
-        for entry, age in zip(entries[:MAX_PEERS], ages, strict=False):
-            peer_id = _peer_id(entry)
-            if peer_id is None or peer_id in (self.me, sender) or peer_id in wanted:
-                continue
-            if not isinstance(age, int | float) or not 0 <= age < MEMBER_TTL:
-                continue  # a bool is an int: True is age 1, harmless
+        for peer_id, vouch in self._entries(sender, entries, message.get("ages")):
             if len(wanted) >= self.per_sender:
                 break
+            if peer_id in wanted:
+                continue
             if peer_id not in self._count and len(self._count) >= self.total:
                 continue  # known through exchange in all: first come
-            wanted[peer_id] = now - age if age > 0 else None
+            wanted[peer_id] = vouch
+        number = message.get("n")
+        if isinstance(number, int) and _is_number(number):
+            self._next[sender] = number + 1  # deltas may follow this list
+        else:
+            self._next.pop(sender, None)
+        self._gap.pop(sender, None)
         self._local[sender] = sender_on_this_host
         self._vouched[sender] = wanted
         return self._set(sender, list(wanted))
 
+    def _delta(self, sender: PeerId, message: dict[str, Any]) -> bool:
+        """A delta on the sender's list: applied only in order on top of a numbered full list
+        (else the sender is out of step: see :meth:`out_of_step`)."""
+        if not self.in_step(sender, message.get("n"), delta=True):
+            return False
+        wanted = dict(self._vouched.get(sender, {}))
+        remove = message.get("remove")
+        for entry in remove[:MAX_PEERS] if isinstance(remove, list) else []:
+            peer_id = _peer_id(entry)
+            if peer_id is not None:
+                wanted.pop(peer_id, None)
+        add = message.get("add")
+        for peer_id, vouch in self._entries(sender, add if isinstance(add, list) else [],
+                                            message.get("ages")):  # fmt: skip
+            if peer_id not in wanted:
+                if len(wanted) >= self.per_sender:
+                    continue
+                if peer_id not in self._count and len(self._count) >= self.total:
+                    continue
+            wanted[peer_id] = vouch  # a vouch made again: as young as it says
+        self._vouched[sender] = wanted
+        return self._set(sender, list(wanted))
+
+    def in_step(self, sender: PeerId, number: Any, *, delta: bool = False) -> bool:
+        """Count a numbered message of ``sender``'s stream; False if it is not the next one,
+        and then the sender is out of step until its next full list. A delta is in step only
+        after a numbered full list; other messages are counted only then."""
+        expected = self._next.get(sender)
+        if expected is not None and _is_number(number) and number == expected:
+            self._next[sender] = expected + 1
+            return True
+        if expected is not None or delta:
+            self._next.pop(sender, None)
+            self._gap.setdefault(sender, self._clock() - RESYNC_EVERY)
+        return False
+
+    def out_of_step(self, sender: PeerId) -> bool:
+        """True (at most once per ``RESYNC_EVERY``) while ``sender``'s deltas are ignored for a
+        gap in its stream: time to ask it for its full list again."""
+        asked = self._gap.get(sender)
+        now = self._clock()
+        if asked is None or now - asked < RESYNC_EVERY:
+            return False
+        self._gap[sender] = now
+        return True
+
+    def _entries(
+        self, sender: PeerId, entries: list[Any], ages: Any
+    ) -> Iterator[tuple[PeerId, float | None]]:
+        """The well-formed entries of a list (not us, not the sender), each with when its vouch
+        was made (None: standing, age 0); an entry with an age not in 0..MEMBER_TTL is
+        skipped, and ages that are not one each mean all are the sender's connections."""
+        if not isinstance(ages, list) or len(ages) != len(entries):
+            ages = [0] * len(entries)
+        now = self._clock()
+        for entry, age in zip(entries[:MAX_PEERS], ages, strict=False):
+            peer_id = _peer_id(entry)
+            if peer_id is None or peer_id in (self.me, sender):
+                continue
+            if not isinstance(age, int | float) or not 0 <= age < MEMBER_TTL:
+                continue  # a bool is an int: True is age 1, harmless
+            yield peer_id, (now - age if age > 0 else None)
+
     def records(self, sender: PeerId, message: dict[str, Any]) -> list[PeerRecord]:
         """A ``records`` message: the records that were news (kept only for listed peers, or
         the sender's own); bad ones are skipped, never fatal."""
+        self.in_step(sender, message.get("n"))
         entries = message.get("records")
         if not isinstance(entries, list):
             return []
@@ -198,6 +315,8 @@ class Heard:
         """``sender`` disconnected: what it said is no longer heard; True if the set changed."""
         self._local.pop(sender, None)
         self._vouched.pop(sender, None)
+        self._next.pop(sender, None)
+        self._gap.pop(sender, None)
         return self._set(sender, [])
 
     def ages(self) -> dict[PeerId, float]:
@@ -235,6 +354,7 @@ class Heard:
             if not self._count[peer_id]:
                 del self._count[peer_id]
                 self._records.pop(peer_id, None)
+                self._candidates.pop(peer_id, None)
         return new != old
 
     # -- what we make of it -------------------------------------------------------------------
@@ -256,9 +376,14 @@ class Heard:
                 record = mine
             if record is None:
                 continue
-            hints = usable_hints(record.addresses, sender_on_this_host=peer_id in local)
-            if hints:
-                result.append(PeerCandidate(peer_id=peer_id, addresses=hints))
+            here = peer_id in local
+            made = self._candidates.get(peer_id)
+            if made is None or made[0] is not record or made[1] != here:  # made once per record
+                hints = usable_hints(record.addresses, sender_on_this_host=here)
+                candidate = PeerCandidate(peer_id=peer_id, addresses=hints) if hints else None
+                made = self._candidates[peer_id] = (record, here, candidate)
+            if made[2] is not None:
+                result.append(made[2])
         return result
 
 
@@ -266,6 +391,10 @@ def usable_hints(addresses: Iterable[Address], *, sender_on_this_host: bool) -> 
     return tuple(
         a for a in addresses if usable_from_peer(a, sender_on_this_host=sender_on_this_host)
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
 def _peer_id(entry: Any) -> PeerId | None:
@@ -324,7 +453,8 @@ class PeerExchange:
 
     What each connected peer said is kept (and forgotten when it disconnects); the peers it
     listed, at the addresses of their newest records, are the table's ``exchange`` set.
-    Announcements are coalesced: a burst of connection changes (a mesh forming) makes one send.
+    Announcements are coalesced: a burst of connection changes (a mesh forming) makes one send;
+    and so are the table's refreshes: a burst of messages makes one (``COALESCE`` later).
     """
 
     def __init__(
@@ -337,6 +467,9 @@ class PeerExchange:
         self._heard = Heard(me, per_sender=per_sender, total=total)
         self._outbox = Outbox()
         self._announcing = False
+        self._tg: TaskGroup | None = None  # run()'s: refreshes and replies are its tasks
+        self._stale: anyio.Event | None = None  # set when what was heard changed (run() makes it)
+        self._resent: dict[PeerId, float] = {}  # by connected peer: our last full list on request
 
     def record(self, peer_id: PeerId) -> PeerRecord | None:
         """The newest record of ``peer_id`` that a peer relayed (None if none did)."""
@@ -345,31 +478,55 @@ class PeerExchange:
     def received(self, sender: PeerId, sender_address: Address, message: dict[str, Any]) -> bool:
         """A message of the exchange from ``sender``; True if it was one (handled)."""
         kind = message["type"]
-        if kind not in ("peers", "records"):
+        if kind not in ("peers", "records", RESYNC["type"]):
             return False
         if not self.enabled:
+            return True
+        if kind == RESYNC["type"]:
+            self._resend(sender)
             return True
         if kind == "peers":
             ip = sender_address.ip
             here = ip is not None and ip.is_loopback
             if self._heard.peers(sender, message, sender_on_this_host=here):
                 self._refresh()
-            return True
-        news = self._heard.records(sender, message)
-        for record in news:
-            if record.peer_id == sender:  # its own new record (new metadata)
-                self._links.update_record(record)
-        if news:
-            self._refresh()
+        else:
+            news = self._heard.records(sender, message)
+            for record in news:
+                if record.peer_id == sender:  # its own new record (new metadata)
+                    self._links.update_record(record)
+            if news:
+                self._refresh()
+        if self._heard.out_of_step(sender) and self._tg is not None:
+            self._tg.start_soon(self._links.send, sender, dict(RESYNC))
         return True
+
+    def _resend(self, peer_id: PeerId) -> None:
+        """A peer lost our stream (a gap): our full list and records again, at most once per
+        ``RESYNC_EVERY`` (what it asks for is only ever sent to itself)."""
+        now = time.monotonic()
+        if now - self._resent.get(peer_id, -RESYNC_EVERY) < RESYNC_EVERY or self._tg is None:
+            return
+        self._resent[peer_id] = now
+        self._outbox.forget(peer_id)
+        self.announce(self._tg)
 
     def forget(self, sender: PeerId) -> None:
         """``sender`` disconnected: what it said is no longer heard, what we sent it forgotten."""
         self._outbox.forget(sender)
+        self._resent.pop(sender, None)
         if self._heard.forget(sender):
-            self._refresh()
+            self._refresh_now()  # at once: when it is reported gone, so is what it said
 
     def _refresh(self) -> None:
+        """The table's exchange set is out of date: refreshed soon, once for a burst (at once
+        when the exchange does not run)."""
+        if self._stale is None:
+            self._refresh_now()
+        else:
+            self._stale.set()
+
+    def _refresh_now(self) -> None:
         self._table.replace(SOURCE, self._heard.candidates(self._links.records()))
 
     def listed(self) -> tuple[dict[PeerId, PeerRecord], dict[PeerId, float]]:
@@ -407,8 +564,11 @@ class PeerExchange:
         tg.start_soon(send)
 
     async def run(self, tg: TaskGroup) -> None:
-        """Every ``REFRESH`` seconds: age out members no one vouches for any more, and (relay)
-        tell our connections again how young the members we relay are."""
+        """Refresh the table after each burst of news; and every ``REFRESH`` seconds age out
+        members no one vouches for any more, and (relay) tell our connections again how young
+        the members we relay are."""
+        self._tg, self._stale = tg, anyio.Event()
+        tg.start_soon(self._refresher)
         while True:
             await anyio.sleep(REFRESH * JITTER.uniform(0.9, 1.1))
             if self._heard.expire():
@@ -417,8 +577,15 @@ class PeerExchange:
             if self.relay and self.listed()[1]:
                 self.announce(tg, again=True)
 
+    async def _refresher(self) -> None:
+        while True:
+            assert self._stale is not None
+            await self._stale.wait()
+            await anyio.sleep(COALESCE)  # what else arrives meanwhile is in the same refresh
+            self._stale = anyio.Event()
+            self._refresh_now()
+
     async def publish(self, record: PeerRecord) -> None:
         """Our own new record (new metadata): to every connected peer, at once."""
-        message = self._outbox.own(record)
         for peer_id in self._links.records():
-            await self._links.send(peer_id, message)
+            await self._links.send(peer_id, self._outbox.own(peer_id, record))

@@ -1,0 +1,115 @@
+"""Peer exchange deltas: after one full list a sender sends what changed, numbered; the receiver
+applies deltas in order only, and a gap makes it ignore them and ask for the full list again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exo_discovery_core.exchange import RESYNC_EVERY, Heard, Outbox
+from exo_discovery_core.identity import Identity, PeerId
+from exo_discovery_core.models import Address
+from exo_discovery_core.records import LocalRecord, PeerRecord
+
+IDENTITIES = [Identity.generate() for _ in range(12)]
+ME, SENDER = IDENTITIES[0].peer_id, IDENTITIES[1].peer_id
+OTHERS = IDENTITIES[2:]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(identity: Identity) -> PeerRecord:
+    address = Address(host="127.0.0.1", port=4000)
+    return LocalRecord(
+        identity, None, protocol="exo-discovery/2", addresses=[address], meta={}
+    ).record
+
+
+RECORDS = {i.peer_id: _record(i) for i in OTHERS}
+
+
+def _listing(*indexes: int) -> dict[PeerId, PeerRecord]:
+    return {OTHERS[i].peer_id: RECORDS[OTHERS[i].peer_id] for i in indexes}
+
+
+def _peers_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == "peers"]
+
+
+def _deliver(heard: Heard, messages: list[dict[str, Any]]) -> None:
+    for message in messages:
+        if message["type"] == "peers":
+            heard.peers(SENDER, message, sender_on_this_host=True)
+        else:
+            heard.records(SENDER, message)
+
+
+def test_after_the_first_full_list_only_what_changed_is_sent_and_the_lists_agree() -> None:
+    outbox, heard = Outbox(), Heard(ME, per_sender=64, total=256, clock=Clock())
+    steps = [(0, 1, 2), (0, 1, 2, 3), (1, 2, 3), (1, 2, 3), (2, 3, 4, 5, 6, 7, 8), (8,)]
+    for n, step in enumerate(steps):
+        messages = outbox.messages(ME, _listing(*step))
+        peers = _peers_messages(messages)
+        if n == 0:
+            assert "peers" in peers[0]
+        elif n == 3:
+            assert peers == []  # nothing changed: nothing said
+        elif n in (1, 2):
+            assert "peers" not in peers[0] and len(peers[0]["add"]) + len(peers[0]["remove"]) == 1
+        _deliver(heard, messages)
+        assert set(heard.ages()) == {OTHERS[i].peer_id for i in step}
+        assert not heard.out_of_step(SENDER)
+
+
+def test_a_delta_out_of_order_is_ignored_and_the_full_list_is_asked_for_once_a_second() -> None:
+    clock = Clock()
+    outbox, heard = Outbox(), Heard(ME, per_sender=64, total=256, clock=clock)
+    _deliver(heard, outbox.messages(ME, _listing(0, 1)))
+    lost = outbox.messages(ME, _listing(0, 1, 2))  # a frame lost with a replaced connection
+    assert lost
+    later = _peers_messages(outbox.messages(ME, _listing(0, 1, 2, 3)))
+    _deliver(heard, later)
+    assert set(heard.ages()) == {OTHERS[0].peer_id, OTHERS[1].peer_id}  # not applied out of order
+    assert heard.out_of_step(SENDER)
+    assert not heard.out_of_step(SENDER)  # asked: not again within RESYNC_EVERY
+    _deliver(heard, _peers_messages(outbox.messages(ME, _listing(0, 1, 2, 3, 4))))
+    assert OTHERS[4].peer_id not in heard.ages()  # still out of step: deltas ignored
+    clock.now += RESYNC_EVERY
+    assert heard.out_of_step(SENDER)  # no full list came: asked again
+    outbox.forget(ME)  # the sender honours the request: a full list and every record again
+    _deliver(heard, outbox.messages(ME, _listing(0, 4, 5)))
+    assert set(heard.ages()) == {OTHERS[i].peer_id for i in (0, 4, 5)}
+    assert not heard.out_of_step(SENDER)
+    _deliver(heard, outbox.messages(ME, _listing(4, 5)))
+    assert set(heard.ages()) == {OTHERS[4].peer_id, OTHERS[5].peer_id}
+
+
+def test_a_gap_in_the_records_stream_also_puts_the_sender_out_of_step() -> None:
+    outbox, heard = Outbox(), Heard(ME, per_sender=64, total=256, clock=Clock())
+    _deliver(heard, outbox.messages(ME, _listing(0)))
+    outbox.own(ME, RECORDS[OTHERS[0].peer_id])  # numbered, never delivered
+    _deliver(heard, outbox.messages(ME, _listing(0, 1)))
+    assert heard.out_of_step(SENDER)
+
+
+def test_relayed_ages_are_sent_again_on_a_refresh_and_only_then() -> None:
+    clock = Clock()
+    outbox, heard = Outbox(), Heard(ME, per_sender=64, total=256, clock=clock)
+    listing = _listing(0, 1)
+    ages = {OTHERS[1].peer_id: 2.0}  # 0 is our connection (standing), 1 is relayed
+    _deliver(heard, outbox.messages(ME, listing, ages))
+    assert heard.ages() == {OTHERS[0].peer_id: 0.0, OTHERS[1].peer_id: 2.0}
+    clock.now += 1.0
+    assert _peers_messages(outbox.messages(ME, listing, {OTHERS[1].peer_id: 2.5})) == []
+    refresh = _peers_messages(outbox.messages(ME, listing, {OTHERS[1].peer_id: 2.5}, again=True))
+    assert refresh[0]["add"] == [str(OTHERS[1].peer_id)] and refresh[0]["ages"] == [2.5]
+    _deliver(heard, refresh)
+    assert heard.ages() == {OTHERS[0].peer_id: 0.0, OTHERS[1].peer_id: 2.5}
+    # the relayed member becomes a connection of the sender: said at once, no refresh needed
+    _deliver(heard, outbox.messages(ME, listing, {}))
+    assert heard.ages() == {OTHERS[0].peer_id: 0.0, OTHERS[1].peer_id: 0.0}

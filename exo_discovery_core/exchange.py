@@ -191,7 +191,8 @@ class Heard:
         # by sender, by listed peer: when the vouch it relayed was made (None: standing, age 0)
         self._vouched: dict[PeerId, dict[PeerId, float | None]] = {}
         self._local: dict[PeerId, bool] = {}
-        self._count: dict[PeerId, int] = {}
+        self._count: dict[PeerId, int] = {}  # by listed peer: how many senders list it
+        self._local_count: dict[PeerId, int] = {}  # the same, senders on this host only
         self._records: dict[PeerId, PeerRecord] = {}
         self._next: dict[PeerId, int] = {}  # by sender: the number its next message must have
         self._gap: dict[PeerId, float] = {}  # by sender out of step: when we last asked it
@@ -201,7 +202,10 @@ class Heard:
     # -- what senders say ---------------------------------------------------------------------
 
     def peers(self, sender: PeerId, message: dict[str, Any], *, sender_on_this_host: bool) -> bool:
-        """A ``peers`` message, full or a delta; True if the set of listed peers changed."""
+        """A ``peers`` message, full or a delta; True if the candidates may have changed: a peer
+        is listed now by no sender or by a first one (of all, or of those on this host). When
+        one member goes, each of the others says so, and only the last of those changes
+        anything."""
         if "peers" not in message and ("add" in message or "remove" in message):
             return self._delta(sender, message)
         entries = message.get("peers")
@@ -223,9 +227,11 @@ class Heard:
         else:
             self._next.pop(sender, None)
         self._gap.pop(sender, None)
+        moved = self._local.get(sender, sender_on_this_host) != sender_on_this_host
+        changed = moved and self._set(sender, [])  # its old listing counted where it was
         self._local[sender] = sender_on_this_host
         self._vouched[sender] = wanted
-        return self._set(sender, list(wanted))
+        return self._set(sender, list(wanted)) or changed
 
     def _delta(self, sender: PeerId, message: dict[str, Any]) -> bool:
         """A delta on the sender's list: applied only in order on top of a numbered full list
@@ -312,12 +318,14 @@ class Heard:
         return news
 
     def forget(self, sender: PeerId) -> bool:
-        """``sender`` disconnected: what it said is no longer heard; True if the set changed."""
-        self._local.pop(sender, None)
+        """``sender`` disconnected: what it said is no longer heard; True if the candidates may
+        have changed (as for :meth:`peers`)."""
         self._vouched.pop(sender, None)
         self._next.pop(sender, None)
         self._gap.pop(sender, None)
-        return self._set(sender, [])
+        changed = self._set(sender, [])
+        self._local.pop(sender, None)
+        return changed
 
     def ages(self) -> dict[PeerId, float]:
         """By listed peer, seconds since the freshest vouch for it (0: a sender is connected
@@ -332,7 +340,8 @@ class Heard:
         return result
 
     def expire(self) -> bool:
-        """Drop the hearsay older than ``MEMBER_TTL``; True if the set of listed peers changed."""
+        """Drop the hearsay older than ``MEMBER_TTL``; True if the candidates may have changed
+        (as for :meth:`peers`)."""
         stale_before = self._clock() - MEMBER_TTL
         changed = False
         for sender, vouches in list(self._vouched.items()):
@@ -343,19 +352,28 @@ class Heard:
         return changed
 
     def _set(self, sender: PeerId, wanted: list[PeerId]) -> bool:
+        """``sender`` lists ``wanted`` now; True if a peer's count went from or to 0 (of all
+        senders, or of those on this host: whose loopback addresses are usable)."""
         old = set(self._lists.pop(sender, ()))
         if wanted:
             self._lists[sender] = wanted
         new = set(wanted)
-        for peer_id in new - old:
-            self._count[peer_id] = self._count.get(peer_id, 0) + 1
+        counts = [self._count, self._local_count] if self._local.get(sender) else [self._count]
+        changed = False
+        for count in counts:
+            for peer_id in new - old:
+                count[peer_id] = count.get(peer_id, 0) + 1
+                changed |= count[peer_id] == 1
+            for peer_id in old - new:
+                count[peer_id] -= 1
+                if not count[peer_id]:
+                    del count[peer_id]
+                    changed = True
         for peer_id in old - new:
-            self._count[peer_id] -= 1
-            if not self._count[peer_id]:
-                del self._count[peer_id]
+            if peer_id not in self._count:
                 self._records.pop(peer_id, None)
                 self._candidates.pop(peer_id, None)
-        return new != old
+        return changed
 
     # -- what we make of it -------------------------------------------------------------------
 
@@ -365,9 +383,7 @@ class Heard:
     def candidates(self, direct: Mapping[PeerId, PeerRecord] | None = None) -> list[PeerCandidate]:
         """One candidate per listed peer whose record (relayed, or ``direct`` if newer) names
         an address we may dial."""
-        local = {
-            pid for sender, ids in self._lists.items() if self._local.get(sender) for pid in ids
-        }
+        local = self._local_count
         result = []
         for peer_id in self._count:
             record = self._records.get(peer_id)

@@ -190,7 +190,10 @@ class ConnectionManager:
         self._tg: TaskGroup | None = None
         self._timer_wake = anyio.Event()
         self.liveness = Liveness(
-            identity.peer_id, interval=config.heartbeat_interval, dead_after=config.dead_after
+            identity.peer_id,
+            interval=config.heartbeat_interval,
+            dead_after=config.dead_after,
+            wake=self._wake_timer,
         )
 
     def connected(self) -> Mapping[PeerId, Address]:
@@ -537,25 +540,31 @@ class ConnectionManager:
                 continue  # a duplicate on its way out
             self.liveness.heard(conn.peer_id)
             if kind in liveness.FRAME_TYPES:
-                due = self.liveness.next_due
                 self._act(self.liveness.on_frame(conn.peer_id, message))
-                if self.liveness.next_due < due:
-                    self._timer_wake.set()
             else:
                 self._listener.received(conn.peer_id, conn.address, message)
 
     async def _timer(self) -> None:
         """The node's one timer: liveness (heartbeats, suspicions) and the duplicates' grace.
 
-        It sleeps until liveness has something due: a batch of heartbeats every interval, or
-        sooner a silence or a probe's wait running out (a report of a silent peer wakes it)."""
+        It sleeps until something is due: a batch of heartbeats every interval, sooner a
+        silence or a probe's wait running out, or a duplicate's grace ending; with nothing due
+        (no peer) it sleeps until woken (a peer added or reported, a grace begun)."""
         self.liveness.start()
         while True:
-            with anyio.move_on_after(max(0.0, self.liveness.next_due - time.monotonic())):
-                await self._timer_wake.wait()
-            self._timer_wake = anyio.Event()
-            self._act(self.liveness.tick())
-            self._sweep_grace()
+            now = time.monotonic()
+            due = min(self.liveness.next_due, min(self._grace.values(), default=math.inf))
+            if due > now:
+                with anyio.move_on_after(due - now):
+                    await self._timer_wake.wait()
+                self._timer_wake = anyio.Event()
+                continue  # woken (something falls due sooner) or the time came: look again
+            if self.liveness.next_due <= now:
+                self._act(self.liveness.tick(now))
+            self._sweep_grace(now)
+
+    def _wake_timer(self) -> None:
+        self._timer_wake.set()
 
     def _act(self, actions: liveness.Actions) -> None:
         """Send what liveness asks for (queued: never waiting on a stuck peer); drop the dead."""
@@ -594,6 +603,7 @@ class ConnectionManager:
         if reason == DUPLICATE:
             # the peer kept another connection of ours; give it time to arrive before we say "down"
             self._grace[conn.peer_id] = time.monotonic() + self._config.handshake_timeout
+            self._wake_timer()  # its end is due before anything else, perhaps
             return
         self._report_down(conn.peer_id, reason)
 
@@ -601,8 +611,7 @@ class ConnectionManager:
         if self._reported.pop(peer_id, None) is not None:
             self._listener.connection_down(peer_id, reason)
 
-    def _sweep_grace(self) -> None:
-        now = time.monotonic()
+    def _sweep_grace(self, now: float) -> None:
         for peer_id, deadline in list(self._grace.items()):
             if deadline <= now:
                 del self._grace[peer_id]

@@ -20,6 +20,10 @@ Lifeguard are the model, over the connections we already hold:
   its awareness score stretches the time a probe has to be answered. A late node also says so in
   its heartbeats (``a``, its score), and a peer's probes get as long as that peer's own score
   asks for: a node busy meshing is given time, a frozen one (which said nothing) is not.
+- **Nothing due, no wake-up.** A tick looks only at the partners and the suspects, never at every
+  connection, and the timer sleeps until the next thing due: a batch of heartbeats, a silence or a
+  probe's wait running out. With no partner and no suspect nothing is due (``next_due`` is
+  infinite) until a peer is added or reported, which calls ``wake``.
 
 The state machine takes the time as an argument and returns what to send, so the tests drive it
 with a clock of their own; :class:`ConnectionManager` runs the timer and does the sending.
@@ -27,8 +31,9 @@ with a clock of their own; :class:`ConnectionManager` runs the timer and does th
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +43,6 @@ WATCHERS = 1  # ring neighbours watched on each side
 MAX_AWARENESS = 3  # a late node gives probes up to (1 + 3) x confirm_within
 LATE_AFTER = 0.25  # seconds; a wake-up later than this raises the awareness score
 CALM_FOR = 2.0  # seconds of on-time wake-ups that lower it by one
-IDLE_WAIT = 1.0  # with no one to heartbeat, the timer still looks this often
 
 HEARTBEAT: dict[str, Any] = {"type": "hb"}
 WATCHING: dict[str, Any] = {"type": "hb", "w": 1}  # the sender watches the receiver
@@ -77,7 +81,6 @@ class _Peer:
     heard_at: float
     heard_stall: float  # the node's stall total when we last heard from the peer
     sent_at: float = float("-inf")
-    watches_us_until: float = float("-inf")  # it watches us: we heartbeat it back until then
     suspected_at: float | None = None
     suspected_stall: float = 0.0
     reported_at: float = float("-inf")  # last time another peer's report made us probe it
@@ -88,8 +91,16 @@ class _Peer:
 class Liveness:
     """Heartbeats, suspicion and confirmation for every connected peer of one node."""
 
-    def __init__(self, me: PeerId, *, interval: float, dead_after: float) -> None:
+    def __init__(
+        self,
+        me: PeerId,
+        *,
+        interval: float,
+        dead_after: float,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
         self.me = me
+        self._wake = wake  # called when something falls due sooner than the timer sleeps
         self.interval = interval
         self.dead_after = dead_after
         self.confirm_within = min(1.0, 0.4 * dead_after)
@@ -99,6 +110,8 @@ class Liveness:
         self.suspicions = 0  # raised so far (status, tests)
         self._peers: dict[PeerId, _Peer] = {}
         self._ring_partners: frozenset[PeerId] = frozenset()
+        self._watchers: dict[PeerId, float] = {}  # they watch us: heartbeated back until then
+        self._suspects: set[PeerId] = set()
         self._due: float | None = None  # when the timer should run next
         self._last_tick: float | None = None
         self._calm_since = 0.0
@@ -109,9 +122,13 @@ class Liveness:
         now = _now(now)
         self._peers[peer] = _Peer(heard_at=now, heard_stall=self.stalled)
         self._ring_partners = self._ring()
+        if peer in self._ring_partners:
+            self._due_by(now + self.interval)
 
     def remove(self, peer: PeerId) -> None:
         if self._peers.pop(peer, None) is not None:
+            self._watchers.pop(peer, None)
+            self._suspects.discard(peer)
             self._ring_partners = self._ring()
 
     def heard(self, peer: PeerId, now: float | None = None) -> None:
@@ -119,7 +136,9 @@ class Liveness:
         state = self._peers.get(peer)
         if state is not None:
             state.heard_at, state.heard_stall = _now(now), self.stalled
-            state.suspected_at = None
+            if state.suspected_at is not None:
+                state.suspected_at = None
+                self._suspects.discard(peer)
 
     def sent(self, peer: PeerId, now: float | None = None) -> None:
         """Any frame to ``peer``: a heartbeat to it can wait."""
@@ -138,7 +157,9 @@ class Liveness:
         if kind == "hb":
             state.awareness = _score(message.get("a"))
             if message.get("w") == 1:
-                state.watches_us_until = now + self.dead_after
+                if peer not in self._watchers and peer not in self._ring_partners:
+                    self._due_by(now + self.interval)  # a new partner: heartbeated back
+                self._watchers[peer] = now + self.dead_after
         elif kind == "probe":
             actions.send.append((peer, self._beat(HEARTBEAT)))
         elif kind == SUSPECT:
@@ -160,6 +181,7 @@ class Liveness:
             return  # one probe per report window, however often it is said
         state.reported_at = now
         self._suspect(PeerId(named), state, now, f"reported silent by {reporter}", actions)
+        self._due_by(now + self._confirm(state))  # the probe's wait may end before the next tick
 
     # -- the one timer ------------------------------------------------------------------------
 
@@ -170,9 +192,17 @@ class Liveness:
 
     @property
     def next_due(self) -> float:
-        """When the timer should run next (the driver sleeps until then, or until woken)."""
+        """When the timer should run next (the driver sleeps until then, or until woken);
+        infinite while nothing is due."""
         assert self._due is not None, "start() first"
         return self._due
+
+    def _due_by(self, when: float) -> None:
+        """Something falls due at ``when``: the timer must run by then (woken if asleep)."""
+        if self._due is not None and when < self._due:
+            self._due = when
+            if self._wake is not None:
+                self._wake()
 
     @property
     def last_tick(self) -> float | None:
@@ -187,7 +217,8 @@ class Liveness:
         self._measure_lateness(now)
         actions = Actions()
         partners = self.partners(now)
-        for peer, state in self._peers.items():
+        for peer in partners | self._suspects:
+            state = self._peers[peer]
             if peer in partners and now - state.sent_at >= 0.75 * self.interval:
                 beat = WATCHING if peer in self._ring_partners else HEARTBEAT
                 actions.send.append((peer, self._beat(beat)))
@@ -203,13 +234,15 @@ class Liveness:
                                            f"for {self._confirm(state):g} s"))  # fmt: skip
         for peer, _ in actions.dead:
             self.remove(peer)
-        self._due = self._next(now, partners)
+        self._due = self._next(now, self.partners(now) if actions.dead else partners)
         return actions
 
     def _next(self, now: float, partners: frozenset[PeerId]) -> float:
-        """The next heartbeat batch, or sooner a silence or a probe's wait running out."""
-        due = now + (self.interval if partners else IDLE_WAIT)
-        for peer, state in self._peers.items():
+        """The next heartbeat batch, or sooner a silence or a probe's wait running out;
+        infinite with no partner and no suspect."""
+        due = now + self.interval if partners else math.inf
+        for peer in partners | self._suspects:
+            state = self._peers[peer]
             if state.suspected_at is not None:
                 then, stall, wait = state.suspected_at, state.suspected_stall, self._confirm(state)
             elif peer in partners:
@@ -233,10 +266,9 @@ class Liveness:
     def _suspect(self, peer: PeerId, state: _Peer, now: float, why: str, actions: Actions) -> None:
         self.suspicions += 1
         state.suspected_at, state.suspected_stall, state.why = now, self.stalled, why
+        self._suspects.add(peer)
         actions.send.append((peer, PROBE))
         state.sent_at = now
-        if self._due is not None:  # the probe's wait may end before the next heartbeats
-            self._due = min(self._due, now + self._confirm(state))
 
     def _confirm(self, state: _Peer) -> float:
         """How long a probe of that peer may take: longer while we, or it, run late."""
@@ -258,8 +290,9 @@ class Liveness:
     def partners(self, now: float | None = None) -> frozenset[PeerId]:
         """The peers we heartbeat and watch: ring neighbours, and those that watch us."""
         now = _now(now)
-        back = {p for p, s in self._peers.items() if s.watches_us_until > now}
-        return self._ring_partners | back
+        for peer in [p for p, until in self._watchers.items() if until <= now]:
+            del self._watchers[peer]
+        return self._ring_partners | self._watchers.keys()
 
     def _ring(self) -> frozenset[PeerId]:
         ring = sorted([self.me, *self._peers])
@@ -273,7 +306,7 @@ class Liveness:
 
     @property
     def suspected(self) -> Iterable[PeerId]:
-        return [p for p, s in self._peers.items() if s.suspected_at is not None]
+        return list(self._suspects)
 
 
 def _now(now: float | None) -> float:

@@ -6,6 +6,7 @@ Each test plays the node's one timer (``tick``) and the frames that arrive (``he
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -336,3 +337,50 @@ def test_a_late_node_says_so_in_its_heartbeats() -> None:
     beats = [f for _, a in clock.actions for p, f in a.send if f.get("type") == "hb"]
     assert beats and all(f.get("a") == 1 for f in beats)
     assert live.on_frame(b, PROBE, now=clock.now).send == [(b, {"type": "hb", "a": 1})]
+
+
+# -- nothing due, no wake-up ---------------------------------------------------------------------
+
+
+def test_a_node_with_no_one_to_watch_has_nothing_due_until_a_peer_comes() -> None:
+    woken: list[float] = []
+    live = Liveness(_ids(1)[0], interval=INTERVAL, dead_after=DEAD_AFTER,
+                    wake=lambda: woken.append(live.next_due))  # fmt: skip
+    live.start(0.0)
+    live.tick(INTERVAL)
+    assert live.next_due == math.inf, "no peer: the timer sleeps until woken"
+    (b,) = _ids(1)
+    live.add(b, now=7.0)
+    assert woken == [7.0 + INTERVAL], "the new partner is heartbeated within an interval"
+    live.remove(b)
+    assert live.tick(live.next_due).send == [] and live.next_due == math.inf
+
+
+def test_a_report_wakes_a_sleeping_timer_for_the_probes_wait() -> None:
+    b, c = _ids(2)
+    woken: list[float] = []
+    live = Liveness(_ids(1)[0], interval=5.0, dead_after=20.0,
+                    wake=lambda: woken.append(live.next_due))  # fmt: skip
+    live.start(0.0)
+    live.add(b, now=0.0)
+    live.add(c, now=0.0)
+    live.tick(5.0)  # the timer sleeps until the next batch, at 10 s
+    live.on_frame(c, {"type": "suspect", "peer": str(b)}, now=6.0)
+    assert woken == [6.0 + live.confirm_within], "woken for the probe's wait, not at 10 s"
+    assert [p for p, _ in live.tick(live.next_due).dead] == [b]
+
+
+def test_a_tick_in_a_large_cluster_looks_at_its_partners_and_suspects_only() -> None:
+    peers = _ids(200)
+    live = _node(peers)
+    looked: set[PeerId] = set()
+    states = live._peers
+
+    class Watched(dict):  # type: ignore[type-arg]
+        def __getitem__(self, peer: PeerId) -> object:
+            looked.add(peer)
+            return states[peer]
+
+    live._peers = Watched(states)
+    live.tick(INTERVAL)
+    assert looked == set(live.partners(INTERVAL))

@@ -96,6 +96,10 @@ class PeerTable:
         if current is not None and current.expires is None:
             current.expires = time.monotonic() + ttl
 
+    def next_expiry(self) -> float | None:
+        """When the first failed source's set runs out (``time.monotonic``), None if none will."""
+        return min((k.expires for k in self._sets.values() if k.expires is not None), default=None)
+
     def expire(self) -> TableDiff:
         """Drop the sets of failed sources whose TTL ran out."""
         now = time.monotonic()

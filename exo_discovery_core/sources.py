@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ from .text import encodable
 log = logging.getLogger("exo_discovery.node")
 
 ON_CONNECTION_TIMEOUT = 5.0
-EXPIRE_EVERY = 1.0  # seconds between looks for failed plugins' sets past their TTL
 
 
 @dataclass
@@ -63,8 +63,11 @@ class PluginSources:
         def on_set(plugin: str, candidates: Any) -> None:
             table.replace(plugin, candidates)
 
+        failed = anyio.Event()  # a failed plugin's set has a deadline now
+
         def on_error(plugin: str, message: str) -> None:
             table.source_failed(plugin, config.peer_ttl)
+            failed.set()
             self.report(plugin, "failing", message)
 
         def on_recovered(plugin: str) -> None:
@@ -81,8 +84,14 @@ class PluginSources:
             )
 
         async def expire_failed() -> None:
+            """Drop a failed plugin's set when its TTL runs out; asleep while none is failing."""
+            nonlocal failed
             while True:
-                await anyio.sleep(EXPIRE_EVERY)
+                deadline = table.next_expiry()
+                wait = math.inf if deadline is None else deadline - time.monotonic()
+                with anyio.move_on_after(wait):
+                    await failed.wait()
+                failed = anyio.Event()
                 table.expire()
 
         tg.start_soon(expire_failed)

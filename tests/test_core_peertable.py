@@ -102,11 +102,14 @@ def test_a_failed_source_is_kept_until_its_ttl(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     table = PeerTable(ME)
     table.replace("flaky", [at(1, str(A))])
+    assert table.next_expiry() is None, "nothing failing: nothing to wake up for"
     table.source_failed("flaky", ttl=5)
+    assert table.next_expiry() == 1005.0
     now[0] += 4
     assert not table.expire() and str(A) in table.merged()
     now[0] += 2
     assert keys(table.expire())["removed"] == [str(A)]
+    assert table.next_expiry() is None
 
 
 def test_a_snapshot_stays_as_it_was() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sized
 from typing import TypeVar
@@ -98,16 +99,19 @@ async def poll(
     """Yield ``await fetch()`` when it differs from the last good one; forever, until closed.
 
     ``interval`` may be a function, asked before every wait, for a source that says when to ask
-    again (an HTTP answer's refresh header). ``timeout`` bounds a fetch that hangs (default: the
+    again (an HTTP answer's refresh header). ``math.inf`` means nothing it reads can change:
+    after a good fetch it is asked again only when ``trigger`` is set (after a failure it backs
+    off as always, from ``max_backoff``). ``timeout`` bounds a fetch that hangs (default: the
     interval, at least 5 s). Errors other than cancellation are caught: a bug in ``fetch`` is
     logged with its traceback, once. Health goes to ``report_health`` (ok with what was fetched,
     or the failure), an idle :class:`SourceError` to ``report_idle`` (pass the context's).
     """
     interval_now = interval if callable(interval) else (lambda: interval)
     first = interval_now()
-    backoff = Backoff(initial=max(first, 0.05), maximum=max(max_backoff, first))
+    every = first if math.isfinite(first) else max_backoff  # what the backoff starts from
+    backoff = Backoff(initial=max(every, 0.05), maximum=max(max_backoff, every))
     trigger = trigger or Trigger()
-    limit = timeout if timeout is not None else max(first, 5.0)
+    limit = timeout if timeout is not None else max(every, 5.0)
     said = LogOnce(log)
     last: T | None = None
     have_last = False
@@ -138,9 +142,10 @@ async def poll(
                 last, have_last = result, True
                 yield result
         if problem is not None and idle:
-            if said.changed(what, problem):
-                log.info("%s: %s (idle; asking again every %g s)", what, problem, interval_now())
             delay = interval_now()
+            delay = delay if math.isfinite(delay) else every  # idle: it may appear, keep asking
+            if said.changed(what, problem):
+                log.info("%s: %s (idle; asking again every %g s)", what, problem, delay)
         elif problem is not None:
             if said.changed(what, problem):
                 kept = "keeping the last good result; " if failing is None else ""

@@ -417,3 +417,22 @@ async def test_doctor_reports_entries_names_and_file(tmp_path: Path) -> None:
 
     [idle] = await bootstrap_plugin.doctor(context({}))
     assert idle.ok and "idle" in idle.detail
+
+
+@pytest.mark.parametrize(
+    ("config", "settled"),
+    [
+        ({"peers": ["10.0.0.2:7", f"/ip6/fd00::2/tcp/7/p2p/{OTHER}"]}, True),
+        ({"peers": [f"127.0.0.1:{NODE_PORT}", "[::1]:1"]}, True),  # loopback is always this node
+        ({"peers": [f"10.0.0.2:{NODE_PORT}"]}, False),  # this node's? the interfaces say
+        ({"peers": ["10.0.0.2:7", "/dns/cluster.test/tcp/7"]}, False),
+        ({"peers": ["_exo._tcp.cluster.test"]}, False),
+        ({"peers_file": "/nonexistent/peers.txt"}, False),
+    ],
+)
+def test_only_what_can_change_is_read_again(config: dict[str, Any], settled: bool) -> None:
+    """Literal addresses only: one round, then the plugin costs nothing (no 2 s rounds)."""
+    from exo_discovery_bootstrap.plugin import _Round
+
+    ctx = context(config)
+    assert _Round(bootstrap_plugin, ctx, ctx.config).settled is settled

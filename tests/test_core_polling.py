@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -165,3 +166,29 @@ async def test_events_replay_what_happened_before_subscribing() -> None:
             assert (await next_event(events, "started", timeout=1)).peer_id == node.peer_id
             found = await next_event(events, "peer_discovered", timeout=1)
             assert found.addresses == ["127.0.0.1:5"]
+
+
+async def test_an_infinite_interval_asks_again_only_when_triggered() -> None:
+    """A source that nothing can change (literal addresses) is not woken up to be asked again."""
+    waits: list[float] = []
+
+    class Recording(Trigger):
+        async def wait(self, timeout: float) -> None:
+            waits.append(timeout)
+            await super().wait(timeout)
+
+    trigger = Recording()
+    calls = 0
+
+    async def fetch() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    with anyio.fail_after(5):
+        stream = poll(fetch, interval=math.inf, log=log, what="static", trigger=trigger)
+        assert await stream.__anext__() == 1
+        trigger.set()
+        assert await stream.__anext__() == 2
+        await stream.aclose()
+    assert waits == [math.inf], "between the two fetches it slept until the trigger"

@@ -2,7 +2,8 @@
 
 Each round (``refresh_interval``) re-reads the peers file, looks every SRV name up again,
 re-resolves every DNS name and yields the whole candidate set when it changed (the core's
-``poll`` does the loop). Dialing, backoff and reconnecting to a peer that comes up later are the
+``poll`` does the loop). With literal addresses only there is nothing to re-read: one round, and
+the plugin sleeps until the node stops. Dialing, backoff and reconnecting to a peer that comes up later are the
 node's job: this plugin only keeps reporting.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import ipaddress
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +72,8 @@ class BootstrapConfig(BaseModel):
     )
     refresh_interval: float = option(
         2.0,
-        help="Seconds between rounds (file re-read, DNS names re-resolved)",
+        help="Seconds between rounds (file re-read, DNS names re-resolved; literal addresses "
+        "only: one round)",
         flag="--bootstrap-refresh-interval",
         env="EXO_BOOTSTRAP_REFRESH_INTERVAL",
         gt=0,
@@ -124,9 +128,11 @@ class BootstrapPlugin:
         self, context: DiscoveryContext[BootstrapConfig], config: BootstrapConfig
     ) -> PeerSets:
         round_ = _Round(self, context, config)
+        # literal addresses only: the first round's answer stands, and no round is due again
+        interval = math.inf if round_.settled else config.refresh_interval
         async for peers in poll(
             round_.fetch,
-            interval=config.refresh_interval,
+            interval=interval,
             log=context.log,
             what="bootstrap peers",
             timeout=config.dns_timeout + 5.0,
@@ -260,6 +266,25 @@ class _Round:
     @property
     def log(self) -> logging.Logger:
         return self.context.log
+
+    @property
+    def settled(self) -> bool:
+        """Nothing a round reads can change: no peers file, no name to resolve, and no entry
+        at this node's own port that only the interfaces could tell from this node (loopback
+        is always this node)."""
+        if self.config.peers_file is not None:
+            return False
+        own_port = self.context.node.port
+        for entry in self.config.entries:
+            if entry.is_name or entry.is_srv:
+                return False
+            try:
+                loopback = ipaddress.ip_address(entry.host).is_loopback
+            except ValueError:
+                return False
+            if entry.port == own_port and not loopback:
+                return False
+        return True
 
     async def fetch(self) -> frozenset[PeerCandidate]:
         entries = self.config.entries + await self._file_entries()

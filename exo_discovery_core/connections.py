@@ -22,13 +22,13 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import handshake, liveness, records, wire
 from .config import NodeConfig
@@ -53,7 +53,6 @@ KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
 OUTBOX = 64  # frames queued for one peer; a peer that lets more pile up is not reading: closed
-_CLOSED_OUTBOX = (anyio.ClosedResourceError, anyio.BrokenResourceError)  # closing, or its writer ended
 _STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.IncompleteRead,
@@ -135,6 +134,45 @@ class Opened:
     record: PeerRecord
 
 
+class Outbox:
+    """The frames queued for one connection's writer: queueing never waits, at most ``limit``
+    are held, and the writer takes all that are there at once (one write for a burst)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.closed = False  # closing, or its writer ended: nothing more is queued
+        self._frames: deque[dict[str, Any]] = deque()
+        self._ready = anyio.Event()
+
+    def put(self, message: dict[str, Any]) -> bool:
+        """Queue ``message``; False when closed. ``OverflowError`` when ``limit`` are queued."""
+        if self.closed:
+            return False
+        if len(self._frames) >= self.limit:
+            raise OverflowError(f"{self.limit} frames queued")
+        self._frames.append(message)
+        self._ready.set()
+        return True
+
+    def close(self) -> None:
+        """Queue nothing more; the writer sends what is queued, then ends."""
+        self.closed = True
+        self._ready.set()
+
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """What is queued, in order, as it comes; ends once closed and sent."""
+        while True:
+            if self._frames:
+                batch = list(self._frames)
+                self._frames.clear()
+                yield batch
+            elif self.closed:
+                return
+            else:
+                await self._ready.wait()
+                self._ready = anyio.Event()
+
+
 @dataclass(eq=False)
 class Connection:
     peer_id: PeerId
@@ -150,14 +188,10 @@ class Connection:
     writing: bool = False  # its writer runs (a connection only verified never gets one)
     frames_read: int = 0  # since it opened: what frame_rate let through
     written: anyio.Event = field(default_factory=anyio.Event)  # the writer is done
-    outbox: MemoryObjectSendStream[dict[str, Any]] = field(init=False)
-    _queued: MemoryObjectReceiveStream[dict[str, Any]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        # one writer per connection (ConnectionManager._write) seals and sends what is queued
-        # here: nothing ever cancels a frame half way, which would put the two ends' nonces
-        # out of step, and no sender waits on a peer that does not read
-        self.outbox, self._queued = anyio.create_memory_object_stream[dict[str, Any]](OUTBOX)
+    # one writer per connection (ConnectionManager._write) seals and sends what is queued here:
+    # nothing ever cancels a frame half way, which would put the two ends' nonces out of step,
+    # and no sender waits on a peer that does not read
+    outbox: Outbox = field(default_factory=lambda: Outbox(OUTBOX))
 
 
 class ConnectionManager:
@@ -188,7 +222,7 @@ class ConnectionManager:
         self._reported: dict[PeerId, Address] = {}
         self._grace: dict[PeerId, float] = {}
         self._tg: TaskGroup | None = None
-        self._timer_wake = anyio.Event()
+        self._timer_sleep: anyio.CancelScope | None = None  # the timer's, while it sleeps
         self.liveness = Liveness(
             identity.peer_id,
             interval=config.heartbeat_interval,
@@ -393,26 +427,26 @@ class ConnectionManager:
     def _send(self, conn: Connection, message: dict[str, Any]) -> bool:
         """Queue ``message`` for the connection's writer (never waits); False if it is going."""
         try:
-            conn.outbox.send_nowait(message)
-        except anyio.WouldBlock:
+            if not conn.outbox.put(message):
+                return False  # closing
+        except OverflowError:
             conn.close_reason = conn.close_reason or f"not reading ({OUTBOX} frames queued)"
             conn.scope.cancel()
             return False
-        except _CLOSED_OUTBOX:
-            return False  # closing
         self.liveness.sent(conn.peer_id)
         return True
 
     async def _write(self, conn: Connection) -> None:
-        """The connection's one writer: frames go out whole and in order."""
+        """The connection's one writer: frames go out whole and in order, what was queued
+        meanwhile in one write."""
         try:
-            async with conn._queued:
-                async for message in conn._queued:
-                    await conn.channel.send(message, math.inf)
+            async for batch in conn.outbox.batches():
+                await conn.channel.send_all(batch)
         except _STREAM_ERRORS:
             conn.close_reason = conn.close_reason or "connection lost"
             conn.scope.cancel()
         finally:
+            conn.outbox.close()
             conn.written.set()
 
     async def close(self, peer_id: PeerId, reason: str) -> None:
@@ -555,16 +589,19 @@ class ConnectionManager:
             now = time.monotonic()
             due = min(self.liveness.next_due, min(self._grace.values(), default=math.inf))
             if due > now:
-                with anyio.move_on_after(due - now):
-                    await self._timer_wake.wait()
-                self._timer_wake = anyio.Event()
+                # a plain sleep (a timeout's expiry would cancel the task, twice a second);
+                # what falls due sooner cancels the scope instead, which is rare
+                with anyio.CancelScope() as self._timer_sleep:
+                    await anyio.sleep(due - now)
+                self._timer_sleep = None
                 continue  # woken (something falls due sooner) or the time came: look again
             if self.liveness.next_due <= now:
                 self._act(self.liveness.tick(now))
             self._sweep_grace(now)
 
     def _wake_timer(self) -> None:
-        self._timer_wake.set()
+        if self._timer_sleep is not None:
+            self._timer_sleep.cancel()
 
     def _act(self, actions: liveness.Actions) -> None:
         """Send what liveness asks for (queued: never waiting on a stuck peer); drop the dead."""
@@ -584,8 +621,8 @@ class ConnectionManager:
         bye = {"type": "bye", "reason": reason}
         with anyio.move_on_after(0.5, shield=True):
             if conn.writing:
-                with contextlib.suppress(anyio.WouldBlock, *_CLOSED_OUTBOX):
-                    conn.outbox.send_nowait(bye)
+                with contextlib.suppress(OverflowError):
+                    conn.outbox.put(bye)
                 conn.outbox.close()
                 await conn.written.wait()
             else:  # nothing else is sending on it, and it closes right after

@@ -292,7 +292,7 @@ async def test_dropping_a_peer_whose_writer_already_ended_leaves_the_node_runnin
         async with run_node({"static": plugin}) as b:
             await next_event(events, "connected", timeout=10, peer_id=b.peer_id)
             conn = a.connections._current[b.peer_id]
-            conn._queued.close()  # its writer ends, as when a send fails
+            conn.outbox.close()  # its writer ends, as when a send fails
             with anyio.fail_after(5):
                 await conn.written.wait()
             await a.connections._close(conn, "test: dropped")  # raises nothing

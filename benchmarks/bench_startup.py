@@ -31,7 +31,7 @@ RUNS = 10
 TARGET_RATIO = 1.5
 REFERENCE = [sys.executable, "-c", "import pluggy, httpx, pydantic, zeroconf"]
 ALL_DEPS = [sys.executable, "-c", "import pluggy, httpx, pydantic, zeroconf, anyio, click, base58, "
-            "platformdirs, ifaddr, cryptography.hazmat.primitives.asymmetric.ed25519"]  # fmt: skip
+            "platformdirs, ifaddr, nacl.bindings"]  # fmt: skip
 RSS_TARGET_MIB = 40.0
 RSS_RUNS = 3
 IDLE_S = 3.0
@@ -41,9 +41,7 @@ RSS_STEPS = [
     ("the interpreter", "pass"),
     ("asyncio (with ssl and hashlib: OpenSSL's libcrypto)", "import asyncio"),
     ("pydantic (pydantic-core)", "from pydantic import BaseModel"),
-    ("cryptography (Ed25519, X25519, ChaCha20-Poly1305: its Rust bindings)",
-     "from cryptography.hazmat.primitives.asymmetric import ed25519, x25519\n"
-     "from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305"),
+    ("PyNaCl (libsodium: Ed25519, X25519, ChaCha20-Poly1305)", "import nacl.bindings"),
     ("anyio with a running loop, click, pluggy, importlib.metadata",
      "import anyio, click, pluggy, importlib.metadata\nanyio.run(anyio.sleep, 0)"),
     ("the core, its CLI and the bootstrap plugin (modules and their other imports)",
@@ -186,7 +184,7 @@ def run() -> list[Row]:
         rows.append(Row(NAME, "importing every runtime dependency, median", all_deps, "s",
                         "`python -c 'import pluggy, httpx, pydantic, zeroconf'`", reference,
                         note="the same plus anyio, click, base58, platformdirs, ifaddr and "
-                        "cryptography's ed25519: the floor for any command that loads the core "
+                        "PyNaCl: the floor for any command that loads the core "
                         f"and all plugins; `plugins` is {median(times['plugins']) / all_deps:.2f}x "
                         f"this, `id` {median(times['id']) / all_deps:.2f}x"))  # fmt: skip
         rows += _memory_rows(cwd, env)

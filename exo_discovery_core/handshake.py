@@ -31,12 +31,10 @@ from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import noise, wire
 from .clusterkey import Keyring
+from .crypto import Ed25519PublicKey, InvalidSignature, X25519PrivateKey
 from .identity import Identity, PeerId, forget_ids
 from .session import Reader, Session, frame, read_frame
 from .text import shown

@@ -19,12 +19,10 @@ from pydantic_core import core_schema
 from .files import write_private
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
+    from .crypto import Ed25519PrivateKey, Ed25519PublicKey
 
-# cryptography is imported where keys are used: parsing a peer id (every plugin does) needs none.
+# The keys (libsodium) are imported where they are used: parsing a peer id (every plugin does)
+# needs none.
 
 # protobuf PublicKey{Type: Ed25519 (1), Data: 32 bytes}: field 1 varint, field 2 length-delimited.
 _ED25519_PROTO_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
@@ -87,7 +85,7 @@ def _id_text(multihash: bytes) -> str:
 
 @functools.lru_cache(maxsize=_REMEMBERED)
 def _public_key(peer_id: str) -> Ed25519PublicKey:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from .crypto import Ed25519PublicKey
 
     raw = _b58decode(peer_id)[len(_IDENTITY_MULTIHASH_PREFIX + _ED25519_PROTO_PREFIX) :]
     return Ed25519PublicKey.from_public_bytes(raw)
@@ -152,7 +150,7 @@ class PeerId(str):
         return _public_key(str(self))
 
     def verify(self, signature: bytes, message: bytes) -> bool:
-        from cryptography.exceptions import InvalidSignature
+        from .crypto import InvalidSignature
 
         try:
             self.public_key().verify(signature, message)
@@ -186,7 +184,7 @@ class Identity:
 
     @classmethod
     def generate(cls) -> Identity:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from .crypto import Ed25519PrivateKey
 
         return cls(Ed25519PrivateKey.generate())
 
@@ -231,12 +229,11 @@ class Identity:
         return identity, old
 
     def _seed(self) -> bytes:
-        # the raw forms: cryptography's serialization package (PEM, SSH...) costs a node 0.6 MiB
         return self._key.private_bytes_raw()
 
     @classmethod
     def load(cls, path: Path) -> Identity:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from .crypto import Ed25519PrivateKey
 
         try:
             seed = path.read_bytes()

@@ -17,9 +17,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from .crypto import ChaCha20Poly1305, InvalidTag, X25519PrivateKey, X25519PublicKey
 
 MAX_MESSAGE = 65535  # §3: every Noise message, handshake or transport, is at most this long
 DHLEN = 32

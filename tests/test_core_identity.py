@@ -7,10 +7,10 @@ from pathlib import Path
 
 import base58
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric import ed25519 as reference
 from multiaddr import Multiaddr
 
+from exo_discovery_core.crypto import Ed25519PrivateKey
 from exo_discovery_core.identity import Identity, InvalidPeerId, PeerId, forget_ids
 
 # libp2p specs, peer-ids/peer-ids.md "Test vectors": an Ed25519 key pair as protobuf bytes.
@@ -27,10 +27,12 @@ def test_spec_vector_gives_the_identity_multihash_of_the_public_key_protobuf() -
     assert SPEC_PRIVATE[:4] == bytes([0x08, 0x01, 0x12, 0x40])  # PrivateKey{Ed25519, 64 bytes}
     seed, public = SPEC_PRIVATE[4:36], SPEC_PRIVATE[36:]
     identity = Identity(Ed25519PrivateKey.from_private_bytes(seed))
-    raw_public = identity.peer_id.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw_public = identity.peer_id.public_key().public_bytes_raw()
     assert raw_public == public == SPEC_PUBLIC[4:]
+    # and cryptography (OpenSSL) makes the same key of the seed
+    assert reference.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw() == (
+        raw_public
+    )
     # the spec: keys of <= 42 protobuf bytes use the identity multihash (0x00, length) of them
     assert base58.b58decode(identity.peer_id) == bytes([0x00, len(SPEC_PUBLIC)]) + SPEC_PUBLIC
     assert identity.peer_id.startswith("12D3KooW")

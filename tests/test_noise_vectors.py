@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from exo_discovery_core import noise
+from exo_discovery_core.crypto import X25519PrivateKey
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "noise"
 FILES = ("cacophony-25519-chachapoly.json", "snow-25519-chachapoly.json")

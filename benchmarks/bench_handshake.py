@@ -149,6 +149,7 @@ class _Recorder(anyio.abc.ByteStream):
 NODE_ITERATIONS = 500
 NODE_NAMESPACE = "exo-bench"
 HANDSHAKE_TIMEOUT = 5.0
+STAMPED = 10  # dials with each step stamped, after each block of first meetings
 # Each end on a core of its own, as on two machines: left to itself the scheduler wakes the
 # listener on the dialer's core, and its work on message 3 runs inside the dialer's send.
 PINNED = len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
@@ -389,14 +390,13 @@ async def _measure_nodes(
         for kind in ("tcp", "handshake", "bare", "memory"):
             await block(which, kind, False)
     for _ in range(iterations // BLOCK):
-        for which in range(len(nodes)):
+        for which, (result, address) in enumerate(zip(results, addresses, strict=True)):
             await block(which, "tcp", True)
             await block(which, "handshake", True)
+            for _ in range(STAMPED):
+                await _phases(nodes[which][2], address, result.phases)
         await block(last, "bare", True)
         await block(last, "memory", True)
-    for result, address, (_port, _pid, config) in zip(results, addresses, nodes, strict=True):
-        for _ in range(BLOCK * 2):
-            await _phases(config, address, result.phases)
     if profile:  # the dialer's side of first meetings with the keyed node
         profiler = cProfile.Profile()
         managers = [(_stranger(config), address) for _ in range(150)

@@ -160,28 +160,23 @@ PHASES = ("TCP connect", "message 1 made", "message 1 sent (the send call)",
           "message 3 sent (the send call)", "the node's record verified")  # fmt: skip
 
 
-# The node's side of a handshake without its work, in a process of its own: what the connect and
-# the three messages cost between two processes (argv: the three sizes; prints its port).
-EXCHANGE_PROCESS = """
-import sys, anyio
-from exo_discovery_core.session import Reader
-first, answer, third = map(int, sys.argv[1:4])
-async def serve(stream):
-    try:
-        receive = Reader(stream)
-        await receive.receive_exactly(first)
-        await stream.send(bytes(answer))
-        await receive.receive_exactly(third)
-    except Exception:
-        pass
-    finally:
-        await anyio.aclose_forcefully(stream)
-async def main():
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    print(listener.extra(anyio.abc.SocketAttribute.local_port), flush=True)
-    await listener.serve(serve)
-anyio.run(main)
-"""
+# The node's side of a handshake without its work (_serve_exchange), in a process of its own:
+# what the connect and the three messages cost between two processes (argv: the three sizes).
+EXCHANGE_PROCESS = (
+    "import sys; from benchmarks.bench_handshake import serve_exchange; serve_exchange()"
+)
+
+
+def serve_exchange() -> None:
+    """The exchange process: prints its port, then serves until it is ended."""
+    first, answer, third = map(int, sys.argv[1:4])
+
+    async def main() -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        print(listener.extra(anyio.abc.SocketAttribute.local_port), flush=True)
+        await listener.serve(lambda s: _serve_exchange(s, (first, answer, third)))
+
+    anyio.run(main)
 
 
 class _Unheard:
@@ -239,7 +234,8 @@ async def _tcp_connect(address: Address) -> float:
 
 
 async def _bare_exchange(port: int, sizes: tuple[int, int, int]) -> float:
-    """The three messages' bytes to the exchange process, timed as a first meeting is."""
+    """The three messages' bytes to a listener that only reads, answers and reads; seconds
+    until the last one is sent (the close follows), as a first meeting is timed."""
     first, answer, third = sizes
     started = time.perf_counter()
     stream = await anyio.connect_tcp("127.0.0.1", port)
@@ -556,15 +552,8 @@ async def _measure(profile: bool) -> _Measured:
         first, third = recorder.sent
         return first, recorder.received, third
 
-    async def dial_bare() -> None:
-        first, answer, third = result.sizes
-        stream = await anyio.connect_tcp("127.0.0.1", bare_port)
-        try:
-            await stream.send(bytes(first))
-            await Reader(stream).receive_exactly(answer)
-            await stream.send(bytes(third))
-        finally:
-            await stream.aclose()
+    async def dial_bare() -> None:  # timed with its close, as the one-process rows are
+        await _bare_exchange(bare_port, result.sizes)
 
     async def timed(dial: Dial, n: int, out: list[float]) -> None:
         for _ in range(n):

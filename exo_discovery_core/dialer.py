@@ -108,6 +108,7 @@ class _State:
     warned: set[str] = field(default_factory=set)
     upgrade: Backoff = field(default_factory=lambda: Backoff(1.0, UPGRADE_RETRY_MAX))
     upgrade_at: float = 0.0
+    paced: bool = False  # this dial took a token of the learned-dial pace
 
 
 class Dialer:
@@ -129,7 +130,10 @@ class Dialer:
         attempt_delay: float = ATTEMPT_DELAY,
     ) -> None:
         """``learned`` paces the dials of peers known only through ``mutual_source`` (hearsay:
-        whatever a peer says, it cannot make us dial faster than that)."""
+        whatever a peer says, it cannot make us dial faster than that); a dial whose handshake
+        proves the very peer we were told of gives its token back, so the pace bounds the dials
+        that hearsay wasted (at an address that is not that peer) and a real mesh of any size
+        is dialed at once."""
         self._me = me
         self._peers = peers
         self._links = links
@@ -258,14 +262,14 @@ class Dialer:
             if paced is not None and not paced.try_take():  # hearsay only: paced
                 soonest = min(soonest, paced.wait_time())
                 continue
-            state.busy = True
+            state.busy, state.paced = True, paced is not None
             due.append((peer, self._order(peer.addresses)))
         return due, soonest
 
     def _better_paths(self, peer: Peer, in_use: Address) -> list[Address]:
         """The peer's addresses on a better link class than the one in use, best first."""
-        if self._paths is None:
-            return []
+        if self._paths is None or all(a == in_use for a in peer.addresses):
+            return []  # nothing else to try (the common case): no link class to look up
         current = self._paths.link(in_use)
         return [a for a in self._order(peer.addresses) if self._paths.link(a) < current]
 
@@ -320,6 +324,8 @@ class Dialer:
             else:
                 reached = await self._connect(state, peer, order, failures)
             if reached:
+                if state.paced and self._learned is not None:  # proven: it was no hearsay
+                    self._learned.give_back()
                 state.last_reason = None
                 state.backoff.reset()
                 state.upgrade.reset()
@@ -338,7 +344,7 @@ class Dialer:
             state.last_reason = shown(reason, MAX_REASON)  # part may be the peer's
             state.next_at = self._clock() + delay
         finally:
-            state.busy = False
+            state.busy = state.paced = False
             self.wake()
 
     async def _one(

@@ -49,7 +49,7 @@ import binascii
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -96,10 +96,13 @@ class Outbox:
         ages: Mapping[PeerId, float] | None = None,
         *,
         again: bool = False,
+        has: Collection[PeerId] = (),
     ) -> list[dict[str, Any]]:
         """The messages to send ``recipient`` now, given the records of the peers we list (our
         connections; with relay our members, aged by ``ages``); ``again``: the hearsay ages
-        again even if unchanged (a refresh that keeps relayed members young)."""
+        again even if unchanged (a refresh that keeps relayed members young). The records of
+        the peers it ``has`` (its own connections: their handshakes showed it their records)
+        are not sent, until it no longer has them."""
         others = [r for pid, r in records.items() if pid != recipient][:MAX_PEERS]
         sent = self._sent.setdefault(recipient, {})
         listing = {
@@ -113,7 +116,7 @@ class Outbox:
         batch: list[str] = []
         size = 0
         for record in others:
-            if sent.get(record.peer_id) == record.seq:
+            if sent.get(record.peer_id) == record.seq or record.peer_id in has:
                 continue
             encoded = _b64(record)
             if batch and size + len(encoded) + 3 > _ROOM:
@@ -327,6 +330,14 @@ class Heard:
         self._local.pop(sender, None)
         return changed
 
+    def connections_of(self, sender: PeerId) -> set[PeerId]:
+        """The peers ``sender`` lists as its own connections (at age 0)."""
+        return {p for p, at in self._vouched.get(sender, {}).items() if at is None}
+
+    def listed(self) -> Collection[PeerId]:
+        """Every peer some sender lists."""
+        return self._count.keys()
+
     def ages(self) -> dict[PeerId, float]:
         """By listed peer, seconds since the freshest vouch for it (0: a sender is connected
         to it now)."""
@@ -427,9 +438,17 @@ def _record(entry: Any, wanted: set[PeerId]) -> PeerRecord | None:
     a signature is only worth checking for a peer we would keep)."""
     if not isinstance(entry, str) or len(entry) > 2 * wire.MAX_FRAME:
         return None
+    opened = _opened(entry)
+    return _verified(opened[1]) if opened is not None and opened[0] in wanted else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _opened(entry: str) -> tuple[PeerId, bytes] | None:
+    """Whose key a base64 envelope names (not verified) and its bytes; None if it is not one.
+    A mesh relays the same records again and again: each is decoded once."""
     try:
         data = base64.b64decode(entry, validate=True)
-        return _verified(data) if signer(data) in wanted else None
+        return signer(data), data
     except (binascii.Error, ValueError):  # not base64; an envelope that does not parse
         return None
 
@@ -486,6 +505,10 @@ class PeerExchange:
         self._tg: TaskGroup | None = None  # run()'s: refreshes and replies are its tasks
         self._stale: anyio.Event | None = None  # set when what was heard changed (run() makes it)
         self._resent: dict[PeerId, float] = {}  # by connected peer: our last full list on request
+        # the newest record each listed peer showed us in a handshake, kept after its connection
+        # ends: with it the peer stays a candidate while others list it (they do not send us the
+        # records of our own connections)
+        self._direct: dict[PeerId, PeerRecord] = {}
 
     def record(self, peer_id: PeerId) -> PeerRecord | None:
         """The newest record of ``peer_id`` that a peer relayed (None if none did)."""
@@ -504,8 +527,11 @@ class PeerExchange:
         if kind == "peers":
             ip = sender_address.ip
             here = ip is not None and ip.is_loopback
+            had = self._heard.connections_of(sender)
             if self._heard.peers(sender, message, sender_on_this_host=here):
                 self._refresh()
+            if had - self._heard.connections_of(sender) and self._tg is not None:
+                self.announce(self._tg)  # the records it had from those connections: ours now
         else:
             news = self._heard.records(sender, message)
             for record in news:
@@ -543,7 +569,13 @@ class PeerExchange:
             self._stale.set()
 
     def _refresh_now(self) -> None:
-        self._table.replace(SOURCE, self._heard.candidates(self._links.records()))
+        listed, direct = self._heard.listed(), self._direct
+        for peer_id, record in self._links.records().items():
+            if record.newer_than(direct.get(peer_id)):
+                direct[peer_id] = record
+        for peer_id in [p for p in direct if p not in listed]:
+            del direct[peer_id]  # bounded by what is listed
+        self._table.replace(SOURCE, self._heard.candidates(direct))
 
     def listed(self) -> tuple[dict[PeerId, PeerRecord], dict[PeerId, float]]:
         """The records of the peers we list, and their ages: our connections (age 0), and with
@@ -572,7 +604,8 @@ class PeerExchange:
             self._announcing = False
             listed, ages = self.listed()
             for peer_id in self._links.records():
-                for message in self._outbox.messages(peer_id, listed, ages, again=again):
+                has = self._heard.connections_of(peer_id)
+                for message in self._outbox.messages(peer_id, listed, ages, again=again, has=has):
                     if not await self._links.send(peer_id, message):
                         self._outbox.forget(peer_id)  # it is going; start afresh if it returns
                         break

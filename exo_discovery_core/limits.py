@@ -56,6 +56,12 @@ class TokenBucket:
             return True
         return False
 
+    def give_back(self) -> None:
+        """Return a token taken for what turned out to need no pacing (a dial whose handshake
+        proved it reached the very peer it was told of)."""
+        self._refill()
+        self._tokens = min(self.burst, self._tokens + 1)
+
     def wait_time(self) -> float:
         """Seconds until a token is there (0 if one is)."""
         self._refill()

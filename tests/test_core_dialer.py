@@ -314,3 +314,26 @@ async def test_a_peer_its_first_handshake_named_is_not_dialed_again_while_it_is_
     assert links.dialed == [address(1)]
     clock.now += 6  # never kept (lost to another connection): dialed again after a while
     assert [p.peer_id for p in await dial_due(dialer)] == [peer]
+
+
+async def test_a_dial_that_proves_the_peer_gives_its_pace_token_back_a_failed_one_not() -> None:
+    """Hearsay dials are paced (burst 2, and no refill to speak of here): 6 real peers are all
+    dialed at once, as each dial reached the peer it was told of; of 6 made-up ones (every
+    address refuses) only the burst is dialed."""
+    from exo_discovery_core.limits import TokenBucket
+
+    me, *others = sorted(Identity.generate().peer_id for _ in range(13))  # the lowest: it dials
+    real, fake = others[:6], others[6:]
+    outcomes: dict[Address, PeerId | DialError] = {address(i + 1): p for i, p in enumerate(real)}
+    outcomes |= {address(i + 101): DialError("connection refused") for i in range(6)}
+    for peers, base in ((real, 1), (fake, 101)):
+        table, links, clock = PeerTable(me), Links(outcomes), Clock()
+        table.replace("exchange", [
+            PeerCandidate.at("127.0.0.1", base + i, str(p)) for i, p in enumerate(peers)
+        ])  # fmt: skip
+        bucket = TokenBucket(rate=1e-6, burst=2)
+        dialer = Dialer(me, table.merged, links, learned=bucket, clock=clock)
+        dialed: list[Peer] = []
+        for _ in range(len(peers)):  # one due() after each round of dials, as the loop does
+            dialed += await dial_due(dialer)
+        assert len(dialed) == (len(peers) if peers is real else 2)

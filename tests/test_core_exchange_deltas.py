@@ -113,3 +113,54 @@ def test_relayed_ages_are_sent_again_on_a_refresh_and_only_then() -> None:
     # the relayed member becomes a connection of the sender: said at once, no refresh needed
     _deliver(heard, outbox.messages(ME, listing, {}))
     assert heard.ages() == {OTHERS[0].peer_id: 0.0, OTHERS[1].peer_id: 0.0}
+
+
+def _records_sent(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m["records"]) for m in messages if m["type"] == "records")
+
+
+def test_the_records_of_the_recipients_own_connections_wait_until_it_no_longer_has_them() -> None:
+    outbox = Outbox()
+    listing = _listing(0, 1, 2)
+    has = {OTHERS[0].peer_id, OTHERS[1].peer_id}  # it lists them as its connections
+    assert _records_sent(outbox.messages(ME, listing, has=has)) == 1
+    assert _records_sent(outbox.messages(ME, listing, has=has)) == 0
+    assert _records_sent(outbox.messages(ME, listing, has={OTHERS[0].peer_id})) == 1
+
+
+def test_a_peer_whose_connection_ended_stays_a_candidate_while_another_lists_it() -> None:
+    """Others do not send us the records of our own connections; the record its handshake
+    showed is kept, so when the connection ends the peer is still dialable."""
+    from exo_discovery_core.exchange import PeerExchange
+    from exo_discovery_core.peertable import PeerTable
+
+    peer = OTHERS[0].peer_id
+
+    class Links:
+        def __init__(self) -> None:
+            self.up: dict[PeerId, PeerRecord] = {peer: RECORDS[peer], SENDER: RECORDS[peer]}
+
+        def connected(self) -> dict[PeerId, Address]:
+            return {}
+
+        def records(self) -> dict[PeerId, PeerRecord]:
+            return dict(self.up)
+
+        def update_record(self, record: PeerRecord) -> bool:
+            return False
+
+        async def send(self, peer_id: PeerId, message: dict[str, Any]) -> bool:
+            return True
+
+    links, table = Links(), PeerTable(ME)
+    exchange = PeerExchange(ME, table, links, per_sender=64, total=256)
+    sender_at = Address(host="127.0.0.1", port=5000)
+    exchange.received(SENDER, sender_at, {"type": "peers", "peers": [str(peer)], "n": 0})
+    assert table.get(peer) is not None
+    del links.up[peer]  # its connection ended; the sender never sent its record
+    exchange.forget(peer)
+    other = OTHERS[1].peer_id  # the sender connects to another: the table is made again
+    exchange.received(SENDER, sender_at, {"type": "peers", "n": 1, "add": [str(other)]})
+    assert table.get(other) is None  # no record of it yet
+    kept = table.get(peer)
+    assert kept is not None and kept.addresses == RECORDS[peer].addresses

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import platformdirs
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -50,6 +49,14 @@ _RESERVED_PLUGIN_KEYS = ("enabled", "disabled")
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the file, key, env var or flag at fault."""
+
+
+def default_state_dir() -> Path:
+    """The platform's state dir for exo-discovery (``~/.local/state/exo-discovery`` on Linux);
+    platformdirs is imported only when no state dir is given."""
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("exo-discovery"))
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
@@ -89,7 +96,7 @@ class NodeConfig(BaseModel):
         le=65535,
     )
     state_dir: Path = option(
-        Path(platformdirs.user_state_dir("exo-discovery")),
+        default_factory=default_state_dir,
         help="Where the node keeps its key and status socket",
         flag="--state-dir",
         env="EXO_DISCOVERY_STATE_DIR",

@@ -13,15 +13,26 @@ from collections.abc import Sequence
 import click
 from pydantic import BaseModel
 
-from .optionhelp import option_helps
+from .optionhelp import OptionHelp, option_helps
 
 
 class OwnedOption(click.Option):
-    """A flag made from an ``option`` declaration; ``owner`` is ``node`` or the plugin's name."""
+    """A flag made from an ``option`` declaration; ``owner`` is ``node`` or the plugin's name.
 
-    def __init__(self, *args: object, owner: str, **kwargs: object) -> None:
+    Its help text (``helped``'s) is made when ``--help`` shows it: building the command line of
+    ``run`` then works out no default (the state dir's comes from platformdirs)."""
+
+    def __init__(
+        self, *args: object, owner: str, helped: OptionHelp | None = None, **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.owner = owner
+        self._helped = helped
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        if self._helped is not None:
+            self.help, self._helped = self._helped.flag_help, None
+        return super().get_help_record(ctx)
 
 
 class GroupedCommand(click.Command):
@@ -67,7 +78,7 @@ def flag_options(models: Sequence[tuple[str, type[BaseModel]]]) -> list[click.Op
                     OwnedOption(
                         [f"{flag}/{negative}", name],
                         default=None,
-                        help=helped.flag_help,
+                        helped=helped,
                         owner=owner,
                     )
                 )
@@ -77,7 +88,7 @@ def flag_options(models: Sequence[tuple[str, type[BaseModel]]]) -> list[click.Op
                     OwnedOption(
                         [flag, name],
                         default=None,
-                        help=helped.flag_help,
+                        helped=helped,
                         metavar="KEY=VALUE" if table else "VALUE",
                         multiple=table,  # a table (--meta): KEY=VALUE, repeatable
                         owner=owner,

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 import anyio
 
-from . import members
 from .text import MAX_LINE, shown
 
 if TYPE_CHECKING:
@@ -96,6 +95,8 @@ class LiveView:
                 self.draw()
 
     def draw(self) -> None:
+        from . import members  # the table layout: imported by a terminal's view, not under --json
+
         width, height = self.size()
         resized = self._last_size is not None and self._last_size != (width, height)
         self._last_size = (width, height)
@@ -106,6 +107,8 @@ class LiveView:
 
     def frame(self, width: int, height: int) -> list[str]:
         """The lines of one frame for a terminal of ``width`` x ``height``."""
+        from . import members
+
         status = self.status()
         connected = sum(1 for row in status.peers if row.state == "connected")
         node_id = status.peer_id if width >= 120 else f"{status.peer_id[:12]}…"

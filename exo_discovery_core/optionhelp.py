@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
@@ -65,8 +65,14 @@ class OptionHelp:
     env: str | None
     secret: bool
     needed: bool
-    default: str | None
-    help: str
+    info: FieldInfo = field(repr=False, compare=False)
+    help: str = ""
+
+    @property
+    def default(self) -> str | None:
+        """Worked out when asked: a default made by a factory (the state dir, from platformdirs)
+        is not computed for every command line that is built."""
+        return _default_text(self.info)
 
     @property
     def where(self) -> str:
@@ -128,7 +134,7 @@ def option_helps(model: type[BaseModel], table: str) -> list[OptionHelp]:
                 env=env,
                 secret=secret,
                 needed=bool(extra.get("exo_needed")),
-                default=_default_text(info),
+                info=info,
                 help=info.description or "",
             )
         )

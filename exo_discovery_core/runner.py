@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
-from . import members
 from .exitcodes import EXIT_INTERRUPTED
 from .liveview import LiveView, View
 
@@ -92,6 +91,8 @@ def _connected(status: Status) -> int:
 
 
 def _ready(status: Status, goal: Goal, took: float) -> None:
+    from . import members  # for --wait-for only: a node at rest never imports the table layout
+
     ids = members.short_ids(str(r.peer_id) for r in status.peers if r.state == "connected")
     goal.out.write(
         f"ready: {len(ids)} peer{'s' if len(ids) != 1 else ''} connected in {took:.1f} s "
@@ -102,6 +103,8 @@ def _ready(status: Status, goal: Goal, took: float) -> None:
 
 def _not_ready(status: Status, goal: Goal) -> None:
     """Which peers did not connect, and why, on stderr."""
+    from . import members
+
     lines = [
         f"error: {_connected(status)} of {goal.peers} peers connected within {goal.timeout:g} s"
     ]

@@ -48,6 +48,7 @@ import base64
 import binascii
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Protocol
@@ -72,6 +73,7 @@ RESYNC_EVERY = 1.0  # seconds: the least between two full lists sent on request 
 COALESCE = 0.05  # seconds: the table is refreshed once per burst of exchange messages
 RESYNC = {"type": "peers_resync"}
 ANNOUNCE_DELAY = (0.1, 0.3)  # seconds; random, so a mesh's announcements do not all coincide
+ANNOUNCE_GAP = 1.0  # seconds: the least between two deltas to one peer (its first list: at once)
 _ROOM = wire.MAX_FRAME - 64  # a records message's body, with room for its JSON around it
 log = logging.getLogger("exo_discovery.exchange")
 
@@ -88,6 +90,14 @@ class Outbox:
         self._sent: dict[PeerId, dict[PeerId, int]] = {}
         self._lists: dict[PeerId, dict[str, float]] = {}  # what the recipient holds: id -> age
         self._numbers: dict[PeerId, int] = {}
+        self._told_at: dict[PeerId, float] = {}  # when the recipient was last sent anything
+
+    def due_in(self, recipient: PeerId, now: float) -> float:
+        """Seconds until ``recipient`` may be sent a delta again (0: now; a new recipient, whose
+        first list is how it learns the mesh, at once)."""
+        if recipient not in self._lists:
+            return 0.0
+        return max(0.0, self._told_at.get(recipient, -ANNOUNCE_GAP) + ANNOUNCE_GAP - now)
 
     def messages(
         self,
@@ -127,6 +137,8 @@ class Outbox:
             sent[record.peer_id] = record.seq
         if batch:
             out.append({"type": "records", "records": batch})
+        if out:
+            self._told_at[recipient] = time.monotonic()
         return [self.numbered(recipient, message) for message in out]
 
     def own(self, recipient: PeerId, record: PeerRecord) -> dict[str, Any]:
@@ -143,6 +155,7 @@ class Outbox:
         """Start afresh with ``recipient``: a full list and every record next time."""
         self._sent.pop(recipient, None)
         self._lists.pop(recipient, None)
+        self._told_at.pop(recipient, None)
 
 
 def _change(
@@ -197,6 +210,7 @@ class Heard:
         self._count: dict[PeerId, int] = {}  # by listed peer: how many senders list it
         self._local_count: dict[PeerId, int] = {}  # the same, senders on this host only
         self._records: dict[PeerId, PeerRecord] = {}
+        self._ids: dict[str, PeerId] = {}  # the peers counted, by their text
         self._next: dict[PeerId, int] = {}  # by sender: the number its next message must have
         self._gap: dict[PeerId, float] = {}  # by sender out of step: when we last asked it
         # by listed peer: the record and locality its candidate was made from, and the candidate
@@ -292,7 +306,9 @@ class Heard:
             ages = [0] * len(entries)
         now = self._clock()
         for entry, age in zip(entries[:MAX_PEERS], ages, strict=False):
-            peer_id = _peer_id(entry)
+            # a relay's refresh lists the same ids every time: those we count need no parsing
+            peer_id = self._ids.get(entry) if isinstance(entry, str) else None
+            peer_id = peer_id or _peer_id(entry)
             if peer_id is None or peer_id in (self.me, sender):
                 continue
             if not isinstance(age, int | float) or not 0 <= age < MEMBER_TTL:
@@ -380,10 +396,13 @@ class Heard:
                 if not count[peer_id]:
                     del count[peer_id]
                     changed = True
+        for peer_id in new - old:
+            self._ids[str(peer_id)] = peer_id
         for peer_id in old - new:
             if peer_id not in self._count:
                 self._records.pop(peer_id, None)
                 self._candidates.pop(peer_id, None)
+                self._ids.pop(str(peer_id), None)
         return changed
 
     # -- what we make of it -------------------------------------------------------------------
@@ -502,6 +521,7 @@ class PeerExchange:
         self._heard = Heard(me, per_sender=per_sender, total=total)
         self._outbox = Outbox()
         self._announcing = False
+        self._deferred = False  # a round for the peers told too lately to be told now is set
         self._tg: TaskGroup | None = None  # run()'s: refreshes and replies are its tasks
         self._stale: anyio.Event | None = None  # set when what was heard changed (run() makes it)
         self._resent: dict[PeerId, float] = {}  # by connected peer: our last full list on request
@@ -594,7 +614,9 @@ class PeerExchange:
 
     def announce(self, tg: TaskGroup, *, again: bool = False) -> None:
         """Tell every connected peer whom we list, soon (one send per burst); ``again``: even
-        if the list is unchanged (a refresh of the relayed members' ages)."""
+        if the list is unchanged (a refresh of the relayed members' ages). A peer is sent a
+        delta at most every ``ANNOUNCE_GAP`` seconds (a forming mesh changes each list many
+        times a second: the changes are sent together), its first list at once."""
         if not self.enabled or self._announcing:
             return
         self._announcing = True
@@ -602,15 +624,34 @@ class PeerExchange:
         async def send() -> None:
             await anyio.sleep(JITTER.uniform(*ANNOUNCE_DELAY))
             self._announcing = False
-            listed, ages = self.listed()
-            for peer_id in self._links.records():
-                has = self._heard.connections_of(peer_id)
-                for message in self._outbox.messages(peer_id, listed, ages, again=again, has=has):
-                    if not await self._links.send(peer_id, message):
-                        self._outbox.forget(peer_id)  # it is going; start afresh if it returns
-                        break
+            await self._round(tg, again=again)
 
         tg.start_soon(send)
+
+    async def _round(self, tg: TaskGroup, *, again: bool) -> None:
+        """Send each connected peer what changed (``again``, a refresh: every peer now); the
+        peers told too lately wait for a round of their own."""
+        listed, ages = self.listed()
+        now, later = time.monotonic(), math.inf
+        for peer_id in self._links.records():
+            wait = 0.0 if again else self._outbox.due_in(peer_id, now)
+            if wait > 0:
+                later = min(later, wait)
+                continue
+            has = self._heard.connections_of(peer_id)
+            for message in self._outbox.messages(peer_id, listed, ages, again=again, has=has):
+                if not await self._links.send(peer_id, message):
+                    self._outbox.forget(peer_id)  # it is going; start afresh if it returns
+                    break
+        if later < math.inf and not self._deferred:
+            self._deferred = True
+
+            async def deferred() -> None:
+                await anyio.sleep(later)
+                self._deferred = False
+                await self._round(tg, again=False)
+
+            tg.start_soon(deferred)
 
     async def run(self, tg: TaskGroup) -> None:
         """Refresh the table after each burst of news; and every ``REFRESH`` seconds age out
@@ -623,7 +664,7 @@ class PeerExchange:
             if self._heard.expire():
                 self._refresh()
                 self.announce(tg)
-            if self.relay and self.listed()[1]:
+            if self.relay:  # again: only hearsay ages are said again; none, nothing is sent
                 self.announce(tg, again=True)
 
     async def _refresher(self) -> None:

@@ -164,3 +164,19 @@ def test_a_peer_whose_connection_ended_stays_a_candidate_while_another_lists_it(
     assert table.get(other) is None  # no record of it yet
     kept = table.get(peer)
     assert kept is not None and kept.addresses == RECORDS[peer].addresses
+
+
+def test_a_delta_waits_for_the_announce_gap_a_first_list_does_not() -> None:
+    import time
+
+    from exo_discovery_core.exchange import ANNOUNCE_GAP
+
+    outbox = Outbox()
+    assert outbox.due_in(ME, time.monotonic()) == 0.0  # never told: its first list at once
+    before = time.monotonic()
+    outbox.messages(ME, _listing(0))
+    after = time.monotonic()
+    assert outbox.due_in(ME, before) >= ANNOUNCE_GAP
+    assert outbox.due_in(ME, after + ANNOUNCE_GAP) == 0.0
+    outbox.forget(ME)  # gone (or asked for its full list again): at once
+    assert outbox.due_in(ME, before) == 0.0

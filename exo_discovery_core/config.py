@@ -149,8 +149,9 @@ class NodeConfig(BaseModel):
         env="EXO_DISCOVERY_EXCHANGE",
     )
     heartbeat_interval: float = option(
-        0.5,
-        help="Seconds between heartbeats to the few peers that watch this node (its ring neighbours)",
+        0.75,
+        help="Seconds between heartbeats to the few peers that watch this node (its ring "
+        "neighbours); by default two fall within the 1.5 s of silence that makes a suspicion",
         gt=0,
         le=60,
     )

@@ -67,7 +67,7 @@ from exo_discovery_core.models import Address
 from exo_discovery_core.records import LocalRecord, PeerRecord
 from exo_discovery_core.session import Reader
 
-from .common import Fleet, Row, clean_env, cpu_seconds, end_process, median, quantile, track
+from .common import REPO, Fleet, Row, clean_env, cpu_seconds, end_process, median, quantile, track
 
 NAME = "handshake"
 BUDGET_S = 120.0
@@ -609,7 +609,11 @@ def _profile_report(profiler: cProfile.Profile, n: int, what: str) -> str:
     for tottime, _cumtime, where in rows[:14]:
         lines.append(f"    {tottime / n * 1e6:7.1f} µs  {tottime / total:5.1%}  {where}")
     groups = {
-        "X25519 + ChaCha20-Poly1305 + Ed25519 (cryptography)": ("x25519", "ed25519", "aead"),
+        "X25519 + ChaCha20-Poly1305 + Ed25519 (libsodium via PyNaCl)": (
+            "nacl/",
+            "_sodium",
+            "_cffi_backend",
+        ),
         "HMAC + hashes (hashlib)": ("hmac", "_hashlib", "openssl_"),
         "json": ("json/",),
         "asyncio event loop + selectors": ("asyncio/", "selectors.py", "select.epoll"),
@@ -624,7 +628,7 @@ def _profile_report(profiler: cProfile.Profile, n: int, what: str) -> str:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3.11/", f"{REPO}/"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename

@@ -225,6 +225,16 @@ async def _first_meeting(manager: ConnectionManager, address: Address) -> float:
     return elapsed
 
 
+def _fresh_dialer(config: NodeConfig) -> tuple[handshake.Credentials, bytes]:
+    """What a node never met proves and sends: fresh credentials and its signed record."""
+    identity = Identity.generate()
+    record = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
+    credentials = handshake.Credentials(
+        identity, namespace=config.namespace, keyring=config.keyring()
+    )
+    return credentials, record.encode()
+
+
 async def _tcp_connect(address: Address) -> float:
     started = time.perf_counter()
     stream = await anyio.connect_tcp(address.host, address.port)
@@ -253,19 +263,13 @@ async def _phases(
     config: NodeConfig, address: Address, out: dict[str, list[float]]
 ) -> tuple[int, int, int]:
     """Where one first meeting's time goes on the dialer's clock: the dial's steps, stamped."""
-    identity = Identity.generate()
-    mine = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
-    credentials = handshake.Credentials(
-        identity, namespace=config.namespace, keyring=config.keyring()
-    )
+    credentials, mine = _fresh_dialer(config)
     handshake.forget_proofs()
     started = time.perf_counter()
     stream = _Recorder(await anyio.connect_tcp(address.host, address.port))
     connected = time.perf_counter()
     try:
-        session = await handshake.initiate(
-            stream, credentials, local_record=mine.encode(), verify_only=True
-        )
+        session = await handshake.initiate(stream, credentials, local_record=mine, verify_only=True)
         records.verify(session.remote_record, session.peer_id)
         done = time.perf_counter()
     finally:
@@ -311,11 +315,7 @@ def _pipe() -> tuple[_Pipe, _Pipe]:
 async def _in_memory(config: NodeConfig, node: handshake.Credentials, node_record: bytes) -> float:
     """A first meeting with no socket: the dialer's work and the node's answer (its work on
     message 3 runs after the clock stopped, as with a node process)."""
-    identity = Identity.generate()
-    mine = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
-    credentials = handshake.Credentials(
-        identity, namespace=config.namespace, keyring=config.keyring()
-    )
+    credentials, mine = _fresh_dialer(config)
     handshake.forget_proofs()
     dialer_end, node_end = _pipe()
 
@@ -327,7 +327,7 @@ async def _in_memory(config: NodeConfig, node: handshake.Credentials, node_recor
         tg.start_soon(answer)
         started = time.perf_counter()
         session = await handshake.initiate(
-            dialer_end, credentials, local_record=mine.encode(), verify_only=True
+            dialer_end, credentials, local_record=mine, verify_only=True
         )
         records.verify(session.remote_record, session.peer_id)
         elapsed = time.perf_counter() - started

@@ -22,7 +22,7 @@ def on_connection_lines(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "on_connection" in line]
 
 
-def on_connection_states(log: Path, count: int, timeout: float = 5.0) -> list[str]:
+def on_connection_states(log: Path, count: int, timeout: float = 15.0) -> list[str]:
     """The states the plugin's on_connection logged, once there are ``count`` of them: it runs
     in its own task, so its line may come a moment after the node's ``connected`` event."""
     deadline = time.monotonic() + timeout
@@ -62,7 +62,8 @@ def test_two_nodes_connect_notice_a_kill_and_reconnect_with_the_same_id(
     assert a.count("connected") == 1 and b.count("connected") == 1
     assert a.count("disconnected") == 0 and b.count("disconnected") == 0
     for node in (a, b):
-        assert on_connection_states(node.log_path, 1) == ["CONNECTED"]
+        states = on_connection_states(node.log_path, 1)
+        assert states == ["CONNECTED"], (states, node.log_path.read_text()[-3000:])
     table = run_cli("peers", "--json", "--state-dir", str(a.state_dir), env={}, cwd=a.state_dir)
     assert table.returncode == 0, table.stderr
     status = json.loads(table.stdout)

@@ -57,7 +57,7 @@ CONNECT_TIMEOUT = 3.0
 REDIAL_INITIAL = 0.25
 MUTUAL_SECOND_DIAL = 2.0
 REFUSED_RETRY = 30.0  # seconds; a peer that refused us (namespace, version, id) is not pressed
-IDLE_WAKE = 1.0  # seconds; the loop looks again at least this often
+IDLE_WAKE = 30.0  # seconds; a safety net: every change wakes the loop, each wait has a deadline
 REVERIFY_EVERY = 30.0  # seconds between verifications of one peer (verify_only)
 MAX_REASON = 300  # characters of a failure reason kept for ``peers``
 UPGRADE_RETRY_MAX = 30.0  # seconds; the most between tries of a better path that fails
@@ -227,6 +227,8 @@ class Dialer:
         for peer_id, at in list(self._arriving.items()):
             if peer_id in connected or now - at >= ARRIVING_WAIT:
                 del self._arriving[peer_id]
+            else:
+                soonest = min(soonest, at + ARRIVING_WAIT - now)
         for key, peer in peers.items():
             if peer.peer_id in self._arriving:
                 continue
@@ -249,7 +251,10 @@ class Dialer:
                 state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
                 if self._dials_second(peer):
                     state.next_at = now + MUTUAL_SECOND_DIAL  # let the peer dial first
-            if state.busy or (self._verify_only and self._was_verified(peer, now)):
+            if state.busy:
+                continue
+            if self._verify_only and self._was_verified(peer, now):
+                soonest = min(soonest, self._reverify_at(peer) - now)
                 continue
             if state.next_at > now:
                 soonest = min(soonest, state.next_at - now)
@@ -298,6 +303,11 @@ class Dialer:
             return False
         addresses, at = self._verified[peer.peer_id]
         return addresses == frozenset(peer.addresses) and now - at < REVERIFY_EVERY
+
+    def _reverify_at(self, peer: Peer) -> float:
+        """When a peer verified lately is due again (``_was_verified`` said it was)."""
+        assert peer.peer_id is not None
+        return self._verified[peer.peer_id][1] + REVERIFY_EVERY
 
     def _dials_second(self, peer: Peer) -> bool:
         """Without a limit both ends of a hearsay pair want the link: the lower id dials first.

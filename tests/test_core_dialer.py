@@ -12,6 +12,8 @@ import pytest
 from exo_discovery_core import Address, PeerCandidate
 from exo_discovery_core.connections import DialedSelf, DialError, Opened
 from exo_discovery_core.dialer import (
+    ARRIVING_WAIT,
+    IDLE_WAKE,
     MAX_REASON,
     MUTUAL_SECOND_DIAL,
     REFUSED_RETRY,
@@ -152,7 +154,7 @@ async def test_dialing_ourselves_stops_at_that_address() -> None:
     await dial_due(dialer)
     assert links.dialed == [address(1)]
     table.learn(address(1), ME)  # what the connection manager reports: the table drops it
-    assert dialer.due() == ([], 1.0) and dialer.status() == {}
+    assert dialer.due() == ([], IDLE_WAKE) and dialer.status() == {}
 
 
 async def test_of_two_peers_that_know_each_other_by_exchange_the_lower_id_dials_first() -> None:
@@ -241,6 +243,31 @@ async def test_verify_only_verifies_once_then_again_after_reverify_every() -> No
     assert links.dialed == [address(1), address(1)]
 
 
+async def test_a_verified_peer_wakes_the_loop_when_its_reverification_is_due() -> None:
+    peer = Identity.generate().peer_id
+    table, links, clock = PeerTable(ME), Verifier({address(1): peer}), Clock()
+    table.replace("static", [PeerCandidate.at("127.0.0.1", 1, str(peer))])
+    dialer = Dialer(ME, table.merged, links, redial_max=8.0, clock=clock, verify_only=True)
+    await dial_due(dialer)
+    clock.now += 10
+    due, wait = dialer.due()
+    assert due == [] and wait == pytest.approx(REVERIFY_EVERY - 10)
+
+
+async def test_with_every_peer_connected_the_loop_sleeps_until_woken() -> None:
+    """At rest nothing is due: no look every second (at 50 members that look was a quarter of
+    an idle node's CPU); a change wakes the loop, and IDLE_WAKE is only a safety net."""
+    peers = [Identity.generate().peer_id for _ in range(3)]
+    table, clock = PeerTable(ME), Clock()
+    links = Links({address(i + 1): p for i, p in enumerate(peers)})
+    table.replace("static", [PeerCandidate.at("127.0.0.1", i + 1, str(p))
+                             for i, p in enumerate(peers)])  # fmt: skip
+    dialer = make(table, links, clock)
+    assert len(await dial_due(dialer)) == 3
+    due, wait = dialer.due()
+    assert due == [] and wait == IDLE_WAKE and IDLE_WAKE >= 30
+
+
 async def test_a_silent_first_address_does_not_hold_the_dial_up() -> None:
     """Happy Eyeballs: the first address hangs, the second starts after the attempt delay and
     wins; the hanging attempt is cancelled, nothing else is kept."""
@@ -310,8 +337,9 @@ async def test_a_peer_its_first_handshake_named_is_not_dialed_again_while_it_is_
     dialer = make(table, links, clock)
     await dial_due(dialer)
     assert str(peer) in table.merged()  # re-keyed by its id
-    assert await dial_due(dialer) == []  # being kept: not dialed again
-    assert links.dialed == [address(1)]
+    due, wait = dialer.due()
+    assert due == [] and wait == pytest.approx(ARRIVING_WAIT)  # being kept: not dialed again,
+    assert links.dialed == [address(1)]  # and the loop looks again when the wait is over
     clock.now += 6  # never kept (lost to another connection): dialed again after a while
     assert [p.peer_id for p in await dial_due(dialer)] == [peer]
 

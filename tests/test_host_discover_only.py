@@ -73,7 +73,7 @@ async def test_each_peer_is_verified_once() -> None:
 
             host.connections.verify = counted  # type: ignore[method-assign]
             await identified(host)
-            await anyio.sleep(2.5)  # more than two rounds of the dialer (IDLE_WAKE is 1 s)
+            await anyio.sleep(2.5)  # the identification woke the dialer: it looked again
             assert len(calls) == 1, calls
 
 

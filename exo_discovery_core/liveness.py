@@ -4,12 +4,18 @@ A crashed peer closes its sockets, and the kernel says so at once; this module i
 that is still there but silent (frozen, ``SIGSTOP``, a wedged loop). memberlist's SWIM and
 Lifeguard are the model, over the connections we already hold:
 
-- **Few watchers.** Connected peers sit on a ring ordered by peer id; each node exchanges
-  heartbeats only with its ``WATCHERS`` neighbours on either side. A heartbeat says whether the
-  sender watches the receiver (``w``), and a node heartbeats back whoever watches it, so views
-  that disagree (a mesh still forming) still pair up, and the pairing ends when they agree. A frame of any kind counts as a heartbeat, both ways:
-  a connection that carried traffic recently is not pinged. Per node that is a constant handful of
-  frames a second, whatever the cluster's size.
+- **One watcher each, one frame per heartbeat.** Connected peers sit on a ring ordered by peer
+  id; each node heartbeats only its successor in its own view (``w: 1``, "I heartbeat you"), and
+  the receiver watches whoever's latest heartbeat said so. Views that disagree (a mesh still
+  forming) still leave every node watched: each one heartbeats someone, and that someone watches
+  it. A node whose successor changes hands over before it breaks: it announces itself to the new
+  one at once, goes on heartbeating the old one for an ``interval``, then tells it it stops
+  (``w: 0``; TCP is ordered, so nothing of ours is still on the way), and the old one stops
+  watching it instead of suspecting it. A node that nobody heartbeats for ``dead_after`` probes
+  its own ring predecessor (a peer that froze before its first word to us is found that way too).
+  A frame of any kind counts as a heartbeat: a connection that carried traffic recently is not
+  pinged. Per node that is about one frame out and one in per ``interval``, whatever the
+  cluster's size.
 - **Suspicion, then confirmation.** A watched peer silent for ``suspect_after`` is only suspected:
   it gets a direct ``probe`` (which any live peer answers at once) and the node tells its other
   peers, which probe it too. Only a probe unanswered for ``confirm_within`` makes it ``dead``;
@@ -39,13 +45,13 @@ from typing import Any
 
 from .identity import PeerId
 
-WATCHERS = 1  # ring neighbours watched on each side
 MAX_AWARENESS = 3  # a late node gives probes up to (1 + 3) x confirm_within
 LATE_AFTER = 0.25  # seconds; a wake-up later than this raises the awareness score
 CALM_FOR = 2.0  # seconds of on-time wake-ups that lower it by one
 
 HEARTBEAT: dict[str, Any] = {"type": "hb"}
-WATCHING: dict[str, Any] = {"type": "hb", "w": 1}  # the sender watches the receiver
+WATCH_ME: dict[str, Any] = {"type": "hb", "w": 1}  # "I heartbeat you": the receiver watches us
+STOPPING: dict[str, Any] = {"type": "hb", "w": 0}  # "I stop heartbeating you": it stops watching
 PROBE: dict[str, Any] = {"type": "probe"}
 SUSPECT = "suspect"
 FRAME_TYPES = frozenset({"hb", "probe", SUSPECT})
@@ -81,10 +87,12 @@ class _Peer:
     heard_at: float
     heard_stall: float  # the node's stall total when we last heard from the peer
     sent_at: float = float("-inf")
+    announced: bool = False  # told "I heartbeat you" since it became our successor
     suspected_at: float | None = None
     suspected_stall: float = 0.0
     reported_at: float = float("-inf")  # last time another peer's report made us probe it
     why: str = ""
+    told: bool = False  # the other peers heard of this suspicion
     awareness: int = 0  # how late it said it runs (its own score, 0..MAX_AWARENESS)
 
 
@@ -107,10 +115,12 @@ class Liveness:
         self.suspect_after = dead_after - self.confirm_within
         self.awareness = 0
         self.stalled = 0.0  # seconds the timer ran late, in total
-        self.suspicions = 0  # raised so far (status, tests)
+        self.suspicions = 0  # raised on silence or report so far (status, tests)
         self._peers: dict[PeerId, _Peer] = {}
-        self._ring_partners: frozenset[PeerId] = frozenset()
-        self._watchers: dict[PeerId, float] = {}  # they watch us: heartbeated back until then
+        self._successor: PeerId | None = None  # the one peer we heartbeat
+        self._handover: dict[PeerId, float] = {}  # old successors, heartbeated until then
+        self._senders: set[PeerId] = set()  # they heartbeat us: watched
+        self._alone: tuple[float, float] | None = None  # (since, stall then): no sender
         self._suspects: set[PeerId] = set()
         self._due: float | None = None  # when the timer should run next
         self._last_tick: float | None = None
@@ -121,15 +131,16 @@ class Liveness:
     def add(self, peer: PeerId, now: float | None = None) -> None:
         now = _now(now)
         self._peers[peer] = _Peer(heard_at=now, heard_stall=self.stalled)
-        self._ring_partners = self._ring()
-        if peer in self._ring_partners:
-            self._due_by(now + self.interval)
+        if not self._senders and self._alone is None:
+            self._alone = (now, self.stalled)
+        self._new_successor(now)
 
-    def remove(self, peer: PeerId) -> None:
+    def remove(self, peer: PeerId, now: float | None = None) -> None:
         if self._peers.pop(peer, None) is not None:
-            self._watchers.pop(peer, None)
+            self._handover.pop(peer, None)
             self._suspects.discard(peer)
-            self._ring_partners = self._ring()
+            self._lost_sender(peer, _now(now))
+            self._new_successor(_now(now))
 
     def heard(self, peer: PeerId, now: float | None = None) -> None:
         """Any frame from ``peer``: it is alive, and a suspicion of it is over."""
@@ -156,15 +167,37 @@ class Liveness:
             return actions
         if kind == "hb":
             state.awareness = _score(message.get("a"))
-            if message.get("w") == 1:
-                if peer not in self._watchers and peer not in self._ring_partners:
-                    self._due_by(now + self.interval)  # a new partner: heartbeated back
-                self._watchers[peer] = now + self.dead_after
+            if message.get("w") == 1 and peer not in self._senders:
+                self._senders.add(peer)  # watched from now on: its silence is suspicious
+                self._alone = None
+                self._due_by(now + self.suspect_after)
+            elif message.get("w") == 0:
+                self._lost_sender(peer, now)  # it heartbeats someone else now: not a silence
         elif kind == "probe":
             actions.send.append((peer, self._beat(HEARTBEAT)))
         elif kind == SUSPECT:
             self._reported(peer, message.get("peer"), message.get("a"), now, actions)
         return actions
+
+    def _lost_sender(self, peer: PeerId, now: float) -> None:
+        if peer in self._senders:
+            self._senders.discard(peer)
+            if not self._senders:
+                self._alone = (now, self.stalled)
+                self._due_by(now + self.dead_after)
+
+    def _new_successor(self, now: float) -> None:
+        """The ring changed: a new successor is announced to at once, the old one handed over."""
+        successor = self._ring_successor()
+        if successor == self._successor:
+            return
+        old, self._successor = self._successor, successor
+        if old is not None and old in self._peers:
+            self._handover[old] = math.inf  # until an interval after the announcement
+        if successor is not None:
+            self._handover.pop(successor, None)
+            self._peers[successor].announced = False
+            self._due_by(now + self.interval)
 
     def _reported(
         self, reporter: PeerId, named: object, message_a: object, now: float, actions: Actions
@@ -180,7 +213,9 @@ class Liveness:
         if now - state.reported_at < self.dead_after:
             return  # one probe per report window, however often it is said
         state.reported_at = now
+        self.suspicions += 1
         self._suspect(PeerId(named), state, now, f"reported silent by {reporter}", actions)
+        state.told = True  # the reporter told the others already
         self._due_by(now + self._confirm(state))  # the probe's wait may end before the next tick
 
     # -- the one timer ------------------------------------------------------------------------
@@ -212,43 +247,71 @@ class Liveness:
         """Heartbeats due, suspicions to raise, suspicions confirmed: one pass over the peers.
 
         Heartbeats go out in one batch per ``interval``; the timer wakes in between only when a
-        peer's silence or a probe's wait runs out."""
+        peer's silence, a probe's wait or a handover runs out."""
         now = _now(now)
         self._measure_lateness(now)
         actions = Actions()
-        partners = self.partners(now)
-        for peer in partners | self._suspects:
+        self._beats(now, actions)
+        for peer in self._senders | self._suspects:
             state = self._peers[peer]
-            if peer in partners and now - state.sent_at >= 0.75 * self.interval:
-                beat = WATCHING if peer in self._ring_partners else HEARTBEAT
-                actions.send.append((peer, self._beat(beat)))
-                state.sent_at = now
             if state.suspected_at is None:
-                if peer in partners and self._silence(state, now) >= self.suspect_after:
+                if self._silence(state, now) >= self.suspect_after:
                     why = f"no heartbeat for {self.suspect_after:g} s"
                     self._suspect(peer, state, now, why, actions)
-                    told = suspect_frame(peer, state.awareness)
-                    actions.send += [(other, told) for other in self._peers if other != peer]
+                    self.suspicions += 1
+                    self._tell(peer, state, actions)
             elif self._since(state.suspected_at, state.suspected_stall, now) >= self._confirm(state):
                 actions.dead.append((peer, f"{state.why}, then no answer to a probe "
                                            f"for {self._confirm(state):g} s"))  # fmt: skip
+                self._tell(peer, state, actions)  # the others probe it too (found alone, say)
+        self._check_alone(now, actions)
         for peer, _ in actions.dead:
-            self.remove(peer)
-        self._due = self._next(now, self.partners(now) if actions.dead else partners)
+            self.remove(peer, now)
+        self._due = self._next(now)
         return actions
 
-    def _next(self, now: float, partners: frozenset[PeerId]) -> float:
-        """The next heartbeat batch, or sooner a silence or a probe's wait running out;
-        infinite with no partner and no suspect."""
-        due = now + self.interval if partners else math.inf
-        for peer in partners | self._suspects:
+    def _beats(self, now: float, actions: Actions) -> None:
+        """Our heartbeat to the successor (and to old ones being handed over), and the "I stop"
+        to an old one an interval after the new one was told."""
+        for old, until in list(self._handover.items()):
+            if until <= now:
+                del self._handover[old]
+                actions.send.append((old, STOPPING))
+                self._peers[old].sent_at = now
+        for peer in [*self._handover, *([self._successor] if self._successor else [])]:
+            state = self._peers[peer]
+            if not state.announced or now - state.sent_at >= 0.75 * self.interval:
+                actions.send.append((peer, self._beat(WATCH_ME)))
+                state.sent_at = now
+                if peer == self._successor and not state.announced:
+                    state.announced = True
+                    for old, until in self._handover.items():
+                        self._handover[old] = min(until, now + self.interval)
+
+    def _check_alone(self, now: float, actions: Actions) -> None:
+        """Nobody has heartbeated us for ``dead_after``: probe our own ring predecessor, which
+        should (a peer that froze before its first heartbeat to us is found this way)."""
+        if self._alone is None or self._since(*self._alone, now) < self.dead_after:
+            return
+        self._alone = (now, self.stalled)
+        predecessor = self._ring_predecessor()
+        if predecessor is not None and predecessor not in self._suspects:
+            state = self._peers[predecessor]
+            self._suspect(predecessor, state, now, "nobody heartbeats us", actions)
+
+    def _next(self, now: float) -> float:
+        """The next heartbeat batch, or sooner a silence, a probe's wait or a handover running
+        out, or our being alone for ``dead_after``; infinite with no peer and no suspect."""
+        due = now + self.interval if self._successor is not None else math.inf
+        due = min(due, *self._handover.values()) if self._handover else due
+        if self._alone is not None and self._peers:
+            due = min(due, self._alone[0] + self.dead_after + (self.stalled - self._alone[1]))
+        for peer in self._senders | self._suspects:
             state = self._peers[peer]
             if state.suspected_at is not None:
                 then, stall, wait = state.suspected_at, state.suspected_stall, self._confirm(state)
-            elif peer in partners:
-                then, stall, wait = state.heard_at, state.heard_stall, self.suspect_after
             else:
-                continue
+                then, stall, wait = state.heard_at, state.heard_stall, self.suspect_after
             due = min(due, then + wait + (self.stalled - stall))
         return max(due, now + 0.01)
 
@@ -264,11 +327,19 @@ class Liveness:
         self._last_tick = now
 
     def _suspect(self, peer: PeerId, state: _Peer, now: float, why: str, actions: Actions) -> None:
-        self.suspicions += 1
+        """Probe ``peer``: any frame from it clears this, no answer in time makes it dead."""
         state.suspected_at, state.suspected_stall, state.why = now, self.stalled, why
+        state.told = False
         self._suspects.add(peer)
         actions.send.append((peer, PROBE))
         state.sent_at = now
+
+    def _tell(self, peer: PeerId, state: _Peer, actions: Actions) -> None:
+        """Our other peers hear of a suspicion once (each probes ``peer`` itself)."""
+        if not state.told:
+            state.told = True
+            told = suspect_frame(peer, state.awareness)
+            actions.send += [(other, told) for other in self._peers if other != peer]
 
     def _confirm(self, state: _Peer) -> float:
         """How long a probe of that peer may take: longer while we, or it, run late."""
@@ -287,22 +358,28 @@ class Liveness:
 
     # -- who watches whom ----------------------------------------------------------------------
 
-    def partners(self, now: float | None = None) -> frozenset[PeerId]:
-        """The peers we heartbeat and watch: ring neighbours, and those that watch us."""
-        now = _now(now)
-        for peer in [p for p, until in self._watchers.items() if until <= now]:
-            del self._watchers[peer]
-        return self._ring_partners | self._watchers.keys()
+    def partners(self) -> frozenset[PeerId]:
+        """The peers we heartbeat (the successor, old ones being handed over) or watch."""
+        ours = {*self._handover, *([self._successor] if self._successor else [])}
+        return frozenset(ours | self._senders)
 
-    def _ring(self) -> frozenset[PeerId]:
-        ring = sorted([self.me, *self._peers])
-        if len(ring) <= 2 * WATCHERS + 1:
-            return frozenset(self._peers)
-        i = ring.index(self.me)
-        around = range(1, WATCHERS + 1)
-        return frozenset(ring[(i + k) % len(ring)] for k in around) | frozenset(
-            ring[(i - k) % len(ring)] for k in around
-        )
+    @property
+    def successor(self) -> PeerId | None:
+        """The peer we heartbeat: the next one after us on the ring of peer ids."""
+        return self._successor
+
+    @property
+    def senders(self) -> frozenset[PeerId]:
+        """The peers that heartbeat us, so that we watch them."""
+        return frozenset(self._senders)
+
+    def _ring_successor(self) -> PeerId | None:
+        after = [p for p in self._peers if p > self.me]
+        return min(after or self._peers, default=None)
+
+    def _ring_predecessor(self) -> PeerId | None:
+        before = [p for p in self._peers if p < self.me]
+        return max(before or self._peers, default=None)
 
     @property
     def suspected(self) -> Iterable[PeerId]:

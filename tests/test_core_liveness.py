@@ -16,7 +16,14 @@ import pytest
 
 from exo_discovery_core import PeerCandidate
 from exo_discovery_core.identity import Identity, PeerId
-from exo_discovery_core.liveness import HEARTBEAT, PROBE, WATCHERS, WATCHING, Actions, Liveness
+from exo_discovery_core.liveness import (
+    HEARTBEAT,
+    PROBE,
+    STOPPING,
+    WATCH_ME,
+    Actions,
+    Liveness,
+)
 from exo_discovery_core.testing import next_event, run_node
 from tests.support.nodes import NodeFleet
 from tests.support.static import Static
@@ -31,12 +38,15 @@ def _ids(count: int) -> list[PeerId]:
     return sorted(Identity.generate().peer_id for _ in range(count))
 
 
-def _node(peers: list[PeerId], me: PeerId | None = None) -> Liveness:
+def _node(peers: list[PeerId], me: PeerId | None = None, *, watched: bool = True) -> Liveness:
+    """A node connected to ``peers``, all of which (unless not ``watched``) heartbeat it."""
     me = me or Identity.generate().peer_id
     live = Liveness(me, interval=INTERVAL, dead_after=DEAD_AFTER)
     live.start(0.0)
     for peer in peers:
         live.add(peer, now=0.0)
+        if watched:
+            live.on_frame(peer, WATCH_ME, now=0.0)
     return live
 
 
@@ -202,45 +212,162 @@ def test_reports_cannot_make_a_node_flood_or_drop_anyone() -> None:
     assert clock.dead() == []
 
 
-def test_large_clusters_watch_a_constant_number_of_peers() -> None:
-    peers = _ids(30)
-    live = _node(peers)
-    partners = live.partners(0.0)
-    assert len(partners) == 2 * WATCHERS
-    clock = Clock(live)
-    clock.run(5.0, heard=list(partners))
-    assert clock.dead() == [], "a quiet non-partner is not suspected: its watchers do that"
-    beats = {p for t, a in clock.actions for p, f in a.send if f.get("type") == "hb"}
-    assert beats == partners
-    assert clock.sent(HEARTBEAT) == [], "each says it watches: the other watches it back"
+class Mesh:
+    """Several nodes' machines on one clock of the test's, their frames delivered at once and in
+    order (TCP); a frozen node neither ticks nor reads, and its peers keep what they decided."""
+
+    def __init__(self, count: int) -> None:
+        self.nodes = {pid: Liveness(pid, interval=INTERVAL, dead_after=DEAD_AFTER)
+                      for pid in _ids(count)}  # fmt: skip
+        self.ids = sorted(self.nodes)
+        self.now = 0.0
+        self.frozen: set[PeerId] = set()
+        self.frames: list[tuple[float, PeerId, PeerId, dict[str, object]]] = []
+        self.dead: list[tuple[float, PeerId, PeerId]] = []  # (when, who decided, whom)
+        for live in self.nodes.values():
+            live.start(0.0)
+
+    def connect(self, a: PeerId, b: PeerId) -> None:
+        self.nodes[a].add(b, self.now)
+        self.nodes[b].add(a, self.now)
+
+    def full(self, ids: Sequence[PeerId] | None = None) -> None:
+        ids = self.ids if ids is None else ids
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                self.connect(a, b)
+
+    def run(self, until: float) -> None:
+        while True:
+            awake = [(live.next_due, pid) for pid, live in self.nodes.items()
+                     if pid not in self.frozen]  # fmt: skip
+            due, pid = min(awake)
+            if due > until:
+                break
+            self.now = due
+            self._act(pid, self.nodes[pid].tick(due))
+        self.now = until
+
+    def _act(self, sender: PeerId, actions: Actions) -> None:
+        for whom, _ in actions.dead:
+            self.dead.append((self.now, sender, whom))
+            self.nodes[whom].remove(sender, self.now)  # the connection closes: it sees that
+        for to, frame in actions.send:
+            self.frames.append((self.now, sender, to, frame))
+            self.nodes[sender].sent(to, self.now)
+            receiver = self.nodes[to]
+            if to in self.frozen or sender not in receiver._peers:
+                continue
+            receiver.heard(sender, self.now)
+            self._act(to, receiver.on_frame(sender, frame, self.now))
+
+    def beats(self, since: float) -> list[tuple[PeerId, PeerId]]:
+        return [(a, b) for t, a, b, f in self.frames if t >= since and f.get("type") == "hb"
+                and f.get("w") != 0]  # fmt: skip
+
+    def watched(self) -> set[PeerId]:
+        """The nodes some live node watches."""
+        return {p for pid, live in self.nodes.items() if pid not in self.frozen
+                for p in live.senders}  # fmt: skip
+
+    def suspicions(self) -> int:
+        return sum(live.suspicions for live in self.nodes.values())
 
 
-def test_a_peer_that_heartbeats_us_is_heartbeated_back() -> None:
-    peers = _ids(30)
-    live = _node(peers)
-    stranger = next(p for p in peers if p not in live.partners(0.0))
-    live.heard(stranger, 0.3)
-    live.on_frame(stranger, WATCHING, now=0.3)
-    assert stranger in live.partners(0.3)
-    clock = Clock(live)
-    clock.now = 0.3
-    clock.run(2.0, heard=list(live.partners(0.3)))
-    assert clock.sent(HEARTBEAT, to=stranger), "answered, without claiming to watch it"
-    assert clock.sent(WATCHING, to=stranger) == []
+def test_in_a_settled_ring_each_node_heartbeats_its_successor_alone() -> None:
+    mesh = Mesh(8)
+    mesh.full()
+    mesh.run(10.0)
+    beats = mesh.beats(since=2.0)  # the handovers of the mesh's first moments are over
+    ring = mesh.ids
+    successor = {p: ring[(i + 1) % len(ring)] for i, p in enumerate(ring)}
+    assert set(beats) == set(successor.items()), "one partner each, one way"
+    per_node = len(beats) / len(ring) / 8.0
+    assert per_node <= 1 / (0.75 * INTERVAL), "at most one heartbeat out per interval"
+    for pid, live in mesh.nodes.items():
+        assert live.successor == successor[pid]
+        assert live.senders == {p for p, s in successor.items() if s == pid}
+    assert mesh.watched() == set(ring) and mesh.dead == [] and mesh.suspicions() == 0
+    assert [f for *_, f in mesh.frames if f.get("type") != "hb"] == [], "no probe, no report"
 
 
-def test_heartbeating_back_ends_when_the_watcher_stops_watching() -> None:
-    peers = _ids(30)
-    live = _node(peers)
-    stranger = next(p for p in peers if p not in live.partners(0.0))
-    live.on_frame(stranger, WATCHING, now=0.0)
-    clock = Clock(live)
-    clock.run(1.0, heard=[*live.partners(0.0)])
-    live.on_frame(stranger, HEARTBEAT, now=clock.now)  # a heartbeat back is no reason to go on
-    clock.run(clock.now + DEAD_AFTER + 1.0, heard=[*live.partners(0.0)])
-    assert stranger not in live.partners(clock.now)
-    late = [t for t in clock.sent(HEARTBEAT, to=stranger) if t > DEAD_AFTER + live.interval]
-    assert late == []
+def test_a_peer_whose_successor_changes_tells_the_old_one_and_is_not_suspected() -> None:
+    mesh = Mesh(6)
+    a, b, c = mesh.ids[1], mesh.ids[2], mesh.ids[3]
+    others = [p for p in mesh.ids if p != b]
+    mesh.full(others)  # b is not there yet: a heartbeats c
+    mesh.run(3.0)
+    assert mesh.nodes[a].successor == c and a in mesh.nodes[c].senders
+    joined = mesh.now
+    for p in others:
+        mesh.connect(b, p)  # b comes between them: a heartbeats b from now on
+    mesh.run(12.0)
+    to_c = [(t, f) for t, s, r, f in mesh.frames if s == a and r == c and t >= joined]
+    stop_at = next(t for t, f in to_c if f == STOPPING)
+    told_b = next(t for t, s, r, f in mesh.frames if s == a and r == b and f.get("w") == 1)
+    assert told_b < stop_at, "make before break: b watches a before c stops"
+    assert [f for t, f in to_c if t > stop_at] == [], "and then nothing more to c"
+    assert a not in mesh.nodes[c].senders and a in mesh.nodes[b].senders
+    assert mesh.dead == [] and mesh.suspicions() == 0, "nobody suspects a: it said it stops"
+    assert [f for *_, f in mesh.frames if f.get("type") in ("probe", "suspect")] == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_disagreeing_views_leave_nobody_unwatched_and_nobody_suspected(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    mesh = Mesh(10)
+    pairs = [(a, b) for i, a in enumerate(mesh.ids) for b in mesh.ids[i + 1 :]]
+    rng.shuffle(pairs)
+    kept = pairs[: len(pairs) // 2]  # a partial mesh, connected a pair at a time
+    for k, (a, b) in enumerate(kept):
+        mesh.run(0.1 * k)
+        mesh.connect(a, b)
+    connected = {p for pair in kept for p in pair}
+    formed = mesh.now
+    for t in (formed + 2 * INTERVAL + 0.01, formed + 5.0, formed + 15.0):
+        mesh.run(t)
+        assert mesh.watched() == connected, "everyone is heartbeated by someone, who watches"
+    assert mesh.dead == [] and mesh.suspicions() == 0
+    assert [f for *_, f in mesh.frames if f.get("type") == "suspect"] == []
+
+
+@pytest.mark.parametrize("offset", [i * 0.05 for i in range(30)])
+def test_a_frozen_node_is_found_by_all_whenever_it_froze(offset: float) -> None:
+    """Frozen at any instant, even in a handover (its successor just changed): every peer drops
+    it within the bounds, and no one else."""
+    mesh = Mesh(6)
+    a, b = mesh.ids[1], mesh.ids[2]
+    others = [p for p in mesh.ids if p != b]
+    mesh.full(others)
+    mesh.run(3.0)
+    for p in others:
+        mesh.connect(b, p)
+    mesh.run(3.0 + offset)
+    mesh.frozen.add(a)
+    frozen = mesh.now
+    mesh.run(frozen + 15.0)
+    found = {who: t for t, who, whom in mesh.dead if whom == a}
+    assert set(found) == set(mesh.ids) - {a}, "every peer drops it"
+    assert all(whom == a for _, _, whom in mesh.dead), "and no one else"
+    first = min(found.values())
+    assert first - frozen <= DEAD_AFTER + INTERVAL + SLACK
+    assert max(found.values()) - first <= mesh.nodes[b].confirm_within + SLACK
+
+
+def test_a_node_frozen_before_its_first_heartbeat_is_found() -> None:
+    mesh = Mesh(6)
+    f = mesh.ids[2]
+    others = [p for p in mesh.ids if p != f]
+    mesh.full(others)
+    mesh.run(3.0)
+    mesh.frozen.add(f)  # it connects, and says nothing ever
+    for p in others:
+        mesh.connect(f, p)
+    mesh.run(30.0)
+    assert {who for _, who, whom in mesh.dead if whom == f} == set(others)
+    assert all(whom == f for _, _, whom in mesh.dead)
 
 
 def test_no_heartbeat_on_a_connection_that_carried_traffic() -> None:
@@ -251,7 +378,8 @@ def test_no_heartbeat_on_a_connection_that_carried_traffic() -> None:
         live.sent(b, clock.now)  # other frames go to b, and come from it, all the time
         live.heard(b, clock.now)
         clock.run(clock.now + 0.125)
-    assert [f for _, a in clock.actions for p, f in a.send if p == b] == []
+    to_b = [f for _, a in clock.actions for p, f in a.send if p == b]
+    assert to_b == [WATCH_ME], "b hears once that we heartbeat it, then traffic does"
 
 
 # -- a real node whose loop is blocked -----------------------------------------------------------
@@ -383,4 +511,5 @@ def test_a_tick_in_a_large_cluster_looks_at_its_partners_and_suspects_only() -> 
 
     live._peers = Watched(states)
     live.tick(INTERVAL)
-    assert looked == set(live.partners(INTERVAL))
+    assert looked == set(live.partners())
+    assert len(live.partners()) <= len(peers) and looked == {live.successor, *live.senders}

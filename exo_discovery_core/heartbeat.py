@@ -1,9 +1,10 @@
 """Round-trip time from the heartbeats alone, with no frame added (NTP's idea).
 
-Each liveness frame we send (heartbeats, probes; :mod:`.liveness` pairs them up between
-watching neighbours) carries our send time ``t`` and echoes the peer's last ``t`` with how long
-we ``held`` it; what comes back is ``now - echo - held``. A peer no heartbeat is exchanged with
-keeps the TCP connect's round trip. The peer's numbers are its word: a sample outside
+Each liveness frame we send (heartbeats, probes and their answers) carries our send time ``t``
+and echoes the peer's last ``t`` with how long we ``held`` it; what comes back is
+``now - echo - held``. A sample needs frames both ways: heartbeats go one way round the ring
+(:mod:`.liveness`), so a pair of two, a probe's answer or any liveness frame back gives one; a
+peer with none keeps the TCP connect's round trip. The peer's numbers are its word: a sample outside
 ``0..bound`` seconds is dropped, and a lie only skews the round trip shown for that peer.
 """
 

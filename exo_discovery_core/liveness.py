@@ -11,8 +11,9 @@ Lifeguard are the model, over the connections we already hold:
   it. A node whose successor changes hands over before it breaks: it announces itself to the new
   one at once, goes on heartbeating the old one for an ``interval``, then tells it it stops
   (``w: 0``; TCP is ordered, so nothing of ours is still on the way), and the old one stops
-  watching it instead of suspecting it. A node that nobody heartbeats for ``dead_after`` probes
-  its own ring predecessor (a peer that froze before its first word to us is found that way too).
+  watching it instead of suspecting it. A node that nobody heartbeats watches its own ring
+  predecessor: silent for ``suspect_after``, it is probed (quietly: it may heartbeat a peer we
+  do not know), so a peer that froze before its first word to anyone is found too.
   A frame of any kind counts as a heartbeat: a connection that carried traffic recently is not
   pinged. Per node that is about one frame out and one in per ``interval``, whatever the
   cluster's size.
@@ -184,7 +185,7 @@ class Liveness:
             self._senders.discard(peer)
             if not self._senders:
                 self._alone = (now, self.stalled)
-                self._due_by(now + self.dead_after)
+                self._due_by(now + self.suspect_after)
 
     def _new_successor(self, now: float) -> None:
         """The ring changed: a new successor is announced to at once, the old one handed over."""
@@ -252,19 +253,24 @@ class Liveness:
         self._measure_lateness(now)
         actions = Actions()
         self._beats(now, actions)
-        for peer in self._senders | self._suspects:
+        for peer in self._watched() | self._suspects:
             state = self._peers[peer]
             if state.suspected_at is None:
-                if self._silence(state, now) >= self.suspect_after:
-                    why = f"no heartbeat for {self.suspect_after:g} s"
-                    self._suspect(peer, state, now, why, actions)
-                    self.suspicions += 1
-                    self._tell(peer, state, actions)
-            elif self._since(state.suspected_at, state.suspected_stall, now) >= self._confirm(state):
-                actions.dead.append((peer, f"{state.why}, then no answer to a probe "
-                                           f"for {self._confirm(state):g} s"))  # fmt: skip
+                if self._since(*self._quiet_since(peer, state), now) >= self.suspect_after:
+                    if peer in self._senders:
+                        why = f"no heartbeat for {self.suspect_after:g} s"
+                        self._suspect(peer, state, now, why, actions)
+                        self.suspicions += 1
+                        self._tell(peer, state, actions)
+                    else:  # probed quietly: it may well heartbeat someone else
+                        why = f"no heartbeat from anyone for {self.suspect_after:g} s"
+                        self._suspect(peer, state, now, why, actions)
+                continue
+            wait = self._confirm(state)
+            if self._since(state.suspected_at, state.suspected_stall, now) >= wait:
+                why = f"{state.why}, then no answer to a probe for {wait:g} s"
+                actions.dead.append((peer, why))
                 self._tell(peer, state, actions)  # the others probe it too (found alone, say)
-        self._check_alone(now, actions)
         for peer, _ in actions.dead:
             self.remove(peer, now)
         self._due = self._next(now)
@@ -288,30 +294,34 @@ class Liveness:
                     for old, until in self._handover.items():
                         self._handover[old] = min(until, now + self.interval)
 
-    def _check_alone(self, now: float, actions: Actions) -> None:
-        """Nobody has heartbeated us for ``dead_after``: probe our own ring predecessor, which
-        should (a peer that froze before its first heartbeat to us is found this way)."""
-        if self._alone is None or self._since(*self._alone, now) < self.dead_after:
-            return
-        self._alone = (now, self.stalled)
+    def _watched(self) -> set[PeerId]:
+        """The peers whose silence we look at: those that heartbeat us or, while nobody does,
+        our own ring predecessor (which should; one that froze before its first word to us is
+        found that way)."""
+        if self._senders or self._alone is None:
+            return self._senders
         predecessor = self._ring_predecessor()
-        if predecessor is not None and predecessor not in self._suspects:
-            state = self._peers[predecessor]
-            self._suspect(predecessor, state, now, "nobody heartbeats us", actions)
+        return {predecessor} if predecessor is not None else set()
+
+    def _quiet_since(self, peer: PeerId, state: _Peer) -> tuple[float, float]:
+        """Since when (and the stall total then) we count ``peer`` silent: from its last frame,
+        or for the predecessor we watch alone from when nobody heartbeated us, if later."""
+        then = (state.heard_at, state.heard_stall)
+        if peer not in self._senders and self._alone is not None:
+            then = max(then, self._alone)
+        return then
 
     def _next(self, now: float) -> float:
         """The next heartbeat batch, or sooner a silence, a probe's wait or a handover running
-        out, or our being alone for ``dead_after``; infinite with no peer and no suspect."""
+        out; infinite with no peer and no suspect."""
         due = now + self.interval if self._successor is not None else math.inf
         due = min(due, *self._handover.values()) if self._handover else due
-        if self._alone is not None and self._peers:
-            due = min(due, self._alone[0] + self.dead_after + (self.stalled - self._alone[1]))
-        for peer in self._senders | self._suspects:
+        for peer in self._watched() | self._suspects:
             state = self._peers[peer]
             if state.suspected_at is not None:
                 then, stall, wait = state.suspected_at, state.suspected_stall, self._confirm(state)
             else:
-                then, stall, wait = state.heard_at, state.heard_stall, self.suspect_after
+                (then, stall), wait = self._quiet_since(peer, state), self.suspect_after
             due = min(due, then + wait + (self.stalled - stall))
         return max(due, now + 0.01)
 

@@ -132,6 +132,7 @@ class Liveness:
     def add(self, peer: PeerId, now: float | None = None) -> None:
         now = _now(now)
         self._peers[peer] = _Peer(heard_at=now, heard_stall=self.stalled)
+        self._suspects.discard(peer)  # a new connection to it: what we suspected is over
         if not self._senders and self._alone is None:
             self._alone = (now, self.stalled)
         self._new_successor(now)

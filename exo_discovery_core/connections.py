@@ -52,6 +52,7 @@ MAX_BYE_REASON = 100  # characters of a peer's bye reason kept (and shown)
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
+PROBE_SILENT_AFTER = 10.0  # with max_connections: four relay refreshes (exchange.REFRESH) of silence
 OUTBOX = 64  # frames queued for one peer; a peer that lets more pile up is not reading: closed
 _STREAM_ERRORS = (
     anyio.EndOfStream,
@@ -228,6 +229,7 @@ class ConnectionManager:
             interval=config.heartbeat_interval,
             dead_after=config.dead_after,
             wake=self._wake_timer,
+            probe_silent_after=None if config.max_connections is None else PROBE_SILENT_AFTER,
         )
 
     def connected(self) -> Mapping[PeerId, Address]:

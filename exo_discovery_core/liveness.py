@@ -107,8 +107,13 @@ class Liveness:
         interval: float,
         dead_after: float,
         wake: Callable[[], None] | None = None,
+        probe_silent_after: float | None = None,
     ) -> None:
         self.me = me
+        # with max_connections a peer may be connected to a frozen member and to none of its
+        # watchers, so no report reaches it: every connection silent this long is probed quietly
+        # (the relay refresh keeps a live one from ever being silent that long)
+        self.probe_silent_after = probe_silent_after
         self._wake = wake  # called when something falls due sooner than the timer sleeps
         self.interval = interval
         self.dead_after = dead_after
@@ -254,10 +259,12 @@ class Liveness:
         self._measure_lateness(now)
         actions = Actions()
         self._beats(now, actions)
-        for peer in self._watched() | self._suspects:
+        watched = self._watched()
+        for peer in self._looked_at():
             state = self._peers[peer]
             if state.suspected_at is None:
-                if self._since(*self._quiet_since(peer, state), now) >= self.suspect_after:
+                quiet = self._since(*self._quiet_since(peer, state), now)
+                if peer in watched and quiet >= self.suspect_after:
                     if peer in self._senders:
                         why = f"no heartbeat for {self.suspect_after:g} s"
                         self._suspect(peer, state, now, why, actions)
@@ -266,6 +273,9 @@ class Liveness:
                     else:  # probed quietly: it may well heartbeat someone else
                         why = f"no heartbeat from anyone for {self.suspect_after:g} s"
                         self._suspect(peer, state, now, why, actions)
+                elif peer not in watched and self._silent_too_long(state, now):
+                    why = f"silent for {self.probe_silent_after:g} s"
+                    self._suspect(peer, state, now, why, actions)  # quietly too
                 continue
             wait = self._confirm(state)
             if self._since(state.suspected_at, state.suspected_stall, now) >= wait:
@@ -304,6 +314,19 @@ class Liveness:
         predecessor = self._ring_predecessor()
         return {predecessor} if predecessor is not None else set()
 
+    def _looked_at(self) -> set[PeerId]:
+        """The peers a tick looks at: the watched and the suspects, and with
+        ``probe_silent_after`` every connection (at most ``max_connections`` of them)."""
+        if self.probe_silent_after is not None:
+            return set(self._peers)
+        return self._watched() | self._suspects
+
+    def _silent_too_long(self, state: _Peer, now: float) -> bool:
+        return (
+            self.probe_silent_after is not None
+            and self._silence(state, now) >= self.probe_silent_after
+        )
+
     def _quiet_since(self, peer: PeerId, state: _Peer) -> tuple[float, float]:
         """Since when (and the stall total then) we count ``peer`` silent: from its last frame,
         or for the predecessor we watch alone from when nobody heartbeated us, if later."""
@@ -317,10 +340,14 @@ class Liveness:
         out; infinite with no peer and no suspect."""
         due = now + self.interval if self._successor is not None else math.inf
         due = min(due, *self._handover.values()) if self._handover else due
-        for peer in self._watched() | self._suspects:
+        watched = self._watched()
+        for peer in self._looked_at():
             state = self._peers[peer]
             if state.suspected_at is not None:
                 then, stall, wait = state.suspected_at, state.suspected_stall, self._confirm(state)
+            elif peer not in watched:
+                assert self.probe_silent_after is not None  # else only the watched are looked at
+                then, stall, wait = state.heard_at, state.heard_stall, self.probe_silent_after
             else:
                 (then, stall), wait = self._quiet_since(peer, state), self.suspect_after
             due = min(due, then + wait + (self.stalled - stall))

@@ -513,3 +513,44 @@ def test_a_tick_in_a_large_cluster_looks_at_its_partners_and_suspects_only() -> 
     live.tick(INTERVAL)
     assert looked == set(live.partners())
     assert len(live.partners()) <= len(peers) and looked == {live.successor, *live.senders}
+
+
+def test_with_probe_silent_after_an_unwatched_silent_connection_is_probed_then_dropped() -> None:
+    """max_connections: a connection neither side heartbeats (its watcher is not among our
+    connections, so no report comes) is probed quietly once silent ``probe_silent_after``;
+    an answer clears it, silence drops it and tells the others; talking peers are never probed."""
+    me, *others = _ids(4)
+    live = Liveness(me, interval=INTERVAL, dead_after=DEAD_AFTER, probe_silent_after=10.0)
+    live.start(0.0)
+    for peer in others:
+        live.add(peer, now=0.0)
+    talking = [p for p in others if p != live.successor][:1]
+    silent = next(p for p in others if p != live.successor and p not in talking)
+    live.on_frame(talking[0], WATCH_ME, now=0.0)  # it heartbeats us: watched, as a ring has it
+    clock = Clock(live)
+    clock.run(9.9, heard=[live.successor, *talking])
+    assert clock.sent(PROBE) == [] and clock.dead() == []
+    clock.run(10.0 + SLACK, heard=[live.successor, *talking])
+    assert clock.sent(PROBE, to=silent) == [pytest.approx(10.0, abs=SLACK)]
+    live.heard(silent, clock.now)  # it answers: alive, and silent again from now on
+    clock.run(19.9, heard=[live.successor, *talking])
+    assert clock.dead() == [] and len(clock.sent(PROBE, to=silent)) == 1
+    clock.run(40.0, heard=[live.successor, *talking])
+    [(when, peer)] = clock.dead()
+    assert peer == silent and when == pytest.approx(10.0 + 10.0 + live.confirm_within, abs=0.1)
+    assert clock.sent(PROBE, to=talking[0]) == []
+    told = [p for _, a in clock.actions for p, f in a.send if f.get("type") == "suspect"]
+    assert set(told) == {live.successor, *talking}, "the others hear of it once it is dead"
+
+
+def test_without_probe_silent_after_an_unwatched_silent_connection_is_left_alone() -> None:
+    me, *others = _ids(4)
+    live = Liveness(me, interval=INTERVAL, dead_after=DEAD_AFTER)
+    live.start(0.0)
+    for peer in others:
+        live.add(peer, now=0.0)
+    unwatched = [p for p in others if p != live.successor]
+    live.on_frame(unwatched[0], WATCH_ME, now=0.0)  # one heartbeats us: the other is unwatched
+    clock = Clock(live)
+    clock.run(60.0, heard=[live.successor, unwatched[0]])
+    assert clock.sent(PROBE, to=unwatched[1]) == [] and clock.dead() == []

@@ -12,6 +12,8 @@ it would with cryptography; keys are kept in their raw 32-byte forms. The Noise 
 
 from __future__ import annotations
 
+from typing import ClassVar, Self
+
 import nacl.bindings as sodium
 from nacl.exceptions import BadSignatureError, CryptoError
 
@@ -34,20 +36,28 @@ def _raw(data: bytes, what: str) -> bytes:
     return bytes(data)
 
 
-class Ed25519PublicKey:
-    """A peer's identity key: verifies its signatures (RFC 8032, libsodium's strict checks)."""
+class _PublicKey:
+    """A public key: its raw 32 bytes, their length checked."""
 
     __slots__ = ("_raw",)
+    _NAME: ClassVar[str]  # for the error message
 
     def __init__(self, raw: bytes) -> None:
-        self._raw = _raw(raw, "Ed25519 public key")
+        self._raw = _raw(raw, self._NAME)
 
     @classmethod
-    def from_public_bytes(cls, data: bytes) -> Ed25519PublicKey:
+    def from_public_bytes(cls, data: bytes) -> Self:
         return cls(data)
 
     def public_bytes_raw(self) -> bytes:
         return self._raw
+
+
+class Ed25519PublicKey(_PublicKey):
+    """A peer's identity key: verifies its signatures (RFC 8032, libsodium's strict checks)."""
+
+    __slots__ = ()
+    _NAME = "Ed25519 public key"
 
     def verify(self, signature: bytes, data: bytes) -> None:
         """Nothing when ``signature`` is this key's over ``data``; else :class:`InvalidSignature`."""
@@ -96,20 +106,11 @@ class Ed25519PrivateKey:
         return "Ed25519PrivateKey(...)"  # never the seed
 
 
-class X25519PublicKey:
+class X25519PublicKey(_PublicKey):
     """The other side's ephemeral or static Noise key."""
 
-    __slots__ = ("_raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self._raw = _raw(raw, "X25519 public key")
-
-    @classmethod
-    def from_public_bytes(cls, data: bytes) -> X25519PublicKey:
-        return cls(data)
-
-    def public_bytes_raw(self) -> bytes:
-        return self._raw
+    __slots__ = ()
+    _NAME = "X25519 public key"
 
 
 class X25519PrivateKey:

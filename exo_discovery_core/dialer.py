@@ -253,8 +253,9 @@ class Dialer:
                     state.next_at = now + MUTUAL_SECOND_DIAL  # let the peer dial first
             if state.busy:
                 continue
-            if self._verify_only and self._was_verified(peer, now):
-                soonest = min(soonest, self._reverify_at(peer) - now)
+            again = self._reverify_at(peer) if self._verify_only else None
+            if again is not None and again > now:  # verified lately: the loop looks again then
+                soonest = min(soonest, again - now)
                 continue
             if state.next_at > now:
                 soonest = min(soonest, state.next_at - now)
@@ -296,18 +297,13 @@ class Dialer:
         ordered = sorted(eligible, key=lambda p: -1 if p.peer_id is None else rank[p.peer_id])
         return ordered[:room]
 
-    def _was_verified(self, peer: Peer, now: float) -> bool:
-        """Verified lately at exactly these addresses (by its id: the table re-keys a peer whose
-        id a verification taught it)."""
+    def _reverify_at(self, peer: Peer) -> float | None:
+        """When a peer verified at exactly these addresses is due again; None if it was not
+        (by its id: the table re-keys a peer whose id a verification taught it)."""
         if peer.peer_id is None or peer.peer_id not in self._verified:
-            return False
+            return None
         addresses, at = self._verified[peer.peer_id]
-        return addresses == frozenset(peer.addresses) and now - at < REVERIFY_EVERY
-
-    def _reverify_at(self, peer: Peer) -> float:
-        """When a peer verified lately is due again (``_was_verified`` said it was)."""
-        assert peer.peer_id is not None
-        return self._verified[peer.peer_id][1] + REVERIFY_EVERY
+        return at + REVERIFY_EVERY if addresses == frozenset(peer.addresses) else None
 
     def _dials_second(self, peer: Peer) -> bool:
         """Without a limit both ends of a hearsay pair want the link: the lower id dials first.

@@ -45,6 +45,7 @@ from .text import shown
 log = logging.getLogger("exo_discovery.connections")
 
 DUPLICATE = "duplicate"
+SHUTDOWN = "shutdown"  # the reason our own connections end with when the node stops
 VERIFIED = "verified"  # the bye to an initiator that only came to verify us
 MAX_BYE_REASON = 100  # characters of a peer's bye reason kept (and shown)
 # A connection no heartbeat watches (not a ring neighbour) still notices a dead link: the kernel
@@ -52,7 +53,7 @@ MAX_BYE_REASON = 100  # characters of a peer's bye reason kept (and shown)
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
-PROBE_SILENT_AFTER = 10.0  # with max_connections: four relay refreshes (exchange.REFRESH) of silence
+PROBE_SILENT_AFTER = 30.0  # with max_connections: a backstop (see Liveness.probe_silent_after)
 OUTBOX = 64  # frames queued for one peer; a peer that lets more pile up is not reading: closed
 _STREAM_ERRORS = (
     anyio.EndOfStream,
@@ -421,6 +422,11 @@ class ConnectionManager:
     async def _try_send(self, conn: Connection, message: dict[str, Any]) -> bool:
         return self._send(conn, message)
 
+    def suspect(self, peer_id: PeerId, reporter: PeerId) -> None:
+        """``reporter`` says ``peer_id`` is gone: our own probe of it decides (liveness's
+        handling of a peer's suspicion: at most one probe per report window)."""
+        self._act(self.liveness.on_frame(reporter, liveness.suspect_frame(peer_id)))
+
     async def broadcast(self, message: dict[str, Any]) -> None:
         """Send ``message`` on every current connection; a failing one is left to its keeper."""
         for conn in list(self._current.values()):
@@ -457,7 +463,7 @@ class ConnectionManager:
         if conn is not None:
             await self._close(conn, reason)
 
-    async def close_all(self, reason: str = "shutdown") -> None:
+    async def close_all(self, reason: str = SHUTDOWN) -> None:
         with anyio.move_on_after(1.0, shield=True):
             for conn in list(self._current.values()):
                 await self._close(conn, reason)

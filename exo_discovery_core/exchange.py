@@ -37,9 +37,25 @@ its connections gives it plus ``HOP_AGE``, growing with the clock. Only a connec
 member itself resets the age, and every relay adds to it, so when no node connected to the
 member vouches for it any more, its age grows everywhere (loops included: no count to
 infinity) and past ``MEMBER_TTL`` it is dropped, from the table and from what is relayed.
-Relayed members are re-announced every ``REFRESH`` seconds so that live ones stay young.
-A sender can keep a gone member alive while it keeps listing it (as it can without relay), and
-can never remove a member that another connection vouches for.
+A sender can keep a gone member alive while it keeps listing it (as it can without relay).
+
+**Failure reports** (relay only). Ageing alone needs every hearsay member's age said again
+and again, O(members) per connection; so a departure is said instead, and the ages only every
+``REFRESH`` (30 s, a backstop for a report that got lost; ``MEMBER_TTL`` four of them). A node
+whose connection to a member X ends (X said goodbye, its socket closed, or the ring watcher's
+probe went unanswered; not a trim to keep ``max_connections``, not a duplicate) tells its
+connections ``{"type": "gone", "peer": X, "seq": S}``, S the seq of X's newest record, and each
+relays it once per (X, S). A node not connected to X then holds a *tombstone*: X is left out of
+its table and of what it relays, whoever still lists it, until X shows a record newer than S
+(or connects to it). A node connected to X believes no report: it probes X itself (the
+liveness probe; only no answer drops it, and then it reports X in turn) and passes the report
+to X alone; X, alive, *refutes* it with a new signed record (a higher seq, as serf's
+incarnation numbers), which the relay carries everywhere and which ends every tombstone.
+What a report can do is bounded: only a connected, authenticated member sends one, at most
+``GONE_RATE`` a second (``GONE_BURST`` at once); it counts only with the seq of the record the
+receiver holds (a stale or a made-up one is ignored, so it can hide X only until X's next
+record); one about a member unknown to the receiver is dropped, never relayed; and none
+removes a member the receiver is connected to.
 """
 
 from __future__ import annotations
@@ -51,7 +67,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import anyio
 from anyio.abc import TaskGroup
@@ -59,6 +75,7 @@ from anyio.abc import TaskGroup
 from . import wire
 from .backoff import JITTER
 from .identity import InvalidPeerId, PeerId
+from .limits import TokenBucket
 from .models import Address, PeerCandidate
 from .peertable import PeerTable
 from .records import PeerRecord, RecordError, signer, verify
@@ -66,9 +83,15 @@ from .routes import usable_from_peer
 
 SOURCE = "exchange"
 MAX_PEERS = 100  # ids in one peers message: per_sender is capped at this
-MEMBER_TTL = 10.0  # seconds: a relayed member not vouched for this long is gone
+REFRESH = 30.0  # seconds between re-announcements of relayed members' ages (relay only): a
+# backstop for lost failure reports, so at rest it is the relay's one cost that grows with N
+MEMBER_TTL = 4 * REFRESH  # seconds: a relayed member not vouched for this long is gone
 HOP_AGE = 0.1  # seconds added by each relay, so ages only grow around a loop
-REFRESH = 2.5  # seconds between re-announcements of relayed members (relay only)
+GONE = "gone"  # a failure report: {"type": "gone", "peer": id, "seq": its record's seq}
+GONE_RATE = 10.0  # failure reports taken from one sender a second ...
+GONE_BURST = float(MAX_PEERS)  # ... and at once (a member's neighbours failing together)
+REFUTE_EVERY = 1.0  # seconds: the least between two new records of ours that refute reports
+REPORTS_KEPT = 4096  # (member, seq) pairs remembered as reported: ids are cheap to make
 RESYNC_EVERY = 1.0  # seconds: the least between two full lists sent on request to one peer
 COALESCE = 0.05  # seconds: the table is refreshed once per burst of exchange messages
 RESYNC = {"type": "peers_resync"}
@@ -215,6 +238,8 @@ class Heard:
         self._gap: dict[PeerId, float] = {}  # by sender out of step: when we last asked it
         # by listed peer: the record and locality its candidate was made from, and the candidate
         self._candidates: dict[PeerId, tuple[PeerRecord, bool, PeerCandidate | None]] = {}
+        # members reported gone: the seq of the record reported, and when (a tombstone)
+        self._gone: dict[PeerId, tuple[int, float]] = {}
 
     # -- what senders say ---------------------------------------------------------------------
 
@@ -333,6 +358,9 @@ class Heard:
                 news.append(record)  # the sender's own new record: the node keeps it
             elif record.peer_id in listed and record.newer_than(self._records.get(record.peer_id)):
                 self._records[record.peer_id] = record
+                buried = self.buried(record.peer_id)
+                if buried is not None and record.seq > buried:
+                    self.revive(record.peer_id)  # it refuted the report: alive
                 news.append(record)
         return news
 
@@ -355,21 +383,48 @@ class Heard:
         return self._count.keys()
 
     def ages(self) -> dict[PeerId, float]:
-        """By listed peer, seconds since the freshest vouch for it (0: a sender is connected
-        to it now)."""
+        """By listed peer not reported gone, seconds since the freshest vouch for it (0: a
+        sender is connected to it now)."""
         now = self._clock()
         result: dict[PeerId, float] = {}
+        gone = self._gone
         for vouches in self._vouched.values():
             for peer_id, at in vouches.items():
+                if peer_id in gone:
+                    continue
                 age = 0.0 if at is None else max(0.0, now - at)
                 if age < result.get(peer_id, MEMBER_TTL + 1):
                     result[peer_id] = age
         return result
 
+    def bury(self, peer_id: PeerId, seq: int) -> bool:
+        """``peer_id`` is reported gone as of its record ``seq``: left out until a newer record
+        (or :meth:`revive`); False if it was already (or the report is stale: we hold a newer
+        record of it)."""
+        record = self._records.get(peer_id)
+        if peer_id in self._gone or (record is not None and record.seq > seq):
+            return False
+        if len(self._gone) >= self.total:  # bounded: the oldest tombstone goes first
+            del self._gone[next(iter(self._gone))]
+        self._gone[peer_id] = (seq, self._clock())
+        return True
+
+    def buried(self, peer_id: PeerId) -> int | None:
+        """The seq ``peer_id`` was reported gone at (None: not reported, or revived)."""
+        tombstone = self._gone.get(peer_id)
+        return None if tombstone is None else tombstone[0]
+
+    def revive(self, peer_id: PeerId) -> bool:
+        """``peer_id`` shows it is alive (a newer record, a connection to us): no tombstone."""
+        return self._gone.pop(peer_id, None) is not None
+
     def expire(self) -> bool:
-        """Drop the hearsay older than ``MEMBER_TTL``; True if the candidates may have changed
-        (as for :meth:`peers`)."""
+        """Drop the hearsay older than ``MEMBER_TTL``, and the tombstones as old (what they
+        hold out has aged out by then); True if the candidates may have changed (as for
+        :meth:`peers`)."""
         stale_before = self._clock() - MEMBER_TTL
+        for peer_id in [p for p, (_, at) in self._gone.items() if at < stale_before]:
+            del self._gone[peer_id]
         changed = False
         for sender, vouches in list(self._vouched.items()):
             kept = {p: at for p, at in vouches.items() if at is None or at >= stale_before}
@@ -411,11 +466,13 @@ class Heard:
         return self._records.get(peer_id)
 
     def candidates(self, direct: Mapping[PeerId, PeerRecord] | None = None) -> list[PeerCandidate]:
-        """One candidate per listed peer whose record (relayed, or ``direct`` if newer) names
-        an address we may dial."""
+        """One candidate per listed peer not reported gone whose record (relayed, or
+        ``direct`` if newer) names an address we may dial."""
         local = self._local_count
         result = []
         for peer_id in self._count:
+            if peer_id in self._gone:
+                continue
             record = self._records.get(peer_id)
             mine = (direct or {}).get(peer_id)
             if mine is not None and mine.newer_than(record):
@@ -439,7 +496,19 @@ def usable_hints(addresses: Iterable[Address], *, sender_on_this_host: bool) -> 
     )
 
 
-def _is_number(value: Any) -> bool:
+def _remember(reports: dict[PeerId, int], peer_id: PeerId, seq: int) -> None:
+    """``reports[peer_id] = seq``, the newest last and at most ``REPORTS_KEPT`` of them."""
+    reports.pop(peer_id, None)
+    if len(reports) >= REPORTS_KEPT:
+        del reports[next(iter(reports))]
+    reports[peer_id] = seq
+
+
+def _gone(peer_id: PeerId, seq: int) -> dict[str, Any]:
+    return {"type": GONE, "peer": str(peer_id), "seq": seq}
+
+
+def _is_number(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
@@ -501,6 +570,11 @@ class Links(Protocol):
         """Send ``message`` to one connected peer; False if that failed."""
         ...
 
+    def suspect(self, peer_id: PeerId, reporter: PeerId) -> None:
+        """``reporter`` says connected ``peer_id`` is gone: probe it (dropped only if it does
+        not answer)."""
+        ...
+
 
 class PeerExchange:
     """Peer exchange as one more source of the peer table, and the announcements we send.
@@ -529,6 +603,15 @@ class PeerExchange:
         # ends: with it the peer stays a candidate while others list it (they do not send us the
         # records of our own connections)
         self._direct: dict[PeerId, PeerRecord] = {}
+        self.me = me
+        # relay: our own record now, and what makes a newer one (to refute a report of our death)
+        self.own: Callable[[], PeerRecord] | None = None
+        self.refute: Callable[[], object] | None = None
+        self._reported: dict[PeerId, int] = {}  # by member: the seq we passed a report on at
+        self._probed: dict[PeerId, int] = {}  # by connection: the seq a report made us probe at
+        self._refuted_at = -math.inf
+        self._refuting = False
+        self._report_rates: dict[PeerId, TokenBucket] = {}  # by connected sender
 
     def record(self, peer_id: PeerId) -> PeerRecord | None:
         """The newest record of ``peer_id`` that a peer relayed (None if none did)."""
@@ -537,12 +620,15 @@ class PeerExchange:
     def received(self, sender: PeerId, sender_address: Address, message: dict[str, Any]) -> bool:
         """A message of the exchange from ``sender``; True if it was one (handled)."""
         kind = message["type"]
-        if kind not in ("peers", "records", RESYNC["type"]):
+        if kind not in ("peers", "records", RESYNC["type"], GONE):
             return False
         if not self.enabled:
             return True
         if kind == RESYNC["type"]:
             self._resend(sender)
+            return True
+        if kind == GONE:
+            self._report(sender, message)
             return True
         if kind == "peers":
             ip = sender_address.ip
@@ -559,6 +645,8 @@ class PeerExchange:
                     self._links.update_record(record)
             if news:
                 self._refresh()
+                if self.relay and self._tg is not None:
+                    self.announce(self._tg)  # relayed on at once: a refutation ends tombstones
         if self._heard.out_of_step(sender) and self._tg is not None:
             self._tg.start_soon(self._links.send, sender, dict(RESYNC))
         return True
@@ -573,10 +661,87 @@ class PeerExchange:
         self._outbox.forget(peer_id)
         self.announce(self._tg)
 
+    # -- failure reports (relay) ---------------------------------------------------------------
+
+    def departed(self, peer_id: PeerId, record: PeerRecord | None) -> None:
+        """Our connection to ``peer_id`` ended for good (not a trim, not a duplicate): with
+        relay, our connections hear that it is gone, as of its newest ``record``."""
+        if not (self.enabled and self.relay) or peer_id in self._links.records():
+            return
+        newest = self._newest(peer_id)
+        record = newest if newest is not None and newest.newer_than(record) else record
+        if record is not None:
+            self._heard.bury(peer_id, record.seq)
+            self._pass_on(peer_id, record.seq, exclude=peer_id)
+
+    def _newest(self, peer_id: PeerId) -> PeerRecord | None:
+        relayed, direct = self._heard.record(peer_id), self._direct.get(peer_id)
+        return relayed if relayed is not None and relayed.newer_than(direct) else direct
+
+    def _report(self, sender: PeerId, message: dict[str, Any]) -> None:
+        """A failure report from a connected peer: believed only about a member we do not hold
+        a connection to, and only as of the record we hold of it (a report of a newer one, which
+        may not have reached us yet, holds out ours: it cannot hide a record newer than that);
+        about us, refuted."""
+        bucket = self._report_rates.get(sender)
+        if bucket is None:
+            bucket = self._report_rates[sender] = TokenBucket(GONE_RATE, GONE_BURST)
+        peer_id, seq = _peer_id(message.get("peer")), message.get("seq")
+        if not self.relay or peer_id is None or not _is_number(seq) or not bucket.try_take():
+            return
+        if peer_id == self.me:
+            own = self.own() if self.own is not None else None
+            if own is not None and seq >= own.seq:
+                log.info("peer %s reports this node gone; refuting with a newer record", sender)
+                self._refute_soon()
+            return
+        connected = self._links.records().get(peer_id)
+        if connected is not None:  # hearsay is no reason to drop a live connection
+            if seq >= connected.seq and self._probed.get(peer_id) != seq:
+                self._links.suspect(peer_id, sender)  # our own probe decides
+                _remember(self._probed, peer_id, seq)
+                if self._tg is not None:  # and it hears it: alive, it refutes
+                    self._tg.start_soon(self._links.send, peer_id, _gone(peer_id, seq))
+            return
+        record = self._newest(peer_id)
+        if record is None or seq < record.seq or not self._heard.bury(peer_id, record.seq):
+            return  # unknown, stale, or held out already: nothing changes, nothing is relayed
+        log.debug("peer %s reports %s gone", sender, peer_id)
+        self._pass_on(peer_id, seq, exclude=sender)
+
+    def _pass_on(self, peer_id: PeerId, seq: int, *, exclude: PeerId) -> None:
+        """Tell our connections (once per member and seq) that ``peer_id`` is gone, and take
+        it out of our table and what we relay."""
+        self._refresh()
+        if self._tg is None or self._reported.get(peer_id) == seq:
+            return
+        _remember(self._reported, peer_id, seq)
+        report = _gone(peer_id, seq)
+        for other in self._links.records():
+            if other != exclude:
+                self._tg.start_soon(self._links.send, other, report)
+        self.announce(self._tg)  # our list without it, as a delta
+
+    def _refute_soon(self) -> None:
+        """A new record of ours (a higher seq): at once, or ``REFUTE_EVERY`` after the last
+        (reports of our death cost a member one signature a while, however many it sends)."""
+        if self._refuting or self._tg is None or self.refute is None:
+            return
+        self._refuting, refute = True, self.refute
+        wait = max(0.0, self._refuted_at + REFUTE_EVERY - time.monotonic())
+
+        async def later() -> None:
+            await anyio.sleep(wait)
+            self._refuting, self._refuted_at = False, time.monotonic()
+            refute()
+
+        self._tg.start_soon(later)
+
     def forget(self, sender: PeerId) -> None:
         """``sender`` disconnected: what it said is no longer heard, what we sent it forgotten."""
         self._outbox.forget(sender)
         self._resent.pop(sender, None)
+        self._report_rates.pop(sender, None)
         if self._heard.forget(sender):
             self._refresh_now()  # at once: when it is reported gone, so is what it said
 
@@ -591,6 +756,7 @@ class PeerExchange:
     def _refresh_now(self) -> None:
         listed, direct = self._heard.listed(), self._direct
         for peer_id, record in self._links.records().items():
+            self._heard.revive(peer_id)  # connected to us: alive, whatever was reported
             if record.newer_than(direct.get(peer_id)):
                 direct[peer_id] = record
         for peer_id in [p for p in direct if p not in listed]:

@@ -110,9 +110,8 @@ class Liveness:
         probe_silent_after: float | None = None,
     ) -> None:
         self.me = me
-        # with max_connections a peer may be connected to a frozen member and to none of its
-        # watchers, so no report reaches it: every connection silent this long is probed quietly
-        # (the relay refresh keeps a live one from ever being silent that long)
+        # with max_connections, a backstop for a failure report (exchange) that did not reach
+        # us: every connection silent this long is probed quietly (a live one answers)
         self.probe_silent_after = probe_silent_after
         self._wake = wake  # called when something falls due sooner than the timer sleeps
         self.interval = interval

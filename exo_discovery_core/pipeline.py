@@ -21,7 +21,7 @@ from anyio.abc import Listener, SocketStream, TaskGroup
 
 from . import exchange, records
 from .config import NodeConfig
-from .connections import ConnectionManager
+from .connections import DUPLICATE, SHUTDOWN, ConnectionManager
 from .degree import TRIM_DELAY, TRIMMED, Preference
 from .dialer import Dialer
 from .events import NodeEvent, connection_event, peer_events
@@ -81,6 +81,8 @@ class Pipeline:
         )
         self.exchange.enabled = config.exchange
         self.exchange.relay = config.max_connections is not None
+        self.exchange.own = lambda: self.record.record
+        self.exchange.refute = lambda: self.set_meta(self.record.record.meta)  # a higher seq
         self.preference = (
             Preference(identity.peer_id, config.max_connections) if config.max_connections else None
         )
@@ -158,7 +160,7 @@ class Pipeline:
             self.connection_up(peer_id, address)
         elif not connected and peer_id in self.host_connections:
             del self.host_connections[peer_id]
-            self.connection_down(peer_id, reason)
+            self.connection_down(peer_id, reason, ours=False)
 
     def identified(self, address: Address, peer_id: PeerId) -> None:
         self.table.learn(address, peer_id)
@@ -296,7 +298,9 @@ class Pipeline:
         rtt = self.paths.rtt(address)
         return str(self.paths.link(address)), None if rtt is None else round(rtt * 1000, 2)
 
-    def connection_down(self, peer_id: PeerId, reason: str) -> None:
+    def connection_down(self, peer_id: PeerId, reason: str, *, ours: bool = True) -> None:
+        """A connection ended; one of ours (not a host program's) that ended for good (not a
+        trim, a duplicate or our own shutdown) is reported gone to the others, with relay."""
         self.last_up.pop(peer_id, None)
         self.last_up[peer_id] = time.time()
         if len(self.last_up) > LAST_UP_KEPT:  # ids are cheap to make: remember a bounded few
@@ -304,6 +308,8 @@ class Pipeline:
         self._changed(ConnectionState.DISCONNECTED, peer_id, None, reason)
         self.dialer.peer_down(peer_id, reason)
         self.exchange.forget(peer_id)
+        if ours and reason not in (TRIMMED, f"peer closed ({TRIMMED})", DUPLICATE, SHUTDOWN):
+            self.exchange.departed(peer_id, self.record_of(peer_id))  # relay: said, hop by hop
 
     def _changed(
         self, state: ConnectionState, peer_id: PeerId, address: Address | None, reason: str

@@ -2,16 +2,19 @@
 
 Twelve nodes, each told only the first one's address, each keeping at most three connections:
 through the relayed signed records every node lists the eleven others, read from its status
-socket (what ``exo-discovery peers --json`` prints); a stopped member leaves every list.
+socket (what ``exo-discovery peers --json`` prints); a stopped member leaves every list, and so
+does a frozen one.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 
 import anyio
 
+from exo_discovery_core.connections import PROBE_SILENT_AFTER
 from exo_discovery_core.status import Status, query
 from tests.support.nodes import NodeFleet, NodeProcess
 
@@ -81,3 +84,42 @@ def test_twelve_nodes_with_three_connections_each_list_all_members_and_drop_a_st
     gone.stop()
     rest = [node for node in fleet if node is not gone]
     until(meshed(rest), timeout=30)  # the eleven others again, and not the stopped one
+
+
+def test_a_frozen_member_leaves_every_list_through_the_failure_report(
+    nodes: NodeFleet, static_plugin_env: dict[str, str]
+) -> None:
+    """A ``SIGSTOP``ped member keeps its sockets open (the kernel answers for it): the peer it
+    heartbeats finds it silent, probes it, drops it and reports it gone; the report, relayed
+    hop by hop, makes every node connected to it probe it too and every other node forget it.
+    Within 20 s, before the quiet probe of silent connections (the backstop, 30 s) could."""
+    args = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
+    limit = ["--max-connections", str(LIMIT)]
+    first = nodes.start("n0", *args, *limit, env=static_plugin_env)
+    fleet = [first] + [
+        nodes.start(f"n{i}", *args, *limit, "--static-peers", first.address, env=static_plugin_env)
+        for i in range(1, COUNT)
+    ]
+    ids = {node.peer_id for node in fleet}
+
+    def lists(among: list[NodeProcess], want: set[str]) -> Callable[[], str | None]:
+        def check() -> str | None:
+            for node in among:
+                status = status_of(node)
+                listed = members(status) & ids
+                if listed != want - {node.peer_id}:
+                    missing, extra = want - {node.peer_id} - listed, listed - want
+                    return f"{node.name} lists not {sorted(missing)} but {sorted(extra)}: {status}"
+            return None
+
+        return check
+
+    until(lists(fleet, ids), timeout=30)
+    frozen = fleet[5]
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        rest = [node for node in fleet if node is not frozen]
+        assert PROBE_SILENT_AFTER > 20
+        until(lists(rest, ids - {frozen.peer_id}), timeout=20)
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)

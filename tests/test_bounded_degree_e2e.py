@@ -34,6 +34,36 @@ def connections(status: Status) -> set[str]:
     return {row.peer_id for row in status.peers if row.state == "connected" and row.peer_id}
 
 
+def start(nodes: NodeFleet, env: dict[str, str]) -> list[NodeProcess]:
+    """COUNT nodes keeping at most LIMIT connections, each told only the first one's address."""
+    args = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
+    limit = ["--max-connections", str(LIMIT)]
+    first = nodes.start("n0", *args, *limit, env=env)
+    return [first] + [
+        nodes.start(f"n{i}", *args, *limit, "--static-peers", first.address, env=env)
+        for i in range(1, COUNT)
+    ]
+
+
+def meshed(among: list[NodeProcess], ids: set[str]) -> Callable[[], str | None]:
+    """A check: each of ``among`` lists exactly the others of ``among`` (of the fleet's
+    ``ids``) and keeps at most LIMIT connections."""
+    want = {node.peer_id for node in among}
+
+    def check() -> str | None:
+        for node in among:
+            status = status_of(node)
+            listed = members(status) & ids
+            if listed != want - {node.peer_id}:
+                missing, extra = want - {node.peer_id} - listed, listed - want
+                return f"{node.name} lists not {sorted(missing)} but {sorted(extra)}: {status}"
+            if len(connections(status)) > LIMIT:
+                return f"{node.name} has {len(connections(status))} connections"
+        return None
+
+    return check
+
+
 def until(check: Callable[[], str | None], timeout: float) -> None:
     """Poll ``check`` (None: holds; else what is still wrong) until it holds or the deadline."""
     deadline = time.monotonic() + timeout
@@ -45,32 +75,10 @@ def until(check: Callable[[], str | None], timeout: float) -> None:
 def test_twelve_nodes_with_three_connections_each_list_all_members_and_drop_a_stopped_one(
     nodes: NodeFleet, static_plugin_env: dict[str, str]
 ) -> None:
-    args = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
-    limit = ["--max-connections", str(LIMIT)]
-    first = nodes.start("n0", *args, *limit, env=static_plugin_env)
-    fleet = [first] + [
-        nodes.start(f"n{i}", *args, *limit, "--static-peers", first.address, env=static_plugin_env)
-        for i in range(1, COUNT)
-    ]
+    fleet = start(nodes, static_plugin_env)
+    first = fleet[0]
     ids = {node.peer_id for node in fleet}
-
-    def meshed(among: list[NodeProcess]) -> Callable[[], str | None]:
-        want = {node.peer_id for node in among}
-
-        def check() -> str | None:
-            for node in among:
-                status = status_of(node)
-                listed = members(status) & ids
-                if listed != want - {node.peer_id}:
-                    missing, extra = want - {node.peer_id} - listed, listed - want
-                    return f"{node.name} lists not {sorted(missing)} but {sorted(extra)}: {status}"
-                if len(connections(status)) > LIMIT:
-                    return f"{node.name} has {len(connections(status))} connections"
-            return None
-
-        return check
-
-    until(meshed(fleet), timeout=30)
+    until(meshed(fleet, ids), timeout=30)
     for node in fleet:  # a member it is not connected to is known through the exchange
         status = status_of(node)  # (a connection past the limit lives 1 s: not counted here)
         known = [row for row in status.peers if row.peer_id in ids and row.state == "known"]
@@ -83,7 +91,7 @@ def test_twelve_nodes_with_three_connections_each_list_all_members_and_drop_a_st
     gone = fleet[5]
     gone.stop()
     rest = [node for node in fleet if node is not gone]
-    until(meshed(rest), timeout=30)  # the eleven others again, and not the stopped one
+    until(meshed(rest, ids), timeout=30)  # the eleven others again, and not the stopped one
 
 
 def test_a_frozen_member_leaves_every_list_through_the_failure_report(
@@ -93,33 +101,14 @@ def test_a_frozen_member_leaves_every_list_through_the_failure_report(
     heartbeats finds it silent, probes it, drops it and reports it gone; the report, relayed
     hop by hop, makes every node connected to it probe it too and every other node forget it.
     Within 20 s, before the quiet probe of silent connections (the backstop, 30 s) could."""
-    args = ["--plugins", "static", "--listen-host", "127.0.0.1", "--port", "0"]
-    limit = ["--max-connections", str(LIMIT)]
-    first = nodes.start("n0", *args, *limit, env=static_plugin_env)
-    fleet = [first] + [
-        nodes.start(f"n{i}", *args, *limit, "--static-peers", first.address, env=static_plugin_env)
-        for i in range(1, COUNT)
-    ]
+    fleet = start(nodes, static_plugin_env)
     ids = {node.peer_id for node in fleet}
-
-    def lists(among: list[NodeProcess], want: set[str]) -> Callable[[], str | None]:
-        def check() -> str | None:
-            for node in among:
-                status = status_of(node)
-                listed = members(status) & ids
-                if listed != want - {node.peer_id}:
-                    missing, extra = want - {node.peer_id} - listed, listed - want
-                    return f"{node.name} lists not {sorted(missing)} but {sorted(extra)}: {status}"
-            return None
-
-        return check
-
-    until(lists(fleet, ids), timeout=30)
+    until(meshed(fleet, ids), timeout=30)
     frozen = fleet[5]
     frozen.proc.send_signal(signal.SIGSTOP)
     try:
         rest = [node for node in fleet if node is not frozen]
         assert PROBE_SILENT_AFTER > 20
-        until(lists(rest, ids - {frozen.peer_id}), timeout=20)
+        until(meshed(rest, ids), timeout=20)
     finally:
         frozen.proc.send_signal(signal.SIGCONT)

@@ -250,6 +250,11 @@ class ConnectionManager:
         """The signed record of each connected peer (the newest it showed us)."""
         return {peer_id: conn.record for peer_id, conn in self._current.items()}
 
+    def record(self, peer_id: PeerId) -> PeerRecord | None:
+        """The signed record of one connected peer (None if it is not connected)."""
+        conn = self._current.get(peer_id)
+        return conn.record if conn is not None else None
+
     def update_record(self, record: PeerRecord) -> bool:
         """A connected peer sent its own newer record (new metadata, same boot); True if kept."""
         conn = self._current.get(record.peer_id)

@@ -111,14 +111,28 @@ class PeerTable:
         return self._remerge() if gone else TableDiff()
 
     def learn(self, address: Address, peer_id: PeerId) -> TableDiff:
-        """A handshake at ``address`` revealed ``peer_id`` (this node's own id: it is us)."""
+        """A handshake at ``address`` revealed ``peer_id`` (this node's own id: it is us).
+
+        The table is merged again only when a candidate known by its addresses alone lists
+        this one: every dial teaches the id of its address, and in a mesh nearly all of them
+        were dialed by id already (a merge per dial was most of the table's work)."""
         if self._aliases.get(address) == peer_id:
             return TableDiff()
         self._aliases[address] = peer_id
+        if not any(
+            c.peer_id is None and address in c.addresses
+            for kept in self._sets.values()
+            for c in kept.candidates.values()
+        ):
+            return TableDiff()
         return self._remerge()
 
-    def records_changed(self) -> TableDiff:
-        """A peer's signed record (so its metadata) may be new: look again."""
+    def records_changed(self, peer_id: PeerId) -> TableDiff:
+        """``peer_id``'s signed record (so its metadata) may be new: look again, if the table
+        lists that peer with other metadata than its record's now."""
+        peer = self._merged.get(str(peer_id))
+        if peer is None or peer.meta == self._meta_of(peer_id):
+            return TableDiff()
         return self._remerge()
 
     # -- reading ---------------------------------------------------------------------------

@@ -175,7 +175,7 @@ class Pipeline:
 
     def record_of(self, peer_id: PeerId) -> PeerRecord | None:
         """A peer's newest signed record: from its own handshake or relayed by another."""
-        direct = self.connections.records().get(peer_id) or self.records.get(peer_id)
+        direct = self.connections.record(peer_id) or self.records.get(peer_id)
         relayed = self.exchange.record(peer_id)
         return relayed if relayed is not None and relayed.newer_than(direct) else direct
 
@@ -192,7 +192,7 @@ class Pipeline:
         both are told (the notice for the new connection is returned: it goes out first)."""
         other = other_boot(record, live=live, newest=self.records.get(record.peer_id))
         if self.records.offer(record):
-            self.table.records_changed()  # its metadata is known now
+            self.table.records_changed(record.peer_id)  # its metadata is known now
         if other is None:
             return None
         boots = self.duplicates.setdefault(record.peer_id, set())

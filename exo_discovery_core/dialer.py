@@ -55,7 +55,11 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT = 3.0
 REDIAL_INITIAL = 0.25
-MUTUAL_SECOND_DIAL = 2.0
+# seconds the higher id of a hearsay pair waits for the lower one's dial before it dials as a
+# fallback: the peer that told us of it tells it of us within about a second (exchange's
+# ANNOUNCE_GAP), and on a loaded machine its handshake may take up to handshake_timeout (5 s);
+# a shorter wait made both ends dial (hundreds of duplicate handshakes in a 50-member mesh)
+MUTUAL_SECOND_DIAL = 6.0
 REFUSED_RETRY = 30.0  # seconds; a peer that refused us (namespace, version, id) is not pressed
 IDLE_WAKE = 30.0  # seconds; a safety net: every change wakes the loop, each wait has a deadline
 REVERIFY_EVERY = 30.0  # seconds between verifications of one peer (verify_only)

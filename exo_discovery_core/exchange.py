@@ -134,8 +134,9 @@ class Outbox:
         """The messages to send ``recipient`` now, given the records of the peers we list (our
         connections; with relay our members, aged by ``ages``); ``again``: the hearsay ages
         again even if unchanged (a refresh that keeps relayed members young). The records of
-        the peers it ``has`` (its own connections: their handshakes showed it their records)
-        are not sent, until it no longer has them."""
+        the peers it ``has`` (its own connections, as it or they list them: their handshakes
+        showed it their records) are not sent, until it no longer has them. A peer that
+        claims a connection it lacks withholds only its own record from that recipient."""
         others = [r for pid, r in records.items() if pid != recipient][:MAX_PEERS]
         sent = self._sent.setdefault(recipient, {})
         listing = {
@@ -348,9 +349,10 @@ class Heard:
         if not isinstance(entries, list):
             return []
         listed = set(self._lists.get(sender, ()))
+        wanted = listed | {sender}
         news = []
         for entry in entries[: MAX_PEERS + 1]:
-            record = _record(entry, wanted=listed | {sender})
+            record = _record(entry, wanted=wanted)
             if record is None:
                 log.debug("peer %s sent a record not wanted or not valid; skipped", sender)
                 continue
@@ -377,6 +379,11 @@ class Heard:
     def connections_of(self, sender: PeerId) -> set[PeerId]:
         """The peers ``sender`` lists as its own connections (at age 0)."""
         return {p for p, at in self._vouched.get(sender, {}).items() if at is None}
+
+    def connected_to(self, peer_id: PeerId) -> set[PeerId]:
+        """The senders that list ``peer_id`` as one of their own connections (at age 0)."""
+        return {s for s, vouches in self._vouched.items() if peer_id in vouches
+                and vouches[peer_id] is None}  # fmt: skip
 
     def listed(self) -> Collection[PeerId]:
         """Every peer some sender lists."""
@@ -804,7 +811,9 @@ class PeerExchange:
             if wait > 0:
                 later = min(later, wait)
                 continue
-            has = self._heard.connections_of(peer_id)
+            # its connections' records came with their handshakes: as it says, or as they say
+            # (whichever list came first; a forming mesh sent most records twice or more)
+            has = self._heard.connections_of(peer_id) | self._heard.connected_to(peer_id)
             for message in self._outbox.messages(peer_id, listed, ages, again=again, has=has):
                 if not await self._links.send(peer_id, message):
                     self._outbox.forget(peer_id)  # it is going; start afresh if it returns

@@ -3,7 +3,10 @@ applies deltas in order only, and a gap makes it ignore them and ask for the ful
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+
+import anyio
 
 from exo_discovery_core.exchange import RESYNC_EVERY, Heard, Outbox
 from exo_discovery_core.identity import Identity, PeerId
@@ -128,6 +131,27 @@ def test_the_records_of_the_recipients_own_connections_wait_until_it_no_longer_h
     assert _records_sent(outbox.messages(ME, listing, has={OTHERS[0].peer_id})) == 1
 
 
+class _Links:
+    """Connected peers with their records; what was sent to each is kept."""
+
+    def __init__(self, *peers: PeerId) -> None:
+        self.up = {peer: RECORDS[peer] for peer in peers}
+        self.sent: dict[PeerId, list[dict[str, Any]]] = {peer: [] for peer in peers}
+
+    def connected(self) -> dict[PeerId, Address]:
+        return {}
+
+    def records(self) -> dict[PeerId, PeerRecord]:
+        return dict(self.up)
+
+    def update_record(self, record: PeerRecord) -> bool:
+        return False
+
+    async def send(self, peer_id: PeerId, message: dict[str, Any]) -> bool:
+        self.sent.setdefault(peer_id, []).append(message)
+        return True
+
+
 def test_a_peer_whose_connection_ended_stays_a_candidate_while_another_lists_it() -> None:
     """Others do not send us the records of our own connections; the record its handshake
     showed is kept, so when the connection ends the peer is still dialable."""
@@ -136,23 +160,8 @@ def test_a_peer_whose_connection_ended_stays_a_candidate_while_another_lists_it(
 
     peer = OTHERS[0].peer_id
 
-    class Links:
-        def __init__(self) -> None:
-            self.up: dict[PeerId, PeerRecord] = {peer: RECORDS[peer], SENDER: RECORDS[peer]}
-
-        def connected(self) -> dict[PeerId, Address]:
-            return {}
-
-        def records(self) -> dict[PeerId, PeerRecord]:
-            return dict(self.up)
-
-        def update_record(self, record: PeerRecord) -> bool:
-            return False
-
-        async def send(self, peer_id: PeerId, message: dict[str, Any]) -> bool:
-            return True
-
-    links, table = Links(), PeerTable(ME)
+    links, table = _Links(peer), PeerTable(ME)
+    links.up[SENDER] = RECORDS[peer]
     exchange = PeerExchange(ME, table, links, per_sender=64, total=256)
     sender_at = Address(host="127.0.0.1", port=5000)
     exchange.received(SENDER, sender_at, {"type": "peers", "peers": [str(peer)], "n": 0})
@@ -180,3 +189,40 @@ def test_a_delta_waits_for_the_announce_gap_a_first_list_does_not() -> None:
     assert outbox.due_in(ME, after + ANNOUNCE_GAP) == 0.0
     outbox.forget(ME)  # gone (or asked for its full list again): at once
     assert outbox.due_in(ME, before) == 0.0
+
+
+def _records_to(links: _Links, peer_id: PeerId) -> set[PeerId]:
+    from exo_discovery_core.records import verify
+
+    return {
+        verify(base64.b64decode(entry)).peer_id
+        for message in links.sent[peer_id]
+        if message["type"] == "records"
+        for entry in message["records"]
+    }
+
+
+def _round(exchange: Any) -> None:
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await exchange._round(tg, again=False)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def test_a_record_is_not_sent_to_a_peer_its_owner_lists_as_a_connection() -> None:
+    """Either end of a connection saying so is enough: the handshake showed each the other's
+    record (in a forming mesh the owner's list often arrives before the recipient's)."""
+    from exo_discovery_core.exchange import PeerExchange
+    from exo_discovery_core.peertable import PeerTable
+
+    a, b, c = (OTHERS[i].peer_id for i in range(3))
+    links = _Links(a, b, c)
+    exchange = PeerExchange(ME, PeerTable(ME), links, per_sender=64, total=256)
+    at = Address(host="127.0.0.1", port=5000)
+    exchange.received(b, at, {"type": "peers", "peers": [str(a)], "n": 0})  # b: "I have a"
+    _round(exchange)
+    assert _records_to(links, a) == {c}, "b's record is a's already (b says so)"
+    assert _records_to(links, b) == {c}, "and a's is b's"
+    assert _records_to(links, c) == {a, b}

@@ -135,3 +135,22 @@ def test_asking_for_the_full_list_again_and_again_gets_it_once_per_resync_interv
         full = live.call(run)
         assert 2 <= full <= 2 + window / RESYNC_EVERY  # the first list, then once a second
         live.check_alive()
+
+
+def test_a_peer_claiming_a_connection_it_lacks_withholds_only_its_own_record() -> None:
+    """A sender's claim "connected to X" keeps the node from relaying the sender's own record
+    to X (X had it from their handshake), never a third peer's record."""
+    from exo_discovery_core.exchange import PeerExchange
+    from exo_discovery_core.models import Address
+    from exo_discovery_core.peertable import PeerTable
+    from tests.test_core_exchange_deltas import OTHERS, _Links, _records_to, _round
+
+    liar, victim, third = (OTHERS[i].peer_id for i in range(3))
+    links = _Links(liar, victim, third)
+    exchange = PeerExchange(ME, PeerTable(ME), links, per_sender=64, total=256)
+    at = Address(host="127.0.0.1", port=5000)
+    claim = {"type": "peers", "peers": [str(victim), str(third)], "n": 0}
+    exchange.received(liar, at, claim)  # it has neither connection
+    _round(exchange)
+    assert _records_to(links, victim) == {third}, "the liar's record alone is withheld"
+    assert _records_to(links, third) == {victim}

@@ -9,8 +9,10 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import ifaddr
+if TYPE_CHECKING:
+    import ifaddr
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 """An IPv4 or IPv6 address, as :func:`parse_ip` returns it."""
@@ -81,7 +83,12 @@ class InterfaceAddress:
 
 def interfaces(adapters: Sequence[ifaddr.Adapter] | None = None) -> list[Interface]:
     """This host's interfaces (or ``adapters``, for tests), as ``ifaddr`` reports them: the one
-    walk over them; an entry that is not an IP is skipped."""
+    walk over them; an entry that is not an IP is skipped.
+
+    ``ifaddr`` is imported here, on the first walk: it loads ctypes (half a MiB of a node's
+    memory), and a node that never asks for its interfaces does not pay for it."""
+    import ifaddr
+
     found: list[Interface] = []
     for adapter in ifaddr.get_adapters() if adapters is None else adapters:
         addresses: list[IPInterface] = []

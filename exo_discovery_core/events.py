@@ -83,10 +83,12 @@ class EventHub:
         self._buffer = buffer
         self._subscribers: list[MemoryObjectSendStream[NodeEvent]] = []
         self._gaps: dict[MemoryObjectSendStream[NodeEvent], NodeEvent] = {}
-        self._history: deque[NodeEvent] = deque(maxlen=history)
+        # kept as JSON, read back only for a replay: 0.3 KiB an event instead of the model's
+        # 1.6 KiB, so a full history costs a long-running node 0.3 MiB, not 1.6
+        self._history: deque[str] = deque(maxlen=history)
 
     def publish(self, event: NodeEvent) -> None:
-        self._history.append(event)
+        self._history.append(event.model_dump_json(exclude_none=True))
         for subscriber in list(self._subscribers):
             try:
                 self._deliver(subscriber, event)
@@ -121,8 +123,8 @@ class EventHub:
         """Events from now on; with ``replay``, the last 1,000 before them first."""
         send, receive = anyio.create_memory_object_stream[NodeEvent](self._buffer + 1)
         if replay:
-            for event in self._history:
-                self._deliver(send, event)
+            for kept in self._history:
+                self._deliver(send, NodeEvent.model_validate_json(kept))
         self._subscribers.append(send)
         try:
             async with receive:

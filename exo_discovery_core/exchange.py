@@ -139,8 +139,10 @@ class Outbox:
         claims a connection it lacks withholds only its own record from that recipient."""
         others = [r for pid, r in records.items() if pid != recipient][:MAX_PEERS]
         sent = self._sent.setdefault(recipient, {})
-        listing = {
-            str(r.peer_id): round(ages.get(r.peer_id, 0.0), 2) if ages else 0.0 for r in others
+        # keyed by the records' own peer ids (str() would copy each): one string per member,
+        # however many recipients' lists are kept, not members x recipients
+        listing: dict[str, float] = {
+            r.peer_id: round(ages.get(r.peer_id, 0.0), 2) if ages else 0.0 for r in others
         }
         out: list[dict[str, Any]] = []
         change = _change(self._lists.get(recipient), listing, again=again)

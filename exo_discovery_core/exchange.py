@@ -101,10 +101,6 @@ _ROOM = wire.MAX_FRAME - 64  # a records message's body, with room for its JSON 
 log = logging.getLogger("exo_discovery.exchange")
 
 
-def _b64(record: PeerRecord) -> str:
-    return base64.b64encode(record.envelope).decode()
-
-
 class Outbox:
     """What we tell each connected peer: the ids we list (in full once, then what changed), each
     record once (again only when a newer one replaces it), every message numbered."""
@@ -154,7 +150,7 @@ class Outbox:
         for record in others:
             if sent.get(record.peer_id) == record.seq or record.peer_id in has:
                 continue
-            encoded = _b64(record)
+            encoded = record.relayed
             if batch and size + len(encoded) + 3 > _ROOM:
                 out.append({"type": "records", "records": batch})
                 batch, size = [], 0
@@ -169,7 +165,7 @@ class Outbox:
 
     def own(self, recipient: PeerId, record: PeerRecord) -> dict[str, Any]:
         """Our own new record (new metadata), for one connected peer."""
-        return self.numbered(recipient, {"type": "records", "records": [_b64(record)]})
+        return self.numbered(recipient, {"type": "records", "records": [record.relayed]})
 
     def numbered(self, recipient: PeerId, message: dict[str, Any]) -> dict[str, Any]:
         """``message`` with the next number of the stream to ``recipient`` (sent at once)."""

@@ -333,4 +333,4 @@ class Pipeline:
 
 
 def _twin_notice(record: PeerRecord) -> dict[str, Any]:
-    return {"type": "duplicate_identity", "record": base64.b64encode(record.envelope).decode()}
+    return {"type": "duplicate_identity", "record": record.relayed}

@@ -17,6 +17,8 @@ the signature checks out, and a record that decodes is exactly the one its key s
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import os
 import re
@@ -90,6 +92,12 @@ class PeerRecord:
     @property
     def meta(self) -> dict[str, str]:
         return dict(self.meta_items)
+
+    @functools.cached_property
+    def relayed(self) -> str:
+        """The envelope in base64, as the exchange relays it: encoded once for every peer it
+        goes to (at 50 members a round relays each record to 49 peers at once)."""
+        return base64.b64encode(self.envelope).decode()
 
     def newer_than(self, other: PeerRecord | None) -> bool:
         return other is None or self.seq > other.seq

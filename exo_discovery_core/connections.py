@@ -521,7 +521,7 @@ class ConnectionManager:
             return False
         self._current[conn.peer_id] = conn
         self._grace.pop(conn.peer_id, None)
-        self.liveness.add(conn.peer_id)
+        self._act(self.liveness.add(conn.peer_id))
         if existing is not None:
             existing.close_reason = DUPLICATE
             if self._tg is not None:
@@ -651,7 +651,7 @@ class ConnectionManager:
         if self._current.get(conn.peer_id) is not conn:
             return  # a duplicate that lost; the peer is still connected through the winner
         del self._current[conn.peer_id]
-        self.liveness.remove(conn.peer_id)
+        self._act(self.liveness.remove(conn.peer_id))  # queued before the loss is reported
         if reason == DUPLICATE:
             # the peer kept another connection of ours; give it time to arrive before we say "down"
             self._grace[conn.peer_id] = time.monotonic() + self._config.handshake_timeout

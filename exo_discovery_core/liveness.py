@@ -133,20 +133,28 @@ class Liveness:
 
     # -- what the connections tell us ---------------------------------------------------------
 
-    def add(self, peer: PeerId, now: float | None = None) -> None:
+    def add(self, peer: PeerId, now: float | None = None) -> Actions:
+        """A new connection; what to send at once (our "I heartbeat you", if ``peer`` is our
+        new successor)."""
         now = _now(now)
         self._peers[peer] = _Peer(heard_at=now, heard_stall=self.stalled)
         self._suspects.discard(peer)  # a new connection to it: what we suspected is over
         if not self._senders and self._alone is None:
             self._alone = (now, self.stalled)
-        self._new_successor(now)
+        actions = Actions()
+        self._new_successor(now, actions)
+        return actions
 
-    def remove(self, peer: PeerId, now: float | None = None) -> None:
+    def remove(self, peer: PeerId, now: float | None = None) -> Actions:
+        """A connection ended; what to send at once (to the new successor, if ``peer`` was ours:
+        a node that freezes right after its successor died is watched all the same)."""
+        actions = Actions()
         if self._peers.pop(peer, None) is not None:
             self._handover.pop(peer, None)
             self._suspects.discard(peer)
             self._lost_sender(peer, _now(now))
-            self._new_successor(_now(now))
+            self._new_successor(_now(now), actions)
+        return actions
 
     def heard(self, peer: PeerId, now: float | None = None) -> None:
         """Any frame from ``peer``: it is alive, and a suspicion of it is over."""
@@ -192,8 +200,9 @@ class Liveness:
                 self._alone = (now, self.stalled)
                 self._due_by(now + self.suspect_after)
 
-    def _new_successor(self, now: float) -> None:
-        """The ring changed: a new successor is announced to at once, the old one handed over."""
+    def _new_successor(self, now: float, actions: Actions) -> None:
+        """The ring changed: a new successor is announced to at once (not at the next batch,
+        which a node frozen meanwhile never sends), the old one handed over."""
         successor = self._ring_successor()
         if successor == self._successor:
             return
@@ -202,8 +211,9 @@ class Liveness:
             self._handover[old] = math.inf  # until an interval after the announcement
         if successor is not None:
             self._handover.pop(successor, None)
-            self._peers[successor].announced = False
-            self._due_by(now + self.interval)
+            state = self._peers[successor]
+            state.announced = False
+            self._heartbeat(successor, state, now, actions)
 
     def _reported(
         self, reporter: PeerId, named: object, message_a: object, now: float, actions: Actions
@@ -282,7 +292,7 @@ class Liveness:
                 actions.dead.append((peer, why))
                 self._tell(peer, state, actions)  # the others probe it too (found alone, say)
         for peer, _ in actions.dead:
-            self.remove(peer, now)
+            actions.send += self.remove(peer, now).send
         self._due = self._next(now)
         return actions
 
@@ -297,12 +307,18 @@ class Liveness:
         for peer in [*self._handover, *([self._successor] if self._successor else [])]:
             state = self._peers[peer]
             if not state.announced or now - state.sent_at >= 0.75 * self.interval:
-                actions.send.append((peer, self._beat(WATCH_ME)))
-                state.sent_at = now
-                if peer == self._successor and not state.announced:
-                    state.announced = True
-                    for old, until in self._handover.items():
-                        self._handover[old] = min(until, now + self.interval)
+                self._heartbeat(peer, state, now, actions)
+
+    def _heartbeat(self, peer: PeerId, state: _Peer, now: float, actions: Actions) -> None:
+        """Say "I heartbeat you" to ``peer``; the first time to a new successor starts the old ones'
+        last interval (make before break)."""
+        actions.send.append((peer, self._beat(WATCH_ME)))
+        state.sent_at = now
+        if peer == self._successor and not state.announced:
+            state.announced = True
+            for old, until in self._handover.items():
+                self._handover[old] = min(until, now + self.interval)
+            self._due_by(now + self.interval)  # the next batch, and the handovers' end
 
     def _watched(self) -> set[PeerId]:
         """The peers whose silence we look at: those that heartbeat us or, while nobody does,

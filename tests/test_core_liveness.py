@@ -228,8 +228,17 @@ class Mesh:
             live.start(0.0)
 
     def connect(self, a: PeerId, b: PeerId) -> None:
-        self.nodes[a].add(b, self.now)
-        self.nodes[b].add(a, self.now)
+        """Both ends admit the connection, then read what the other sent on it at once."""
+        said = self.nodes[a].add(b, self.now), self.nodes[b].add(a, self.now)
+        self._act(a, said[0])
+        self._act(b, said[1])
+
+    def kill(self, pid: PeerId) -> None:
+        """``kill -9``: its connections close, and every peer sees that at once."""
+        self.frozen.add(pid)
+        for other in self.ids:
+            if other != pid:
+                self._act(other, self.nodes[other].remove(pid, self.now))
 
     def full(self, ids: Sequence[PeerId] | None = None) -> None:
         ids = self.ids if ids is None else ids
@@ -251,7 +260,8 @@ class Mesh:
     def _act(self, sender: PeerId, actions: Actions) -> None:
         for whom, _ in actions.dead:
             self.dead.append((self.now, sender, whom))
-            self.nodes[whom].remove(sender, self.now)  # the connection closes: it sees that
+            if whom not in self.frozen:  # the connection closes: it sees that (if it runs)
+                self._act(whom, self.nodes[whom].remove(sender, self.now))
         for to, frame in actions.send:
             self.frames.append((self.now, sender, to, frame))
             self.nodes[sender].sent(to, self.now)
@@ -356,6 +366,30 @@ def test_a_frozen_node_is_found_by_all_whenever_it_froze(offset: float) -> None:
     assert max(found.values()) - first <= mesh.nodes[b].confirm_within + SLACK
 
 
+@pytest.mark.parametrize("after", [0.01, 0.05, 0.2, 0.45])
+def test_a_node_frozen_just_after_its_successor_died_is_found_within_dead_after(
+    after: float,
+) -> None:
+    """Its successor is killed (every connection to it closes), and a moment later the node
+    freezes: it told its new successor "I heartbeat you" when it lost the old one, so that one
+    suspects it as a watched peer and tells the others, and every peer drops it within
+    dead_after of the freeze (not the new successor's quiet probe first and everyone else's
+    after)."""
+    mesh = Mesh(6)
+    mesh.full()
+    mesh.run(3.0)
+    x, killed = mesh.ids[2], mesh.ids[3]
+    mesh.kill(killed)
+    mesh.run(mesh.now + after)
+    mesh.frozen.add(x)
+    frozen = mesh.now
+    mesh.run(frozen + 15.0)
+    found = {who: t for t, who, whom in mesh.dead if whom == x}
+    assert set(found) == set(mesh.ids) - {x, killed}, "every live peer drops it"
+    assert all(whom == x for _, _, whom in mesh.dead), "and no one else"
+    assert max(found.values()) - frozen <= DEAD_AFTER + SLACK
+
+
 def test_a_node_frozen_before_its_first_heartbeat_is_found() -> None:
     mesh = Mesh(6)
     f = mesh.ids[2]
@@ -372,14 +406,16 @@ def test_a_node_frozen_before_its_first_heartbeat_is_found() -> None:
 
 def test_no_heartbeat_on_a_connection_that_carried_traffic() -> None:
     (b,) = _ids(1)
-    live = _node([b])
+    live = _node([])
+    assert live.add(b, now=0.0).send == [(b, WATCH_ME)], "our new successor is told at once"
+    live.on_frame(b, WATCH_ME, now=0.0)
     clock = Clock(live)
     for _ in range(24):
         live.sent(b, clock.now)  # other frames go to b, and come from it, all the time
         live.heard(b, clock.now)
         clock.run(clock.now + 0.125)
     to_b = [f for _, a in clock.actions for p, f in a.send if p == b]
-    assert to_b == [WATCH_ME], "b hears once that we heartbeat it, then traffic does"
+    assert to_b == [], "b heard once that we heartbeat it, then traffic does"
 
 
 # -- a real node whose loop is blocked -----------------------------------------------------------

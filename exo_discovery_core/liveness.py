@@ -24,7 +24,13 @@ Lifeguard are the model, over the connections we already hold:
   convinced by its own probe alone, so no peer can talk a node into dropping another.
 - **Slow self, slow verdict** (Lifeguard). The timer measures how late it runs. Time the node's
   own loop spent stalled does not count as anyone's silence, and while the node keeps running late
-  its awareness score stretches the time a probe has to be answered. A late node also says so in
+  its awareness score stretches the time a probe has to be answered. Only the node's own
+  evidence counts, and only a loop that keeps running late: a second late wake-up within
+  ``CALM_FOR`` of the one before raises the score. One late wake-up is a stall (a burst of the
+  node's own work, as every node does when a member dies), and the stall's seconds are given back
+  exactly already; stretching the probes for it would only delay the verdict on a real failure
+  that follows. A report naming the node itself changes nothing (no honest peer sends one: a
+  suspicion is told to everyone but the suspect). A late node also says so in
   its heartbeats (``a``, its score), and a peer's probes get as long as that peer's own score
   asks for: a node busy meshing is given time, a frozen one (which said nothing) is not.
 - **Nothing due, no wake-up.** A tick looks only at the partners and the suspects, never at every
@@ -47,7 +53,7 @@ from typing import Any
 from .identity import PeerId
 
 MAX_AWARENESS = 3  # a late node gives probes up to (1 + 3) x confirm_within
-LATE_AFTER = 0.25  # seconds; a wake-up later than this raises the awareness score
+LATE_AFTER = 0.25  # seconds; a wake-up this late, the second within CALM_FOR, raises the score
 CALM_FOR = 2.0  # seconds of on-time wake-ups that lower it by one
 
 HEARTBEAT: dict[str, Any] = {"type": "hb"}
@@ -130,6 +136,7 @@ class Liveness:
         self._due: float | None = None  # when the timer should run next
         self._last_tick: float | None = None
         self._calm_since = 0.0
+        self._late_at = -math.inf  # when the timer last woke late
 
     # -- what the connections tell us ---------------------------------------------------------
 
@@ -219,8 +226,7 @@ class Liveness:
         self, reporter: PeerId, named: object, message_a: object, now: float, actions: Actions
     ) -> None:
         """Another peer finds ``named`` silent: probe it ourselves (at most once a while)."""
-        if named == self.me:  # they find us slow: we probably are
-            self.awareness = min(MAX_AWARENESS, self.awareness + 1)
+        if named == self.me:  # hearsay, not our own evidence: it may not slow our verdicts
             return
         state = self._peers.get(PeerId(named)) if isinstance(named, str) else None
         if state is None or state.suspected_at is not None:
@@ -372,8 +378,9 @@ class Liveness:
         late = 0.0 if self._due is None else max(0.0, now - self._due)
         self.stalled += late
         if late > LATE_AFTER:
-            self.awareness = min(MAX_AWARENESS, self.awareness + 1)
-            self._calm_since = now
+            if now - self._late_at < CALM_FOR:  # late again: the loop keeps running late
+                self.awareness = min(MAX_AWARENESS, self.awareness + 1)
+            self._late_at = self._calm_since = now
         elif now - self._calm_since >= CALM_FOR and self.awareness > 0:
             self.awareness -= 1
             self._calm_since = now

@@ -143,7 +143,7 @@ def test_a_late_loop_raises_awareness_and_gives_probes_longer() -> None:
     (b,) = _ids(1)
     live = _node([b])
     clock = Clock(live)
-    for _ in range(3):
+    for _ in range(4):  # the loop keeps running late: each late wake-up after the first counts
         live.heard(b, clock.now)
         clock.stall(0.5)
     assert live.awareness == 3
@@ -160,9 +160,57 @@ def test_awareness_falls_back_once_the_loop_is_on_time() -> None:
     live = _node([b])
     clock = Clock(live)
     clock.stall(0.5)
+    clock.stall(0.5)
     assert live.awareness == 1
     clock.run(clock.now + 3.0, heard=[b])
     assert live.awareness == 0
+
+
+def test_one_late_wake_up_is_a_stall_and_does_not_delay_the_verdict_on_a_frozen_peer() -> None:
+    """A burst of the node's own work (every node's, when a member dies: the disconnect, the
+    exchange's deltas, the redials) makes one wake-up late. Its seconds are given back, and no
+    more: a peer that froze meanwhile is dropped dead_after after its last word, plus the stall."""
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(1.0, heard=[b, c])
+    live.heard(b, clock.now)  # b's last word
+    start = clock.now
+    clock.stall(0.4)  # later than LATE_AFTER, once
+    assert live.awareness == 0
+    clock.run(start + 10.0, heard=[c])
+    [(when, peer)] = clock.dead()
+    assert peer == b and when - start <= DEAD_AFTER + 0.4 + SLACK
+    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
+    assert told == [{"type": "suspect", "peer": str(b)}], "and the others are not told to wait"
+
+
+def test_late_wake_ups_far_apart_are_stalls_each_and_leave_awareness_at_zero() -> None:
+    (b,) = _ids(1)
+    live = _node([b])
+    clock = Clock(live)
+    for _ in range(4):
+        clock.stall(0.4)
+        assert live.awareness == 0
+        clock.run(clock.now + 2.5, heard=[b])  # on time for longer than CALM_FOR in between
+    assert clock.dead() == [] and live.suspicions == 0
+
+
+def test_a_report_naming_us_does_not_slow_our_verdicts() -> None:
+    """Only our own lateness stretches our probes; no honest peer says we are silent (a suspicion
+    is told to everyone but the suspect), so a peer that does cannot slow what we find."""
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    clock.run(0.5, heard=[b, c])
+    for _ in range(10):
+        assert not live.on_frame(c, {"type": "suspect", "peer": str(live.me), "a": 3}, clock.now)
+    assert live.awareness == 0
+    live.heard(b, clock.now)
+    start = clock.now
+    clock.run(start + 10.0, heard=[c])
+    [(when, peer)] = clock.dead()
+    assert peer == b and when - start <= DEAD_AFTER + SLACK
 
 
 def test_a_probe_is_answered_at_once() -> None:
@@ -496,9 +544,11 @@ def test_a_late_node_says_so_in_its_heartbeats() -> None:
     live = _node([b])
     clock = Clock(live)
     clock.stall(0.5)
+    clock.stall(0.5)  # late again: from this wake-up on the score is 1
+    late = clock.now
     live.heard(b, clock.now)
     clock.run(clock.now + 1.0, heard=[b])
-    beats = [f for _, a in clock.actions for p, f in a.send if f.get("type") == "hb"]
+    beats = [f for t, a in clock.actions if t >= late for p, f in a.send if f.get("type") == "hb"]
     assert beats and all(f.get("a") == 1 for f in beats)
     assert live.on_frame(b, PROBE, now=clock.now).send == [(b, {"type": "hb", "a": 1})]
 

@@ -32,7 +32,9 @@ Lifeguard are the model, over the connections we already hold:
   that follows. A report naming the node itself changes nothing (no honest peer sends one: a
   suspicion is told to everyone but the suspect). A late node also says so in
   its heartbeats (``a``, its score), and a peer's probes get as long as that peer's own score
-  asks for: a node busy meshing is given time, a frozen one (which said nothing) is not.
+  asks for: a node busy meshing is given time, a frozen one (which said nothing) is not. Its
+  word ages as its score does (one level per ``CALM_FOR``), so a score said while the mesh
+  formed does not slow the verdict on a node that freezes a minute later.
 - **Nothing due, no wake-up.** A tick looks only at the partners and the suspects, never at every
   connection, and the timer sleeps until the next thing due: a batch of heartbeats, a silence or a
   probe's wait running out. With no partner and no suspect nothing is due (``next_due`` is
@@ -101,6 +103,8 @@ class _Peer:
     why: str = ""
     told: bool = False  # the other peers heard of this suspicion
     awareness: int = 0  # how late it said it runs (its own score, 0..MAX_AWARENESS)
+    awareness_at: float = float("-inf")  # when it (or a report of it) said so
+    given: int = 0  # its word, aged, when this suspicion began: the probe's extra periods
 
 
 class Liveness:
@@ -187,7 +191,7 @@ class Liveness:
         if state is None:
             return actions
         if kind == "hb":
-            state.awareness = _score(message.get("a"))
+            state.awareness, state.awareness_at = _score(message.get("a")), now
             if message.get("w") == 1 and peer not in self._senders:
                 self._senders.add(peer)  # watched from now on: its silence is suspicious
                 self._alone = None
@@ -231,7 +235,8 @@ class Liveness:
         state = self._peers.get(PeerId(named)) if isinstance(named, str) else None
         if state is None or state.suspected_at is not None:
             return
-        state.awareness = max(state.awareness, _score(message_a))
+        state.awareness = max(self._their_awareness(state, now), _score(message_a))
+        state.awareness_at = now
         if now - state.reported_at < self.dead_after:
             return  # one probe per report window, however often it is said
         state.reported_at = now
@@ -389,6 +394,7 @@ class Liveness:
     def _suspect(self, peer: PeerId, state: _Peer, now: float, why: str, actions: Actions) -> None:
         """Probe ``peer``: any frame from it clears this, no answer in time makes it dead."""
         state.suspected_at, state.suspected_stall, state.why = now, self.stalled, why
+        state.given = self._their_awareness(state, now)  # no word of its can change it now
         state.told = False
         self._suspects.add(peer)
         actions.send.append((peer, PROBE))
@@ -398,12 +404,21 @@ class Liveness:
         """Our other peers hear of a suspicion once (each probes ``peer`` itself)."""
         if not state.told:
             state.told = True
-            told = suspect_frame(peer, state.awareness)
+            told = suspect_frame(peer, state.given)
             actions.send += [(other, told) for other in self._peers if other != peer]
 
     def _confirm(self, state: _Peer) -> float:
         """How long a probe of that peer may take: longer while we, or it, run late."""
-        return self.confirm_within * (1 + max(self.awareness, state.awareness))
+        return self.confirm_within * (1 + max(self.awareness, state.given))
+
+    def _their_awareness(self, state: _Peer, now: float) -> int:
+        """A peer's word on how late it runs, aged as its own score ages (one level less per
+        ``CALM_FOR``): a live peer still late says so again, in its heartbeats to its watcher and
+        so in the watcher's report, while a word from long ago (the mesh's first seconds) is
+        no reason to wait for a peer that froze since."""
+        if not state.awareness:
+            return 0
+        return max(0, state.awareness - int((now - state.awareness_at) / CALM_FOR))
 
     def _beat(self, frame: dict[str, Any]) -> dict[str, Any]:
         """A heartbeat, saying how late we run when we do (so our probes get that long)."""

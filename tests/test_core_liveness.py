@@ -17,6 +17,7 @@ import pytest
 from exo_discovery_core import PeerCandidate
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.liveness import (
+    CALM_FOR,
     HEARTBEAT,
     PROBE,
     STOPPING,
@@ -524,6 +525,23 @@ def test_a_peer_that_says_it_runs_late_gets_longer_to_answer_a_probe() -> None:
     assert peer == b and when - start >= live.suspect_after + 3 * live.confirm_within - SLACK
     told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
     assert told == [{"type": "suspect", "peer": str(b), "a": 2}], "the others wait as long"
+
+
+def test_a_peer_s_word_that_it_runs_late_ages_and_a_stale_one_gives_it_no_longer() -> None:
+    """b said it ran late once, long ago (busy meshing), then spoke without a score in frames
+    that are not heartbeats (it heartbeats someone else): when it freezes, its probe gets no
+    extra time, and the others are told none (the word aged as b's own score would)."""
+    b, c = _ids(2)
+    live = _node([b, c])
+    clock = Clock(live)
+    live.on_frame(b, {"type": "hb", "a": 3}, now=clock.now)
+    clock.run(3 * CALM_FOR + 1.0, heard=[b, c])  # each CALM_FOR ages its word by one level
+    start = clock.now
+    clock.run(start + 10.0, heard=[c])
+    [(when, peer)] = clock.dead()
+    assert peer == b and when - start <= DEAD_AFTER + SLACK
+    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
+    assert told == [{"type": "suspect", "peer": str(b)}]
 
 
 def test_a_report_of_a_late_peer_gives_it_as_long_and_bad_scores_count_as_zero() -> None:

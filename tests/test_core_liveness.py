@@ -82,6 +82,10 @@ class Clock:
     def dead(self) -> list[tuple[float, PeerId]]:
         return [(t, p) for t, a in self.actions for p, _ in a.dead]
 
+    def told(self, to: PeerId) -> list[dict[str, object]]:
+        """The suspicions the machine told ``to`` of."""
+        return [f for _, a in self.actions for p, f in a.send if p == to and f["type"] == "suspect"]
+
     def sent(self, frame: dict[str, object], to: PeerId | None = None) -> list[float]:
         return [t for t, a in self.actions for p, f in a.send if f == frame and to in (None, p)]
 
@@ -96,8 +100,7 @@ def test_a_silent_peer_is_suspected_probed_then_dropped_after_dead_after() -> No
     assert DEAD_AFTER <= when <= DEAD_AFTER + SLACK
     probed = clock.sent(PROBE, to=b)
     assert probed and live.suspect_after <= probed[0] < when
-    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
-    assert told == [{"type": "suspect", "peer": str(b)}], "the other peers hear of it once"
+    assert clock.told(c) == [{"type": "suspect", "peer": str(b)}], "the other peers hear of it once"
 
 
 def test_a_suspicion_is_cleared_by_traffic() -> None:
@@ -182,8 +185,7 @@ def test_one_late_wake_up_is_a_stall_and_does_not_delay_the_verdict_on_a_frozen_
     clock.run(start + 10.0, heard=[c])
     [(when, peer)] = clock.dead()
     assert peer == b and when - start <= DEAD_AFTER + 0.4 + SLACK
-    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
-    assert told == [{"type": "suspect", "peer": str(b)}], "and the others are not told to wait"
+    assert clock.told(c) == [{"type": "suspect", "peer": str(b)}], "nor told to wait longer"
 
 
 def test_late_wake_ups_far_apart_are_stalls_each_and_leave_awareness_at_zero() -> None:
@@ -523,8 +525,7 @@ def test_a_peer_that_says_it_runs_late_gets_longer_to_answer_a_probe() -> None:
     clock.run(start + 10.0, heard=[c])
     [(when, peer)] = clock.dead()
     assert peer == b and when - start >= live.suspect_after + 3 * live.confirm_within - SLACK
-    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
-    assert told == [{"type": "suspect", "peer": str(b), "a": 2}], "the others wait as long"
+    assert clock.told(c) == [{"type": "suspect", "peer": str(b), "a": 2}], "the others wait as long"
 
 
 def test_a_peer_s_word_that_it_runs_late_ages_and_a_stale_one_gives_it_no_longer() -> None:
@@ -540,8 +541,7 @@ def test_a_peer_s_word_that_it_runs_late_ages_and_a_stale_one_gives_it_no_longer
     clock.run(start + 10.0, heard=[c])
     [(when, peer)] = clock.dead()
     assert peer == b and when - start <= DEAD_AFTER + SLACK
-    told = [f for _, a in clock.actions for p, f in a.send if p == c and f.get("type") == "suspect"]
-    assert told == [{"type": "suspect", "peer": str(b)}]
+    assert clock.told(c) == [{"type": "suspect", "peer": str(b)}]
 
 
 def test_a_report_of_a_late_peer_gives_it_as_long_and_bad_scores_count_as_zero() -> None:

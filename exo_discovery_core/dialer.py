@@ -8,8 +8,9 @@ first to connect wins and the others are closed. A connected peer that has an ad
 better link class than the one in use (a Thunderbolt cable plugged in beside the Wi-Fi) is
 dialed there too; the new connection replaces the old one without the peer ever going down,
 and a better path that does not answer is tried again with backoff. Peers heard of only
-by peer exchange know of us too: the lower peer id dials first and the other waits
-``MUTUAL_SECOND_DIAL`` seconds, so a forming mesh makes no duplicate connections.
+by peer exchange know of us too: one end of the pair (:func:`first_dialer`, the same answer at
+both) dials first and the other waits ``MUTUAL_SECOND_DIAL`` seconds, so a forming mesh makes
+no duplicate connections.
 
 Every failed dial leaves its reason (never empty) and the time of the next try, so
 ``exo-discovery peers`` can say why a peer does not connect. A peer whose every address refused
@@ -30,6 +31,7 @@ connection to keep its own limit is held off like a refusal, so we dial another 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -66,6 +68,17 @@ REVERIFY_EVERY = 30.0  # seconds between verifications of one peer (verify_only)
 MAX_REASON = 300  # characters of a failure reason kept for ``peers``
 UPGRADE_RETRY_MAX = 30.0  # seconds; the most between tries of a better path that fails
 ARRIVING_WAIT = 5.0  # seconds a peer just reached is not dialed again while it is being kept
+
+
+def first_dialer(a: PeerId, b: PeerId) -> PeerId:
+    """Which end of a hearsay pair dials first: the same answer at both ends, and each node the
+    first dialer of about half its pairs. (The lower id of every pair left the lowest ids of a
+    50-member mesh to dial nearly all the others, held by their learned-dial pace, and they
+    meshed last.) A peer that grinds its id to be the first dialer and never dials only makes
+    us wait ``MUTUAL_SECOND_DIAL``, as a lower id could before."""
+    low, high = sorted((a, b))
+    coin = hashlib.blake2b(f"{low} {high}".encode(), digest_size=1).digest()[0] & 1
+    return high if coin else low
 
 
 class Links(Protocol):
@@ -310,13 +323,13 @@ class Dialer:
         return at + REVERIFY_EVERY if addresses == frozenset(peer.addresses) else None
 
     def _dials_second(self, peer: Peer) -> bool:
-        """Without a limit both ends of a hearsay pair want the link: the lower id dials first.
-        With one the ends choose independently, so neither waits."""
+        """Without a limit both ends of a hearsay pair want the link: :func:`first_dialer`
+        dials first. With one the ends choose independently, so neither waits."""
         return (
             self._preference is None
             and peer.sources == {self._mutual_source}
             and peer.peer_id is not None
-            and str(peer.peer_id) < str(self._me)
+            and first_dialer(peer.peer_id, self._me) != self._me
         )
 
     async def attempt(self, peer: Peer, addresses: list[Address] | None = None) -> None:

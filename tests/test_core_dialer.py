@@ -19,6 +19,7 @@ from exo_discovery_core.dialer import (
     REFUSED_RETRY,
     REVERIFY_EVERY,
     Dialer,
+    first_dialer,
 )
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.ip import LocalNetworks
@@ -157,9 +158,12 @@ async def test_dialing_ourselves_stops_at_that_address() -> None:
     assert dialer.due() == ([], IDLE_WAKE) and dialer.status() == {}
 
 
-async def test_of_two_peers_that_know_each_other_by_exchange_the_lower_id_dials_first() -> None:
-    lower, higher = sorted([Identity.generate().peer_id for _ in range(2)])
-    for me, other, first_at in ((lower, higher, 0.0), (higher, lower, MUTUAL_SECOND_DIAL)):
+async def test_of_two_peers_that_know_each_other_by_exchange_one_dials_first() -> None:
+    a, b = (Identity.generate().peer_id for _ in range(2))
+    first = first_dialer(a, b)
+    assert first_dialer(b, a) == first, "both ends give the same answer"
+    second = b if first == a else a
+    for me, other, first_at in ((first, second, 0.0), (second, first, MUTUAL_SECOND_DIAL)):
         table, links, clock = PeerTable(me), Links({address(1): other}), Clock()
         table.replace("exchange", [PeerCandidate.at("127.0.0.1", 1, str(other))])
         dialer = Dialer(me, table.merged, links, clock=clock)
@@ -293,8 +297,10 @@ async def test_a_silent_first_address_does_not_hold_the_dial_up() -> None:
 async def test_a_connected_peer_moves_to_a_better_link_when_one_appears() -> None:
     peer = Identity.generate().peer_id
     wifi, cable = address(1, "192.168.1.9"), address(1, "169.254.3.9")
-    paths = _paths(("en1", "192.168.1.2/24", LinkClass.WIFI),
-                   ("bridge0", "169.254.3.2/16", LinkClass.THUNDERBOLT))
+    paths = _paths(
+        ("en1", "192.168.1.2/24", LinkClass.WIFI),
+        ("bridge0", "169.254.3.2/16", LinkClass.THUNDERBOLT),
+    )
     table, clock = PeerTable(ME), Clock()
     links = Links({wifi: peer, cable: DialError("No route to host")})
     table.replace("static", [PeerCandidate(peer_id=peer, addresses=(wifi,))])
@@ -350,7 +356,11 @@ async def test_a_dial_that_proves_the_peer_gives_its_pace_token_back_a_failed_on
     address refuses) only the burst is dialed."""
     from exo_discovery_core.limits import TokenBucket
 
-    me, *others = sorted(Identity.generate().peer_id for _ in range(13))  # the lowest: it dials
+    me, others = Identity.generate().peer_id, []
+    while len(others) < 12:  # peers of which it is the first dialer
+        other = Identity.generate().peer_id
+        if first_dialer(me, other) == me:
+            others.append(other)
     real, fake = others[:6], others[6:]
     outcomes: dict[Address, PeerId | DialError] = {address(i + 1): p for i, p in enumerate(real)}
     outcomes |= {address(i + 101): DialError("connection refused") for i in range(6)}
@@ -365,3 +375,10 @@ async def test_a_dial_that_proves_the_peer_gives_its_pace_token_back_a_failed_on
         for _ in range(len(peers)):  # one due() after each round of dials, as the loop does
             dialed += await dial_due(dialer)
         assert len(dialed) == (len(peers) if peers is real else 2)
+
+
+def test_each_node_dials_first_about_half_of_its_hearsay_pairs() -> None:
+    """Not the lower id of every pair: the lowest ids of a mesh would dial all the others."""
+    ids = sorted(PeerId.from_raw_key(bytes([i]) * 32) for i in range(50))  # fixed ids
+    firsts = [sum(first_dialer(me, other) == me for other in ids if other != me) for me in ids]
+    assert min(firsts) >= 12 and max(firsts) <= 37, firsts

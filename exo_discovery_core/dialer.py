@@ -145,6 +145,7 @@ class Dialer:
         verify_only: bool = False,
         max_connections: int | None = None,
         attempt_delay: float = ATTEMPT_DELAY,
+        island: Callable[[], bool] | None = None,
     ) -> None:
         """``learned`` paces the dials of peers known only through ``mutual_source`` (hearsay:
         whatever a peer says, it cannot make us dial faster than that); a dial whose handshake
@@ -165,6 +166,7 @@ class Dialer:
         self._clock = clock
         self._verify_only = verify_only
         self._preference = Preference(me, max_connections) if max_connections else None
+        self._island = island  # with a limit: True while our connections are cut off together
         # verify_only: by id, the addresses it was verified at and when
         self._verified: dict[PeerId, tuple[frozenset[Address], float]] = {}
         self._states: dict[str, _State] = {}
@@ -306,6 +308,8 @@ class Dialer:
             return eligible
         busy = sum(1 for state in self._states.values() if state.busy)
         room = self._preference.limit - len(connected) - busy
+        if room <= 0 and not busy and self._island is not None and self._island():
+            room = 1  # one past the limit, out of the island (the trim keeps that link)
         if room <= 0:
             return []
         rank = {p: i for i, p in enumerate(self._preference.ranked(

@@ -103,7 +103,8 @@ log = logging.getLogger("exo_discovery.exchange")
 
 class Outbox:
     """What we tell each connected peer: the ids we list (in full once, then what changed), each
-    record once (again only when a newer one replaces it), every message numbered."""
+    record once while listed (again when a newer one replaces it, or when it is listed again: a
+    receiver forgets the record of a member no sender lists), every message numbered."""
 
     def __init__(self) -> None:
         self._sent: dict[PeerId, dict[PeerId, int]] = {}
@@ -145,6 +146,8 @@ class Outbox:
         if change is not None:
             out.append(change)
         self._lists[recipient] = listing
+        for peer_id in [p for p in sent if str(p) not in listing]:
+            del sent[peer_id]  # no longer listed: the recipient may drop its record; again if re-listed
         batch: list[str] = []
         size = 0
         for record in others:
@@ -618,6 +621,14 @@ class PeerExchange:
         self._refuting = False
         self._report_rates: dict[PeerId, TokenBucket] = {}  # by connected sender
 
+    def listed_ids(self) -> Collection[PeerId]:
+        """Every member some connection lists (reported gone or not)."""
+        return self._heard.listed()
+
+    def connections_of(self, peer_id: PeerId) -> set[PeerId]:
+        """The connections ``peer_id`` (connected to us) says it has, us included."""
+        return self._heard.connections_of(peer_id)
+
     def record(self, peer_id: PeerId) -> PeerRecord | None:
         """The newest record of ``peer_id`` that a peer relayed (None if none did)."""
         return self._heard.record(peer_id)
@@ -710,6 +721,8 @@ class PeerExchange:
             return
         record = self._newest(peer_id)
         if record is None or seq < record.seq or not self._heard.bury(peer_id, record.seq):
+            why = "unknown" if record is None else "stale" if seq < record.seq else "known"
+            log.debug("peer %s reports %s gone: %s here, nothing to do", sender, peer_id, why)
             return  # unknown, stale, or held out already: nothing changes, nothing is relayed
         log.debug("peer %s reports %s gone", sender, peer_id)
         self._pass_on(peer_id, seq, exclude=sender)

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import Listener, SocketStream, TaskGroup
 
-from . import exchange, records
+from . import degree, exchange, records
 from .config import NodeConfig
 from .connections import DUPLICATE, SHUTDOWN, ConnectionManager
 from .degree import TRIM_DELAY, TRIMMED, Preference
@@ -97,6 +97,7 @@ class Pipeline:
             verify_only=not config.connect,
             learned=TokenBucket(config.learned_dial_rate, config.learned_dial_burst),
             max_connections=config.max_connections,
+            island=self.island,
         )
 
     def serve(self, listener: Listener[SocketStream]) -> None:
@@ -170,6 +171,19 @@ class Pipeline:
             self._twin_notice(peer_id, message)
         else:
             self.exchange.received(peer_id, address, message)
+            if message["type"] == "peers" and self.island():
+                self.dialer.wake()  # it may dial one member past the limit, out of the island
+
+    def island(self) -> bool:
+        """With ``max_connections``: our connections, by what they say, are connected only
+        among themselves and to us, while other members are known (see :func:`degree.island`)."""
+        if self.preference is None:
+            return False
+        connected, me = self.connections.connected(), self.identity.peer_id
+        links = {p: self.exchange.connections_of(p) for p in connected}
+        if not connected or not degree.island(me, connected, links):
+            return False
+        return any(p not in connected and p != me for p in self.exchange.listed_ids())
 
     # -- signed records: metadata, and one key held twice -------------------------------------
 
@@ -276,7 +290,9 @@ class Pipeline:
             self._trimming = False
             assert self.preference is not None
             known = [p.peer_id for p in self.table.merged().values() if p.peer_id is not None]
-            for peer_id in self.preference.to_trim(self.connections.connected(), known):
+            connected = self.connections.connected()
+            links = {p: self.exchange.connections_of(p) for p in connected}
+            for peer_id in self.preference.to_trim(connected, known, links):
                 log.debug("closing the connection to %s to keep max_connections", peer_id)
                 await self.connections.close(peer_id, TRIMMED)
 

@@ -47,18 +47,27 @@ def start(nodes: NodeFleet, env: dict[str, str]) -> list[NodeProcess]:
 
 def meshed(among: list[NodeProcess], ids: set[str]) -> Callable[[], str | None]:
     """A check: each of ``among`` lists exactly the others of ``among`` (of the fleet's
-    ``ids``) and keeps at most LIMIT connections."""
+    ``ids``) and keeps at most LIMIT connections, and those connections join them all."""
     want = {node.peer_id for node in among}
 
     def check() -> str | None:
+        graph: dict[str, set[str]] = {}
         for node in among:
             status = status_of(node)
+            graph[node.peer_id] = connections(status) & want
             listed = members(status) & ids
             if listed != want - {node.peer_id}:
                 missing, extra = want - {node.peer_id} - listed, listed - want
-                return f"{node.name} lists not {sorted(missing)} but {sorted(extra)}: {status}"
+                rows = [row for row in status.peers if row.peer_id in extra]
+                return f"{node.name} lists not {sorted(missing)} but {rows}: {status}"
             if len(connections(status)) > LIMIT:
                 return f"{node.name} has {len(connections(status))} connections"
+        reached, todo = set(), [among[0].peer_id]
+        while todo:  # the connections join every member: no group is cut off from the rest
+            reached.add(peer := todo.pop())
+            todo += [p for p in graph[peer] | {q for q in graph if peer in graph[q]} if p not in reached]
+        if reached != want:
+            return f"the connections do not join {sorted(want - reached)} to the rest: {graph}"
         return None
 
     return check

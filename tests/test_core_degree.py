@@ -40,6 +40,21 @@ def test_past_the_limit_the_least_preferred_connections_are_trimmed() -> None:
     assert prefer.to_trim(ranked[:3], OTHERS) == []
     connected = ranked[1:6]
     assert prefer.to_trim(connected, OTHERS) == [ranked[5], ranked[4]]
+    # a peer whose only connection we are is kept: trimmed, it would be cut off
+    links = {p: {ME, ranked[10]} for p in connected} | {ranked[5]: {ME}}
+    assert prefer.to_trim(connected, OTHERS, links) == [ranked[4], ranked[3]]
+
+
+def test_the_trim_keeps_a_link_out_of_a_group_that_would_be_cut_off() -> None:
+    prefer = Preference(ME, 3)
+    r = prefer.ranked(OTHERS)
+    group = {ME, r[0], r[1], r[2]}  # connected only among themselves, each at the limit
+    links = {r[0]: group - {r[0]}, r[1]: group - {r[1]}, r[2]: group - {r[2]}, r[3]: {ME, r[9]}}
+    assert prefer.to_trim(r[:4], OTHERS, links) == [r[2]]  # not r[3], the one link out
+    links[r[3]] = {ME}  # r[3] knows no one else: nothing to gain, the ranking decides
+    assert prefer.to_trim(r[:4], OTHERS, links) == [r[2]]  # (r[3] is alone: kept first)
+    links[r[3]] = {ME, r[0]}
+    assert prefer.to_trim(r[:4], OTHERS, links) == [r[3]]
 
 
 def peers(ids: list[PeerId], ages: list[float] | None = None) -> dict[str, object]:

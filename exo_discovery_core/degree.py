@@ -82,7 +82,7 @@ class Preference:
         kept = [p for p in ranked if p in lone] + [p for p in ranked if p not in lone]
         first, rest = kept[: self.limit], kept[self.limit :]
         if rest and island(self.me, first, links):
-            out = [p for p in rest if not island(self.me, [p], links, kept)]
+            out = [p for p in rest if p in links and set(links[p]) - {self.me, *kept}]
             others = [p for p in first if p not in lone]
             if out and others:
                 first = [p for p in first if p != others[-1]] + [out[0]]
@@ -96,9 +96,10 @@ def island(
     links: Mapping[PeerId, Collection[PeerId]],
     within: Collection[PeerId] = (),
 ) -> bool:
-    """True if every peer of ``kept`` says it is connected only to ``me``, to peers of ``kept``
-    or ``within``: then, with every one of them at its own limit too, no one of them would dial
-    out and the group would be cut off from the rest of the cluster for good (12 members with
-    3 connections each formed such a group of 4 about one run in five)."""
+    """True if every peer of ``kept`` says (it is in ``links``: it told us) that it is connected
+    only to ``me``, to peers of ``kept`` or ``within``: then, with every one of them at its own
+    limit too, no one of them would dial out and the group would be cut off from the rest of
+    the cluster for good (12 members with 3 connections each formed such a group of 4 about
+    one run in five)."""
     inside = {me, *kept, *within}
-    return all(set(links.get(p, ())) <= inside for p in kept)
+    return all(p in links and set(links[p]) <= inside for p in kept)

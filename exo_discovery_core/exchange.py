@@ -377,6 +377,10 @@ class Heard:
         self._local.pop(sender, None)
         return changed
 
+    def has_listed(self, sender: PeerId) -> bool:
+        """Whether ``sender`` sent a list (what it says stands until it disconnects)."""
+        return sender in self._vouched
+
     def connections_of(self, sender: PeerId) -> set[PeerId]:
         """The peers ``sender`` lists as its own connections (at age 0)."""
         return {p for p, at in self._vouched.get(sender, {}).items() if at is None}
@@ -421,6 +425,10 @@ class Heard:
         """The seq ``peer_id`` was reported gone at (None: not reported, or revived)."""
         tombstone = self._gone.get(peer_id)
         return None if tombstone is None else tombstone[0]
+
+    def buried_all(self) -> list[tuple[PeerId, int]]:
+        """Every member held out now, with the seq it was reported gone at."""
+        return [(peer_id, seq) for peer_id, (seq, _) in self._gone.items()]
 
     def revive(self, peer_id: PeerId) -> bool:
         """``peer_id`` shows it is alive (a newer record, a connection to us): no tombstone."""
@@ -625,9 +633,10 @@ class PeerExchange:
         """Every member some connection lists (reported gone or not)."""
         return self._heard.listed()
 
-    def connections_of(self, peer_id: PeerId) -> set[PeerId]:
-        """The connections ``peer_id`` (connected to us) says it has, us included."""
-        return self._heard.connections_of(peer_id)
+    def connections_of(self, peer_id: PeerId) -> set[PeerId] | None:
+        """The connections ``peer_id`` (connected to us) says it has, but us (None: it has not
+        sent its list yet)."""
+        return self._heard.connections_of(peer_id) if self._heard.has_listed(peer_id) else None
 
     def record(self, peer_id: PeerId) -> PeerRecord | None:
         """The newest record of ``peer_id`` that a peer relayed (None if none did)."""
@@ -689,6 +698,16 @@ class PeerExchange:
         if record is not None:
             self._heard.bury(peer_id, record.seq)
             self._pass_on(peer_id, record.seq, exclude=peer_id)
+
+    def joined(self, peer_id: PeerId) -> None:
+        """A new connection hears the failure reports we hold (at most ``GONE_BURST`` of them
+        are taken), as a connection that was up when each came did: a group of members joined
+        to the rest only through the one that failed would otherwise tell no one."""
+        if not (self.enabled and self.relay) or self._tg is None:
+            return
+        for member, seq in self._heard.buried_all()[-int(GONE_BURST) :]:
+            if member != peer_id:
+                self._tg.start_soon(self._links.send, peer_id, _gone(member, seq))
 
     def _newest(self, peer_id: PeerId) -> PeerRecord | None:
         relayed, direct = self._heard.record(peer_id), self._direct.get(peer_id)

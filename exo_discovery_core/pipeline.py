@@ -180,10 +180,14 @@ class Pipeline:
         if self.preference is None:
             return False
         connected, me = self.connections.connected(), self.identity.peer_id
-        links = {p: self.exchange.connections_of(p) for p in connected}
-        if not connected or not degree.island(me, connected, links):
+        if not connected or not degree.island(me, connected, self._links(connected)):
             return False
         return any(p not in connected and p != me for p in self.exchange.listed_ids())
+
+    def _links(self, connected: Iterable[PeerId]) -> dict[PeerId, set[PeerId]]:
+        """What each connection says it is connected to (those that said so yet)."""
+        said = {p: self.exchange.connections_of(p) for p in connected}
+        return {p: links for p, links in said.items() if links is not None}
 
     # -- signed records: metadata, and one key held twice -------------------------------------
 
@@ -272,6 +276,7 @@ class Pipeline:
 
     def connection_up(self, peer_id: PeerId, address: Address | None) -> None:
         self._changed(ConnectionState.CONNECTED, peer_id, address, "")
+        self.exchange.joined(peer_id)
         if (
             self.preference is not None
             and len(self.connections.connected()) > self.preference.limit
@@ -291,8 +296,7 @@ class Pipeline:
             assert self.preference is not None
             known = [p.peer_id for p in self.table.merged().values() if p.peer_id is not None]
             connected = self.connections.connected()
-            links = {p: self.exchange.connections_of(p) for p in connected}
-            for peer_id in self.preference.to_trim(connected, known, links):
+            for peer_id in self.preference.to_trim(connected, known, self._links(connected)):
                 log.debug("closing the connection to %s to keep max_connections", peer_id)
                 await self.connections.close(peer_id, TRIMMED)
 

@@ -255,3 +255,15 @@ async def test_a_report_of_a_record_not_yet_seen_holds_out_only_the_one_held(set
     setup.far.update()
     setup.hear_of_far(OTHER)
     assert setup.listed()
+
+
+async def test_a_new_connection_hears_the_reports_held(setup: Setup) -> None:
+    """A group joined to the rest only through the member that failed tells whoever it
+    connects to next."""
+    setup.hear_of_far()
+    setup.say(SENDER, gone(FAR, setup.far.record.seq))
+    await settle()
+    setup.links.sent.clear()
+    setup.exchange.joined(OTHER.peer_id)
+    await settle()
+    assert setup.links.reports() == [(OTHER.peer_id, gone(FAR, setup.far.record.seq))]

@@ -58,6 +58,7 @@ class Outcome:
     progress: list[str] = field(default_factory=list)
     ends: tuple[int, int] = (0, 0)  # peers per member at the end: min, max
     complaints: list[str] = field(default_factory=list)  # the first warnings any member logged
+    settled_cpu: float | None = None  # % of one core over a second window ``settle_after`` later
 
     def summary(self) -> str:
         """Start-up, meshing and what went wrong, for a row's note."""
@@ -125,6 +126,13 @@ def _fleet_cpu(members: list[Member]) -> float:
     return sum(m.cpu_seconds() for m in members)
 
 
+def _window_cpu(members: list[Member]) -> float:
+    """The fleet's CPU over the next ``REST_WINDOW_S``, in % of one core."""
+    cpu, wall = _fleet_cpu(members), time.monotonic()
+    time.sleep(REST_WINDOW_S)
+    return 100 * (_fleet_cpu(members) - cpu) / (time.monotonic() - wall)
+
+
 def _gone(victim: Member, others: list[Member], sig: int, deadline: Deadline) -> float | None:
     """Send ``sig`` to ``victim``; seconds until the last of ``others`` reports it gone."""
     marks = [m.mark() for m in others]
@@ -142,7 +150,11 @@ def _gone(victim: Member, others: list[Member], sig: int, deadline: Deadline) ->
     return worst
 
 
-def _measure(system: System, count: int, deadline: Deadline) -> Outcome:
+def _measure(
+    system: System, count: int, deadline: Deadline, settle_after: float | None = None
+) -> Outcome:
+    """One fleet of ``system``; with ``settle_after``, the rest CPU is measured a second time
+    that many seconds after the first window (as long as the other system took to settle)."""
     want = count - 1
     with Fleet(f"{NAME}{count}") as fleet:
         first = system.first(fleet, "n00")
@@ -168,9 +180,11 @@ def _measure(system: System, count: int, deadline: Deadline) -> Outcome:
         full = [_full_at(m.snapshot(), want) for m in members]
         counts = sorted(len(m.connected_peers()) for m in members)
         rss = [m.rss_mib() for m in members]
-        cpu1, wall1 = _fleet_cpu(members), time.monotonic()
-        time.sleep(REST_WINDOW_S)
-        rest_cpu = 100 * (_fleet_cpu(members) - cpu1) / (time.monotonic() - wall1)
+        rest_cpu = _window_cpu(members)
+        settled_cpu = None
+        if settle_after is not None:
+            time.sleep(settle_after)
+            settled_cpu = _window_cpu(members)
         disconnects: dict[str, int] = {}
         for member in members:
             for event in member.snapshot():
@@ -184,7 +198,7 @@ def _measure(system: System, count: int, deadline: Deadline) -> Outcome:
     mesh = max(f for f in full if f is not None) - last_started if meshed else None
     return Outcome(system.label, count, last_started - first.spawned_at, mesh, mesh_cpu, rss,
                    rest_cpu, disconnects, killed, stopped, progress, (counts[0], counts[-1]),
-                   complaints)  # fmt: skip
+                   complaints, settled_cpu)  # fmt: skip
 
 
 def _churn(disconnects: dict[str, int]) -> str:

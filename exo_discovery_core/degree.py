@@ -9,10 +9,13 @@ the members it knows in one fixed order of its own, and keeps connections to the
   graph an expander: connected, with a diameter that grows as log N).
 
 The order is deterministic, so a node's choice does not flap as members come and go; it differs
-between nodes, so no member is everyone's favourite. A node dials while it has fewer than M
-connections; inbound connections are accepted (the newcomer is told the member list first) and,
-past M, the least-preferred connection is closed after ``TRIM_DELAY`` with the reason
-``TRIMMED``; the trimmed peer holds off redialing us for the dialer's refusal retry, and dials
+between nodes, so no member is everyone's favourite. A node dials while it has fewer than
+M - 1 connections (``dial_to``), leaving room for one inbound, so that few nodes go past M and
+trim: dialing up to M, every node's M slots filled with its own dials and each inbound then
+took it past M, and 100 members with M = 8 trimmed about 300 connections in the 10 s after
+they all listed each other. Inbound connections are accepted (the newcomer is told the member
+list first) and, past M, the least-preferred connection is closed after ``TRIM_DELAY`` with the
+reason ``TRIMMED``; the trimmed peer holds off redialing us for the dialer's refusal retry, and dials
 another member instead. Members are known through the relayed signed records (:mod:`.exchange`),
 not through the connections.
 """
@@ -39,6 +42,7 @@ class Preference:
     def __init__(self, me: PeerId, max_connections: int) -> None:
         self.me = me
         self.limit = max_connections
+        self.dial_to = max(1, max_connections - 1)  # our own dials stop here: room for inbound
         self.closest = math.ceil(max_connections / 2)
         self._mine = _digest(str(me))
         self._cache: dict[PeerId, tuple[int, int]] = {}

@@ -24,7 +24,7 @@ with new metadata reaches a discover-only node too); a failed verification backs
 does.
 
 With ``max_connections`` (:mod:`.degree`) the dialer keeps at most that many connections: it
-dials only while it has room, peers without a known id first (a bootstrap address is how a node
+dials only while it has room (up to one fewer than the limit, the rest left for inbound), peers without a known id first (a bootstrap address is how a node
 joins), then the others in the node's own order of preference; a peer that closed our
 connection to keep its own limit is held off like a refusal, so we dial another instead.
 """
@@ -301,15 +301,15 @@ class Dialer:
     def _within_limit(
         self, eligible: list[Peer], connected: Mapping[PeerId, object], known: Iterable[Peer]
     ) -> list[Peer]:
-        """All of ``eligible`` without a limit; with one, as many as there is room for, in the
-        order of preference among all ``known`` (so the trimming keeps the same; peers of
-        unknown id first)."""
+        """All of ``eligible`` without a limit; with one, as many as there is room for up to
+        :attr:`~.degree.Preference.dial_to`, in the order of preference among all ``known`` (so
+        the trimming keeps the same; peers of unknown id first)."""
         if self._preference is None:
             return eligible
         busy = sum(1 for state in self._states.values() if state.busy)
-        room = self._preference.limit - len(connected) - busy
+        room = self._preference.dial_to - len(connected) - busy
         if room <= 0 and not busy and self._island is not None and self._island():
-            room = 1  # one past the limit, out of the island (the trim keeps that link)
+            room = 1  # one more, past the limit if need be, out of the island (the trim keeps it)
         if room <= 0:
             return []
         rank = {p: i for i, p in enumerate(self._preference.ranked(

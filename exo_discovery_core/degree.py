@@ -10,7 +10,7 @@ the members it knows in one fixed order of its own, and keeps connections to the
 
 The order is deterministic, so a node's choice does not flap as members come and go; it differs
 between nodes, so no member is everyone's favourite. A node dials while it has fewer than
-M - 1 connections (``dial_to``), leaving room for one inbound, so that few nodes go past M and
+M - 1 connections (``dial_to``; M if M < 4), leaving room for one inbound, so that few nodes go past M and
 trim: dialing up to M, every node's M slots filled with its own dials and each inbound then
 took it past M, and 100 members with M = 8 trimmed about 300 connections in the 10 s after
 they all listed each other. Inbound connections are accepted (the newcomer is told the member
@@ -42,7 +42,9 @@ class Preference:
     def __init__(self, me: PeerId, max_connections: int) -> None:
         self.me = me
         self.limit = max_connections
-        self.dial_to = max(1, max_connections - 1)  # our own dials stop here: room for inbound
+        # our own dials stop one short of the limit, room for an inbound; not below M = 4: with
+        # two dials of its own each, 12 members with M = 3 split into groups no island check sees
+        self.dial_to = max_connections - 1 if max_connections >= 4 else max_connections
         self.closest = math.ceil(max_connections / 2)
         self._mine = _digest(str(me))
         self._cache: dict[PeerId, tuple[int, int]] = {}

@@ -115,6 +115,11 @@ def test_ages_that_are_not_numbers_in_range_drop_their_entries_only() -> None:
     assert heard.ages() == {x: 0.0, y: 0.0}
 
 
+def test_below_four_a_node_dials_up_to_the_limit_itself() -> None:
+    """With M = 3 two dials of its own each split 12 members into groups (the e2e test did)."""
+    assert [Preference(ME, m).dial_to for m in (1, 2, 3, 4, 8)] == [1, 2, 3, 3, 7]
+
+
 @pytest.mark.anyio
 async def test_with_a_limit_the_dialer_dials_up_to_one_below_it_most_preferred_first() -> None:
     from exo_discovery_core import PeerCandidate
@@ -150,21 +155,21 @@ async def test_with_a_limit_the_dialer_dials_up_to_one_below_it_most_preferred_f
     table.replace("exchange", [
         PeerCandidate.at("127.0.0.1", 1000 + i, str(p)) for i, p in enumerate(OTHERS)
     ])  # fmt: skip
-    dialer = Dialer(ME, table.merged, links, clock=clock, max_connections=3)
-    ranked = Preference(ME, 3).ranked(OTHERS)
+    dialer = Dialer(ME, table.merged, links, clock=clock, max_connections=4)
+    ranked = Preference(ME, 4).ranked(OTHERS)
     due, _ = dialer.due()
-    assert [p.peer_id for p, _ in due] == ranked[:2]  # M - 1: the last one left for inbound
+    assert [p.peer_id for p, _ in due] == ranked[:3]  # M - 1: the last one left for inbound
     for peer, addresses in due:
         await dialer.attempt(peer, addresses)
     assert dialer.due()[0] == []  # dialed all it dials
     links.current[ranked[5]] = Address(host="127.0.0.1", port=1005)  # an inbound fills the last one
     assert dialer.due()[0] == []
     del links.current[ranked[5]]
-    kept = ranked[:2]
+    kept = ranked[:3]
     del links.current[kept[0]]
     dialer.peer_down(kept[0], f"peer closed ({TRIMMED})")  # trimmed by it: held off, another
     assert dialer.status()[str(kept[0])].retry_in == REFUSED_RETRY
-    assert [p.peer_id for p, _ in dialer.due()[0]] == [ranked[2]]
+    assert [p.peer_id for p, _ in dialer.due()[0]] == [ranked[3]]
     for peer_id in list(links.current):  # the members it kept go away: isolated, it takes
         del links.current[peer_id]  # the way back in that the trimming peer held off
         dialer.peer_down(peer_id, "connection lost")

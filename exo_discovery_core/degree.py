@@ -10,8 +10,8 @@ the members it knows in one fixed order of its own, and keeps connections to the
 
 The order is deterministic, so a node's choice does not flap as members come and go; it differs
 between nodes, so no member is everyone's favourite. A node dials while it has fewer than
-M - 1 connections (``dial_to``; M if M < 4), leaving room for one inbound, so that few nodes go past M and
-trim: dialing up to M, every node's M slots filled with its own dials and each inbound then
+M - 1 connections (``dial_to``; M if M < 4), leaving room for one inbound, so that few nodes
+go past M and trim: dialing up to M, every node's M slots filled with its own dials and each inbound then
 took it past M, and 100 members with M = 8 trimmed about 300 connections in the 10 s after
 they all listed each other. Inbound connections are accepted (the newcomer is told the member
 list first) and, past M, the least-preferred connection is closed after ``TRIM_DELAY`` with the

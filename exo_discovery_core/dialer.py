@@ -25,8 +25,9 @@ does.
 
 With ``max_connections`` (:mod:`.degree`) the dialer keeps at most that many connections: it
 dials only while it has room (from a limit of 4, up to one fewer than the limit: the last is
-left for inbound), peers without a known id first (a bootstrap address is how a node joins), then the others in the node's own order of preference; a peer that closed our
-connection to keep its own limit is held off like a refusal, so we dial another instead.
+left for inbound), peers without a known id first (a bootstrap address is how a node joins),
+then the others in the node's own order of preference; a peer that closed our connection to
+keep its own limit is held off like a refusal, so we dial another instead.
 """
 
 from __future__ import annotations

@@ -53,7 +53,11 @@ MAX_BYE_REASON = 100  # characters of a peer's bye reason kept (and shown)
 KEEPALIVE_IDLE_S = 10
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
-PROBE_SILENT_AFTER = 30.0  # with max_connections: a backstop (see Liveness.probe_silent_after)
+# with max_connections: a backstop (see Liveness.probe_silent_after), two relay refreshes
+# (exchange.REFRESH, 30 s, jittered by 10 %), so that a live connection, which hears a refresh
+# at least that often, is never probed at rest (at one refresh every connection was, a frame
+# each way per connection and 30 s)
+PROBE_SILENT_AFTER = 60.0
 OUTBOX = 64  # frames queued for one peer; a peer that lets more pile up is not reading: closed
 _STREAM_ERRORS = (
     anyio.EndOfStream,

@@ -109,7 +109,7 @@ def test_a_frozen_member_leaves_every_list_through_the_failure_report(
     """A ``SIGSTOP``ped member keeps its sockets open (the kernel answers for it): the peer it
     heartbeats finds it silent, probes it, drops it and reports it gone; the report, relayed
     hop by hop, makes every node connected to it probe it too and every other node forget it.
-    Within 20 s, before the quiet probe of silent connections (the backstop, 30 s) could."""
+    Within 20 s, before the quiet probe of silent connections (the backstop, 60 s) could."""
     fleet = start(nodes, static_plugin_env)
     ids = {node.peer_id for node in fleet}
     until(meshed(fleet, ids), timeout=30)

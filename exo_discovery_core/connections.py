@@ -59,6 +59,13 @@ KEEPALIVE_COUNT = 3
 # each way per connection and 30 s)
 PROBE_SILENT_AFTER = 60.0
 OUTBOX = 64  # frames queued for one peer; a peer that lets more pile up is not reading: closed
+
+
+def closed_by_peer(said: str) -> str:
+    """The reason a connection ended with when the peer closed it saying ``said`` (its bye)."""
+    return f"peer closed ({said or 'no reason'})"
+
+
 _STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.IncompleteRead,
@@ -586,7 +593,7 @@ class ConnectionManager:
             conn.clock.heard(message)
             if kind == "bye":
                 said = shown(str(message.get("reason", "")), MAX_BYE_REASON)
-                return DUPLICATE if said == DUPLICATE else f"peer closed ({said or 'no reason'})"
+                return DUPLICATE if said == DUPLICATE else closed_by_peer(said)
             if self._current.get(conn.peer_id) is conn:  # else a duplicate on its way out
                 self.liveness.heard(conn.peer_id)
                 if kind in liveness.FRAME_TYPES:

@@ -21,7 +21,7 @@ from anyio.abc import Listener, SocketStream, TaskGroup
 
 from . import degree, exchange, records
 from .config import NodeConfig
-from .connections import DUPLICATE, SHUTDOWN, ConnectionManager
+from .connections import DUPLICATE, SHUTDOWN, ConnectionManager, closed_by_peer
 from .degree import TRIM_DELAY, TRIMMED, Preference
 from .dialer import Dialer
 from .events import NodeEvent, connection_event, peer_events
@@ -328,7 +328,7 @@ class Pipeline:
         self._changed(ConnectionState.DISCONNECTED, peer_id, None, reason)
         self.dialer.peer_down(peer_id, reason)
         self.exchange.forget(peer_id)
-        if ours and reason not in (TRIMMED, f"peer closed ({TRIMMED})", DUPLICATE, SHUTDOWN):
+        if ours and reason not in (TRIMMED, closed_by_peer(TRIMMED), DUPLICATE, SHUTDOWN):
             self.exchange.departed(peer_id, self.record_of(peer_id))  # relay: said, hop by hop
 
     def _changed(

@@ -73,6 +73,7 @@ class Session:
         self._receive = receive
         self._send_cipher, self._receive_cipher = ciphers
         self._send_lock = anyio.Lock(fast_acquire=True)
+        self._broken = False  # a write was cut off after sealing: nothing more is sent
         self.peer_id = peer_id
         self.remote_record = b""
         self.listen_port = 0
@@ -86,18 +87,50 @@ class Session:
         await self.send_bytes(wire.dumps(message), timeout)
 
     async def send_bytes(self, plaintext: bytes, timeout: float) -> None:
-        """Seal ``plaintext`` as one frame (the hostile suite sends what is not a message)."""
+        """Seal ``plaintext`` as one frame (the hostile suite sends what is not a message).
+
+        Atomic for the caller: waiting for another send may be cancelled (nothing is sealed
+        yet), but once sealed the frame is written whole, shielded from the caller's
+        cancellation for at most ``timeout``: a nonce counted but never written would make
+        every later frame fail to open at the peer. A write that cannot finish in ``timeout``
+        may have left part of a frame on the wire, so the session is closed (TimeoutError now,
+        ClosedResourceError after), never left out of step."""
         with anyio.fail_after(timeout):
-            async with self._send_lock:  # the nonce order is the order on the wire
-                sealed = self._send_cipher.encrypt(b"", plaintext)
-                await self._stream.send(frame(sealed))
+            await self._send_lock.acquire()
+        try:
+            self._check_open()
+            sealed = frame(self._send_cipher.encrypt(b"", plaintext))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout) as limit:
+                await self._stream.send(sealed)
+            if limit.cancelled_caught:
+                await self._break()
+                raise TimeoutError(f"frame not written within {timeout:g} s; session closed")
+        finally:
+            self._send_lock.release()
 
     async def send_all(self, messages: Sequence[dict[str, Any]]) -> None:
         """Messages sealed in order and written at once: one system call for a burst, and no
-        timeout of its own (the connection's one writer, which nothing cancels half way)."""
+        timeout of its own (the connection's one writer). Cancelled once sealed (the connection
+        is ending), the session is closed rather than left with nonces the peer never saw."""
         async with self._send_lock:
+            self._check_open()
             seal = self._send_cipher.encrypt
-            await self._stream.send(b"".join(frame(seal(b"", wire.dumps(m))) for m in messages))
+            data = b"".join(frame(seal(b"", wire.dumps(m))) for m in messages)
+            try:
+                await self._stream.send(data)
+            except BaseException:
+                await self._break()
+                raise
+
+    def _check_open(self) -> None:
+        if self._broken:
+            raise anyio.ClosedResourceError("session closed: a frame was cut off half way")
+
+    async def _break(self) -> None:
+        """A write was cut off after sealing: close, so nothing later goes out of step."""
+        self._broken = True
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(self._stream)
 
     async def receive(self) -> dict[str, Any]:
         """The next message; ProtocolError if a frame fails to open or is not a message."""

@@ -375,3 +375,86 @@ async def test_a_peer_of_another_version_is_listed_as_incompatible_naming_both()
             assert view.row().state == "incompatible"
         tg.cancel_scope.cancel()
     await listener.aclose()
+
+
+class Gate(Wrapped):
+    """The client's socket; once ``armed``, a send waits for ``opened`` before it goes out (a
+    peer that stopped reading), and ``entered`` says a send is waiting."""
+
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.entered = anyio.Event()
+        self.opened = anyio.Event()
+
+    async def send(self, item: bytes) -> None:
+        if self.armed:
+            self.entered.set()
+            await self.opened.wait()
+        await self.inner.send(item)
+
+
+@asynccontextmanager
+async def gated_pair() -> AsyncIterator[tuple[Session, Session, Gate]]:
+    server, client = creds(OLD), creds(OLD)
+    async with responder(server) as (port, outcomes):
+        gate = Gate(await anyio.connect_tcp("127.0.0.1", port))
+        session = await handshake.initiate(gate, client)
+        theirs = (await server_outcome(outcomes)).session
+        assert theirs is not None
+        try:
+            yield session, theirs, gate
+        finally:
+            await session.aclose()
+
+
+async def test_a_sender_cancelled_mid_write_leaves_every_later_frame_readable() -> None:
+    """The frame was sealed (its nonce counted) when the caller was cancelled: it still goes
+    out whole, so the two ends' nonces stay in step and the next frame opens."""
+    async with gated_pair() as (session, theirs, gate):
+        gate.armed = True
+        async with anyio.create_task_group() as tg:
+            sender = anyio.CancelScope()
+
+            async def send() -> None:
+                with sender:
+                    await session.send({"type": "ping", "n": 1}, 5)
+
+            tg.start_soon(send)
+            with anyio.fail_after(5):
+                await gate.entered.wait()  # sealed, and stuck in the write
+            sender.cancel()
+            gate.opened.set()
+        await session.send({"type": "ping", "n": 2}, 5)
+        with anyio.fail_after(5):
+            assert await theirs.receive() == {"type": "ping", "n": 1}
+            assert await theirs.receive() == {"type": "ping", "n": 2}
+
+
+async def test_a_sender_cancelled_while_another_writes_seals_nothing() -> None:
+    async with gated_pair() as (session, theirs, gate):
+        gate.armed = True
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.send, {"type": "ping", "n": 1}, 5)
+            with anyio.fail_after(5):
+                await gate.entered.wait()  # the first send holds the session
+            with anyio.move_on_after(0.05) as waiting:  # the second waits its turn: cancelled
+                await session.send({"type": "ping", "n": 99}, 5)
+            assert waiting.cancelled_caught
+            gate.opened.set()
+        await session.send({"type": "ping", "n": 2}, 5)
+        with anyio.fail_after(5):
+            assert await theirs.receive() == {"type": "ping", "n": 1}
+            assert await theirs.receive() == {"type": "ping", "n": 2}
+
+
+async def test_a_write_that_cannot_finish_in_time_closes_the_session_not_desyncs_it() -> None:
+    """Part of the frame may be on the wire: the session ends, clearly, both ends."""
+    async with gated_pair() as (session, theirs, gate):
+        gate.armed = True
+        with pytest.raises(TimeoutError, match="session closed"):
+            await session.send({"type": "ping", "n": 1}, 0.2)
+        with pytest.raises(anyio.ClosedResourceError):
+            await session.send({"type": "ping", "n": 2}, 5)
+        with pytest.raises((anyio.EndOfStream, anyio.IncompleteRead)), anyio.fail_after(5):
+            await theirs.receive()

@@ -79,18 +79,25 @@ class Preference:
         among all ``known`` members, as the dialer ranks them, so both keep the same ones.
         Two exceptions, from what each connection says it is connected to (``links``): a peer
         whose only connection we are is kept first (trimmed, it would be cut off: a bootstrap
-        node that everyone dials first, and then everyone trims, was); and if what is kept
-        would be an island (see :func:`island`), the best-ranked peer with a link out of it is
-        kept instead of the least-preferred other."""
+        node that everyone dials first, and then everyone trims, was); and if no peer of what
+        is kept shows a link out of it (a closed group, see :func:`island`), the best-ranked
+        peer with a link out is kept instead of the least-preferred other (or, if all are
+        alone, the least-preferred of those). What a peer says changes which are kept, never
+        how many."""
         up, links = set(connected), links or {}
         ranked = [p for p in self.ranked(up | set(known)) if p in up]
         lone = {p for p in ranked if not set(links.get(p, ())) - {self.me}}
         kept = [p for p in ranked if p in lone] + [p for p in ranked if p not in lone]
         first, rest = kept[: self.limit], kept[self.limit :]
-        if rest and island(self.me, first, links):
-            out = [p for p in rest if p in links and set(links[p]) - {self.me, *kept}]
-            others = [p for p in first if p not in lone]
-            if out and others:
+        inside = {self.me, *first}
+        # a group none of whose peers shows a link out (a peer that said nothing yet shows
+        # none: M liars, one of them silent, held every slot while the links out were trimmed)
+        if rest and not any(set(links.get(p, ())) - inside for p in first):
+            out = [p for p in rest if set(links.get(p, ())) - inside - {p}]
+            # the least-preferred other makes room, else the least-preferred lone peer: a link
+            # out outranks a claim of being alone, which every member may make
+            others = [p for p in first if p not in lone] or first
+            if out:
                 first = [p for p in first if p != others[-1]] + [out[0]]
                 rest = [others[-1]] + [p for p in rest if p != out[0]]
         return rest[::-1]

@@ -68,6 +68,9 @@ IDLE_WAKE = 30.0  # seconds; a safety net: every change wakes the loop, each wai
 REVERIFY_EVERY = 30.0  # seconds between verifications of one peer (verify_only)
 MAX_REASON = 300  # characters of a failure reason kept for ``peers``
 UPGRADE_RETRY_MAX = 30.0  # seconds; the most between tries of a better path that fails
+# seconds between two dials past max_connections out of an island (what our connections say):
+# one dial, its trim delay and the new peer's list take about a second
+ISLAND_RETRY = 5.0
 ARRIVING_WAIT = 5.0  # seconds a peer just reached is not dialed again while it is being kept
 
 
@@ -168,6 +171,7 @@ class Dialer:
         self._verify_only = verify_only
         self._preference = Preference(me, max_connections) if max_connections else None
         self._island = island  # with a limit: True while our connections are cut off together
+        self._island_at = -ISLAND_RETRY  # when we last dialed past the limit out of an island
         # verify_only: by id, the addresses it was verified at and when
         self._verified: dict[PeerId, tuple[frozenset[Address], float]] = {}
         self._states: dict[str, _State] = {}
@@ -282,7 +286,9 @@ class Dialer:
                 continue
             eligible.append(peer)
         due: list[tuple[Peer, list[Address]]] = upgrades
-        for peer in self._within_limit(eligible, connected, peers.values()):
+        within, island_wait = self._within_limit(eligible, connected, peers.values(), now)
+        soonest = min(soonest, island_wait)
+        for peer in within:
             state = self._states[peer.key]
             paced = self._learned if peer.sources == {self._mutual_source} else None
             if paced is not None and not paced.try_take():  # hearsay only: paced
@@ -300,24 +306,36 @@ class Dialer:
         return [a for a in self._order(peer.addresses) if self._paths.link(a) < current]
 
     def _within_limit(
-        self, eligible: list[Peer], connected: Mapping[PeerId, object], known: Iterable[Peer]
-    ) -> list[Peer]:
+        self,
+        eligible: list[Peer],
+        connected: Mapping[PeerId, object],
+        known: Iterable[Peer],
+        now: float,
+    ) -> tuple[list[Peer], float]:
         """All of ``eligible`` without a limit; with one, as many as there is room for up to
         :attr:`~.degree.Preference.dial_to`, in the order of preference among all ``known`` (so
-        the trimming keeps the same; peers of unknown id first)."""
-        if self._preference is None:
-            return eligible
+        the trimming keeps the same; peers of unknown id first). Out of an island, one dial
+        past the limit, while no dial is under way and at most one per ``ISLAND_RETRY``: the
+        island is what connections say, so a liar could otherwise keep us dialing member
+        after member. The seconds until such a dial may come are returned too."""
+        if self._preference is None or not eligible:
+            return eligible, IDLE_WAKE
         busy = sum(1 for state in self._states.values() if state.busy)
         room = self._preference.dial_to - len(connected) - busy
-        if room <= 0 and not busy and self._island is not None and self._island():
-            room = 1  # one more, past the limit if need be, out of the island (the trim keeps it)
+        wait = IDLE_WAKE
+        if room <= 0 and not busy and self._island is not None:
+            if now < self._island_at + ISLAND_RETRY:
+                wait = self._island_at + ISLAND_RETRY - now
+            elif self._island():
+                room = 1  # one more, past the limit if need be (the trim keeps it)
+                self._island_at = now
         if room <= 0:
-            return []
+            return [], wait
         rank = {p: i for i, p in enumerate(self._preference.ranked(
             peer.peer_id for peer in known if peer.peer_id is not None
         ))}  # fmt: skip
         ordered = sorted(eligible, key=lambda p: -1 if p.peer_id is None else rank[p.peer_id])
-        return ordered[:room]
+        return ordered[:room], wait
 
     def _reverify_at(self, peer: Peer) -> float | None:
         """When a peer verified at exactly these addresses is due again; None if it was not

@@ -27,7 +27,10 @@ With ``max_connections`` (:mod:`.degree`) the dialer keeps at most that many con
 dials only while it has room (from a limit of 4, up to one fewer than the limit: the last is
 left for inbound), peers without a known id first (a bootstrap address is how a node joins),
 then the others in the node's own order of preference; a peer that closed our connection to
-keep its own limit is held off like a refusal, so we dial another instead.
+keep its own limit is held off like a refusal, so we dial another instead. A node whose
+connections say they form a closed group (an island) dials one member past the limit, while
+no other dial is under way and at most once per ``ISLAND_RETRY``: that is what connections
+say, and a liar saying it forever costs one dial per ``ISLAND_RETRY``.
 """
 
 from __future__ import annotations

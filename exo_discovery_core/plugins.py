@@ -30,16 +30,34 @@ class EmptyConfig(BaseModel):
 
 @dataclass
 class PluginInfo:
-    """One installed (or registered) plugin, as ``exo-discovery plugins`` shows it."""
+    """One installed (or registered) plugin, as ``exo-discovery plugins`` shows it.
+
+    An installed plugin's distribution and version are read from its metadata when first
+    shown (``plugins``, the status socket): parsing METADATA imports the email parser, which a
+    node that is only running has no use for."""
 
     name: str
-    distribution: str
-    version: str
     status: str  # "enabled", or why not
     error: str | None = None
     entry_point: metadata.EntryPoint | None = None
     hooks: tuple[str, ...] = ()
     """The hooks it implements, once registered."""
+    registered_by: str = "(registered)"
+    """The distribution shown for a plugin registered directly (no entry point)."""
+
+    @functools.cached_property
+    def distribution(self) -> str:
+        if self.entry_point is None:
+            return self.registered_by
+        dist = self.entry_point.dist
+        return dist.name if dist else "?"
+
+    @functools.cached_property
+    def version(self) -> str:
+        if self.entry_point is None:
+            return "-"
+        dist = self.entry_point.dist
+        return dist.version if dist else "?"
 
     @property
     def enabled(self) -> bool:
@@ -107,14 +125,7 @@ class PluginHost:
     def load_installed(self, selection: dict[str, str]) -> None:
         """Import and register each enabled entry-point plugin; record the others."""
         for name, ep in sorted(installed_entry_points().items()):
-            dist = ep.dist
-            info = PluginInfo(
-                name=name,
-                distribution=dist.name if dist else "?",
-                version=dist.version if dist else "?",
-                status=selection.get(name, "enabled"),
-                entry_point=ep,
-            )
+            info = PluginInfo(name=name, status=selection.get(name, "enabled"), entry_point=ep)
             self.infos[name] = info
             if not info.enabled:
                 continue
@@ -130,7 +141,7 @@ class PluginHost:
 
     def register(self, name: str, plugin: object, *, distribution: str = "(registered)") -> None:
         """Register a plugin object directly (tests, a host program's own discovery)."""
-        info = PluginInfo(name, distribution, "-", "enabled")
+        info = PluginInfo(name, "enabled", registered_by=distribution)
         self.infos[name] = info
         self._register(name, plugin, info)
         if info.error:

@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sized
 from typing import TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
 
 from .backoff import Backoff
@@ -63,6 +62,8 @@ class Trigger:
         if self._token is None or threading.get_ident() == self._thread:
             self._set_here()
             return
+        import anyio.from_thread  # here: only a set from another thread needs it (and its imports)
+
         with contextlib.suppress(anyio.RunFinishedError):  # the loop is gone: nobody to wake
             anyio.from_thread.run_sync(self._set_here, token=self._token)
 

@@ -104,3 +104,25 @@ def test_run_help_builds_every_plugins_flags_without_importing_their_libraries(
     for flag in ("--bootstrap-peers", "--headscale-api-url", "--mdns-interfaces", "--port"):
         assert flag in result["out"]
     assert result["imported"] == []
+
+
+def test_loading_plugins_reads_their_metadata_only_when_shown(tmp_path: Path) -> None:
+    """A running node never shows its plugins' versions unless asked (``plugins``, the status
+    socket): loading them imports neither the email parser (METADATA) nor anyio's thread bridge
+    (a Trigger set from another thread); the versions, once read, are the installed ones."""
+    code = """
+import json, sys
+from importlib import metadata
+from exo_discovery_core.plugins import PluginHost, installed_entry_points
+host = PluginHost()
+host.load_installed({name: "enabled" for name in installed_entry_points()})
+lazy = ("email.parser", "anyio.from_thread")
+before = [m for m in lazy if m in sys.modules]
+info = host.infos["bootstrap"]
+shown = [info.distribution, info.version]
+print(json.dumps({"imported": before, "shown": shown,
+                  "installed": metadata.version("exo-discovery-bootstrap")}))
+"""
+    result = _probe(code, tmp_path=tmp_path)
+    assert result["imported"] == []
+    assert result["shown"] == ["exo-discovery-bootstrap", result["installed"]]

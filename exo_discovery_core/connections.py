@@ -22,7 +22,6 @@ import math
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -149,13 +148,19 @@ class Opened:
 
 class Outbox:
     """The frames queued for one connection's writer: queueing never waits, at most ``limit``
-    are held, and the writer takes all that are there at once (one write for a burst)."""
+    are held, and the writer takes all that are there at once (one write for a burst).
+
+    Held by every connection for as long as it lives, so it keeps little at rest: a list (an
+    empty deque holds a 64-slot block), no reference to the batch last sent, and the event a
+    closer waits on for the writer's end made only when someone waits."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.closed = False  # closing, or its writer ended: nothing more is queued
-        self._frames: deque[dict[str, Any]] = deque()
+        self.finished = False  # the writer ended: all sent, or its socket failed
+        self._frames: list[dict[str, Any]] = []
         self._ready = anyio.Event()
+        self._done: anyio.Event | None = None
 
     def put(self, message: dict[str, Any]) -> bool:
         """Queue ``message``; False when closed. ``OverflowError`` when ``limit`` are queued."""
@@ -172,13 +177,27 @@ class Outbox:
         self.closed = True
         self._ready.set()
 
+    def finish(self) -> None:
+        """Said by the writer as it ends: nothing queued is sent any more."""
+        self.close()
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
+
+    async def wait_finished(self) -> None:
+        """Until the writer has ended (at once if it has)."""
+        if not self.finished:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         """What is queued, in order, as it comes; ends once closed and sent."""
         while True:
             if self._frames:
-                batch = list(self._frames)
-                self._frames.clear()
+                batch, self._frames = self._frames, []
                 yield batch
+                del batch  # not kept while the next frames are awaited
             elif self.closed:
                 return
             else:
@@ -200,7 +219,6 @@ class Connection:
     clock: PingClock = field(default_factory=PingClock)  # then the heartbeats' round trips
     writing: bool = False  # its writer runs (a connection only verified never gets one)
     frames_read: int = 0  # since it opened: what frame_rate let through
-    written: anyio.Event = field(default_factory=anyio.Event)  # the writer is done
     # one writer per connection (ConnectionManager._write) seals and sends what is queued here:
     # nothing ever cancels a frame half way, which would put the two ends' nonces out of step,
     # and no sender waits on a peer that does not read
@@ -466,12 +484,12 @@ class ConnectionManager:
         try:
             async for batch in conn.outbox.batches():
                 await conn.channel.send_all(batch)
+                del batch  # a quiet connection does not hold on to what it sent last
         except _STREAM_ERRORS:
             conn.close_reason = conn.close_reason or "connection lost"
             conn.scope.cancel()
         finally:
-            conn.outbox.close()
-            conn.written.set()
+            conn.outbox.finish()
 
     async def close(self, peer_id: PeerId, reason: str) -> None:
         """End the connection to ``peer_id`` (saying ``reason`` in the bye), if there is one."""
@@ -650,7 +668,7 @@ class ConnectionManager:
                 with contextlib.suppress(OverflowError):
                     conn.outbox.put(bye)
                 conn.outbox.close()
-                await conn.written.wait()
+                await conn.outbox.wait_finished()
             else:  # nothing else is sending on it, and it closes right after
                 with contextlib.suppress(TimeoutError, *_STREAM_ERRORS):
                     await conn.channel.send(bye, 0.5)

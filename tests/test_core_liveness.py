@@ -509,7 +509,7 @@ async def test_dropping_a_peer_whose_writer_already_ended_leaves_the_node_runnin
             conn = a.connections._current[b.peer_id]
             conn.outbox.close()  # its writer ends, as when a send fails
             with anyio.fail_after(5):
-                await conn.written.wait()
+                await conn.outbox.wait_finished()
             await a.connections._close(conn, "test: dropped")  # raises nothing
             await next_event(events, "disconnected", timeout=5, peer_id=b.peer_id)
             await next_event(events, "connected", timeout=10, peer_id=b.peer_id)  # b redials

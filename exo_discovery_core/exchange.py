@@ -9,8 +9,9 @@ cannot point us elsewhere: a record it did not sign fails, an old one loses to a
 
 Two messages: ``{"type": "peers", "peers": [peer id, ...]}`` (the sender's connections now; it
 replaces the sender's previous list) and ``{"type": "records", "records": [base64, ...]}`` (the
-records of those peers that this receiver was not sent yet, in as many messages as it takes).
-Bounds: at most ``per_sender`` peers taken from one sender, ``total`` from all senders together
+records of those peers that this receiver was not sent yet, in as many messages as it takes;
+the first of them rides in the ``peers`` message itself when it fits, ``"records": [...]``,
+read after its list: one frame for both, where a forming mesh sent two). Bounds: at most ``per_sender`` peers taken from one sender, ``total`` from all senders together
 (first come); a record is kept only for a peer some sender lists; what a sender said is
 forgotten when it disconnects.
 
@@ -23,7 +24,10 @@ list, in order (``n`` one past the last): a gap (a frame lost with a replaced co
 it ignore the sender's deltas and ask, ``{"type": "peers_resync"}``, for the full list again,
 which the sender grants at most once per ``RESYNC_EVERY`` seconds. A delta is bounded exactly
 as a full list is (its result is one list of the sender's, under the same bounds), and what it
-changes is the sender's own list only.
+changes is the sender's own list only. Without relay (a full mesh) a delta that only adds
+peers the receiver is connected to (as it or they list them) waits for the next one with news:
+the receiver knows its own connections, and in a forming mesh most deltas were such (a false
+claim of a connection delays only the listing of the one that claims it).
 
 **Relay of members** (``relay``, on with ``max_connections``): a node then lists not only its
 connections but every member it knows, each with an ``age`` (``"ages": [seconds, ...]``, aligned
@@ -127,13 +131,17 @@ class Outbox:
         *,
         again: bool = False,
         has: Collection[PeerId] = (),
+        hold_known: bool = False,
     ) -> list[dict[str, Any]]:
         """The messages to send ``recipient`` now, given the records of the peers we list (our
         connections; with relay our members, aged by ``ages``); ``again``: the hearsay ages
         again even if unchanged (a refresh that keeps relayed members young). The records of
         the peers it ``has`` (its own connections, as it or they list them: their handshakes
         showed it their records) are not sent, until it no longer has them. A peer that
-        claims a connection it lacks withholds only its own record from that recipient."""
+        claims a connection it lacks withholds only its own record from that recipient.
+        ``hold_known`` (a full mesh): a delta that only adds peers it ``has`` waits for one
+        with news (it knows its own connections). Records ride in the peers message when
+        they fit (one frame, not two), the rest in ``records`` messages."""
         others = [r for pid, r in records.items() if pid != recipient][:MAX_PEERS]
         sent = self._sent.setdefault(recipient, {})
         # keyed by the records' own peer ids (str() would copy each): one string per member,
@@ -141,27 +149,34 @@ class Outbox:
         listing: dict[str, float] = {
             r.peer_id: round(ages.get(r.peer_id, 0.0), 2) if ages else 0.0 for r in others
         }
-        out: list[dict[str, Any]] = []
-        change = _change(self._lists.get(recipient), listing, again=again)
-        if change is not None:
-            out.append(change)
+        held = self._lists.get(recipient)
+        change = _change(held, listing, again=again)
+        if hold_known and held is not None and change is not None and _adds_only(change, has):
+            change, listing = None, held  # nothing it lacks: said with the next news
         self._lists[recipient] = listing
         for peer_id in [p for p in sent if str(p) not in listing]:
             del sent[peer_id]  # no longer listed: the recipient may drop its record; again if re-listed
-        batch: list[str] = []
-        size = 0
+        riding: list[str] = []  # in the peers message: one frame, not two
+        batches: list[list[str]] = []
+        size = _ROOM if change is None else _size(change)  # none: nothing to ride in
         for record in others:
             if sent.get(record.peer_id) == record.seq or record.peer_id in has:
                 continue
             encoded = record.relayed
-            if batch and size + len(encoded) + 3 > _ROOM:
-                out.append({"type": "records", "records": batch})
-                batch, size = [], 0
-            batch.append(encoded)
-            size += len(encoded) + 3
+            cost = len(encoded) + 3
+            if not batches and size + cost <= _ROOM:
+                riding.append(encoded)
+            else:
+                if not batches or size + cost > _ROOM:
+                    batches.append([])
+                    size = 0
+                batches[-1].append(encoded)
+            size += cost
             sent[record.peer_id] = record.seq
-        if batch:
-            out.append({"type": "records", "records": batch})
+        out: list[dict[str, Any]] = []
+        if change is not None:
+            out.append({**change, "records": riding} if riding else change)
+        out += [{"type": "records", "records": batch} for batch in batches]
         if out:
             self._told_at[recipient] = time.monotonic()
         return [self.numbered(recipient, message) for message in out]
@@ -181,6 +196,17 @@ class Outbox:
         self._sent.pop(recipient, None)
         self._lists.pop(recipient, None)
         self._told_at.pop(recipient, None)
+
+
+def _size(message: Mapping[str, Any]) -> int:
+    """At least the bytes of a peers message without records (ids, ages, numbers, keys)."""
+    ids = [i for key in ("peers", "add", "remove") for i in message.get(key, ())]
+    return 64 + sum(len(i) + 16 for i in ids)
+
+
+def _adds_only(change: Mapping[str, Any], has: Collection[PeerId]) -> bool:
+    """``change`` is a delta that only adds peers in ``has``."""
+    return "add" in change and not change["remove"] and all(i in has for i in change["add"])
 
 
 def _change(
@@ -343,10 +369,14 @@ class Heard:
             yield peer_id, (now - age if age > 0 else None)
 
     def records(self, sender: PeerId, message: dict[str, Any]) -> list[PeerRecord]:
-        """A ``records`` message: the records that were news (kept only for listed peers, or
-        the sender's own); bad ones are skipped, never fatal."""
+        """A ``records`` message: the records that were news (see :meth:`take`)."""
         self.in_step(sender, message.get("n"))
-        entries = message.get("records")
+        return self.take(sender, message.get("records"))
+
+    def take(self, sender: PeerId, entries: Any) -> list[PeerRecord]:
+        """The records of a ``records`` message, or of a ``peers`` message they rode in (after
+        its list): those that were news, kept only for listed peers (or the sender's own); bad
+        ones are skipped, never fatal, and at most ``MAX_PEERS + 1`` are looked at."""
         if not isinstance(entries, list):
             return []
         listed = set(self._lists.get(sender, ()))
@@ -663,18 +693,24 @@ class PeerExchange:
                 self._refresh()
             if had - self._heard.connections_of(sender) and self._tg is not None:
                 self.announce(self._tg)  # the records it had from those connections: ours now
+            if "records" in message:  # they rode in it: read once its list is known
+                self._news(sender, self._heard.take(sender, message["records"]))
         else:
-            news = self._heard.records(sender, message)
-            for record in news:
-                if record.peer_id == sender:  # its own new record (new metadata)
-                    self._links.update_record(record)
-            if news:
-                self._refresh()
-                if self.relay and self._tg is not None:
-                    self.announce(self._tg)  # relayed on at once: a refutation ends tombstones
+            self._news(sender, self._heard.records(sender, message))
         if self._heard.out_of_step(sender) and self._tg is not None:
             self._tg.start_soon(self._links.send, sender, dict(RESYNC))
         return True
+
+    def _news(self, sender: PeerId, news: list[PeerRecord]) -> None:
+        """Records that were news: the sender's own replaces its connection's; any refreshes
+        the table (and, relayed, goes on at once: a refutation ends tombstones)."""
+        for record in news:
+            if record.peer_id == sender:  # its own new record (new metadata)
+                self._links.update_record(record)
+        if news:
+            self._refresh()
+            if self.relay and self._tg is not None:
+                self.announce(self._tg)
 
     def _resend(self, peer_id: PeerId) -> None:
         """A peer lost our stream (a gap): our full list and records again, at most once per
@@ -844,7 +880,10 @@ class PeerExchange:
             # its connections' records came with their handshakes: as it says, or as they say
             # (whichever list came first; a forming mesh sent most records twice or more)
             has = self._heard.connections_of(peer_id) | self._heard.connected_to(peer_id)
-            for message in self._outbox.messages(peer_id, listed, ages, again=again, has=has):
+            messages = self._outbox.messages(
+                peer_id, listed, ages, again=again, has=has, hold_known=not self.relay
+            )
+            for message in messages:
                 if not await self._links.send(peer_id, message):
                     self._outbox.forget(peer_id)  # it is going; start afresh if it returns
                     break

@@ -48,6 +48,7 @@ def _deliver(heard: Heard, messages: list[dict[str, Any]]) -> None:
     for message in messages:
         if message["type"] == "peers":
             heard.peers(SENDER, message, sender_on_this_host=True)
+            heard.take(SENDER, message.get("records"))
         else:
             heard.records(SENDER, message)
 
@@ -119,7 +120,7 @@ def test_relayed_ages_are_sent_again_on_a_refresh_and_only_then() -> None:
 
 
 def _records_sent(messages: list[dict[str, Any]]) -> int:
-    return sum(len(m["records"]) for m in messages if m["type"] == "records")
+    return sum(len(m.get("records", ())) for m in messages)  # alone, or riding in a list
 
 
 def test_the_records_of_the_recipients_own_connections_wait_until_it_no_longer_has_them() -> None:
@@ -197,8 +198,7 @@ def _records_to(links: _Links, peer_id: PeerId) -> set[PeerId]:
     return {
         verify(base64.b64decode(entry)).peer_id
         for message in links.sent[peer_id]
-        if message["type"] == "records"
-        for entry in message["records"]
+        for entry in message.get("records", ())
     }
 
 
@@ -226,3 +226,25 @@ def test_a_record_is_not_sent_to_a_peer_its_owner_lists_as_a_connection() -> Non
     assert _records_to(links, a) == {c}, "b's record is a's already (b says so)"
     assert _records_to(links, b) == {c}, "and a's is b's"
     assert _records_to(links, c) == {a, b}
+
+
+def test_records_ride_in_the_peers_message_while_it_has_room() -> None:
+    """One frame for a list and its records; what does not fit follows in records messages,
+    every message within a frame."""
+    from exo_discovery_core import wire
+
+    many = [Identity.generate() for _ in range(60)]
+    listing = {i.peer_id: _record(i) for i in many}
+    messages = Outbox().messages(ME, listing)
+    assert messages[0]["type"] == "peers" and messages[0]["records"]
+    assert all(m["type"] == "records" for m in messages[1:]) and len(messages) > 1
+    assert _records_sent(messages) == len(many)
+    assert all(len(wire.dumps(m)) <= wire.MAX_FRAME for m in messages)
+    heard = Heard(ME, per_sender=64, total=256, clock=Clock())
+    for message in messages:
+        if message["type"] == "peers":
+            heard.peers(SENDER, message, sender_on_this_host=True)
+            heard.take(SENDER, message["records"])
+        else:
+            heard.records(SENDER, message)
+    assert {c.peer_id for c in heard.candidates()} == set(listing)

@@ -154,3 +154,21 @@ def test_a_peer_claiming_a_connection_it_lacks_withholds_only_its_own_record() -
     _round(exchange)
     assert _records_to(links, victim) == {third}, "the liar's record alone is withheld"
     assert _records_to(links, third) == {victim}
+
+
+def test_a_peer_claiming_a_connection_it_lacks_delays_only_the_news_of_itself() -> None:
+    """In a full mesh a delta that only adds the recipient's own connections waits for news;
+    a sender's false claim "connected to X" so delays only the listing of the sender to X,
+    and the next delta with news carries it."""
+    from exo_discovery_core.exchange import Outbox
+    from tests.test_core_exchange_deltas import OTHERS, RECORDS, _listing
+
+    liar, third, other = (OTHERS[i].peer_id for i in range(3))
+    outbox = Outbox()
+    assert outbox.messages(ME, _listing(1), hold_known=True)  # the first list: always
+    has = {liar}  # the liar's claim: connected to the recipient (it is not)
+    assert outbox.messages(ME, _listing(1, 0), has=has, hold_known=True) == []
+    (delta,) = outbox.messages(ME, _listing(1, 0, 2), has=has, hold_known=True)
+    assert set(delta["add"]) == {liar, other} and delta["remove"] == []
+    assert delta["records"] == [RECORDS[other].relayed], "the liar's own record: withheld"
+    assert third not in delta["add"]

@@ -1,7 +1,8 @@
 """An authenticated peer sends hostile exchange messages after the handshake to ONE real node.
 
 The peer passes the real handshake (the core's own code on the client side), then sends random
-``peers`` lists (good ids, bad ids, the node's and its own id, junk) and ``records`` messages
+``peers`` lists (good ids, bad ids, the node's and its own id, junk) and records, alone in
+``records`` messages or riding in a ``peers`` message after its list
 (records of the listed peers signed by their own keys, with usable and unusable addresses and
 random sequence numbers; records signed by the wrong key, tampered, truncated, or not base64;
 junk), and unknown message types. The node must not crash; must never dial an address that came
@@ -149,9 +150,13 @@ def scenario(draw: st.DrawFn, me: Identity, sender: Identity, sink: int, honeypo
         model.peers(listed)
         good = [(i, draw(st.integers(1, 20))) for i in POOL[:4]]
         batch = [signed(i, seq, [f"127.0.0.1:{sink}"]) for i, seq in good]
-        result.frames.append(json_body({"type": "records", "records": batch}))
+        if draw(st.booleans()):  # the records ride in the list: read after it
+            result.frames[-1] = json_body({"type": "peers", "peers": listed, "records": batch})
+        else:
+            result.frames.append(json_body({"type": "records", "records": batch}))
         for i, seq in good:
             model.record(i.peer_id, seq, [f"127.0.0.1:{sink}"])
+    last_list: Any = None  # the body of the last peers message: records may ride in it again
     for n in range(draw(st.integers(1, 6))):
         first = ["peers"] * 3 if n == 0 else []  # records count only for peers listed before
         kind = draw(st.sampled_from([*first, "peers", "records", "records", "other"]))
@@ -169,7 +174,11 @@ def scenario(draw: st.DrawFn, me: Identity, sender: Identity, sink: int, honeypo
             body: Any = entries if draw(st.integers(0, 9)) else draw(JSON)
             result.frames.append(json_body({"type": "peers", "peers": body}))
             model.peers(body)
+            last_list = body
         elif kind == "records":
+            ride = last_list is not None and draw(st.booleans())  # the same list, with records
+            if ride:
+                model.peers(last_list)
             batch: list[Any] = []
             for _ in range(draw(st.integers(0, 8))):
                 who = draw(st.sampled_from(POOL[:4]) | st.sampled_from(POOL))
@@ -192,7 +201,8 @@ def scenario(draw: st.DrawFn, me: Identity, sender: Identity, sink: int, honeypo
                     batch.append(text[: draw(st.integers(0, len(text) - 1))])
                 else:
                     batch.append(draw(JSON))
-            result.frames.append(json_body({"type": "records", "records": batch}))
+            message = {"type": "peers", "peers": last_list} if ride else {"type": "records"}
+            result.frames.append(json_body({**message, "records": batch}))
         else:
             other = draw(
                 st.sampled_from(["ping", "hello", "proof", "refuse", "PEERS", "duplicate_identity"])

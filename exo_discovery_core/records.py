@@ -248,10 +248,19 @@ def _decode_payload(signer: PeerId, payload: bytes, envelope: bytes) -> PeerReco
 
 def verify(data: bytes, expected_peer_id: PeerId | None = None) -> PeerRecord:
     """The record in ``data`` if its signature checks out (and it is ``expected_peer_id``'s)."""
+    record = _checked(bytes(data))
+    if expected_peer_id is not None and record.peer_id != expected_peer_id:
+        raise RecordError(f"record of {record.peer_id}, expected {expected_peer_id}")
+    return record
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked(data: bytes) -> PeerRecord:
+    """A node meets each record at least twice (relayed by the exchange, then in the handshake
+    with its owner; in a forming mesh from several peers): its signature is checked once. Only
+    good records are kept (a bad one raises again each time)."""
     signer, payload = _open(data)
-    if expected_peer_id is not None and signer != expected_peer_id:
-        raise RecordError(f"record of {signer}, expected {expected_peer_id}")
-    return _decode_payload(signer, payload, bytes(data))
+    return _decode_payload(signer, payload, data)
 
 
 # -- our own record ----------------------------------------------------------------------------

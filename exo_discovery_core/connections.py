@@ -39,9 +39,9 @@ from .logonce import LogOnce
 from .models import Address
 from .records import LocalRecord, PeerRecord
 from .session import Session
-from .text import shown
+from .text import logger, shown
 
-log = logging.getLogger("exo_discovery.connections")
+log = logger("exo_discovery.connections")
 
 DUPLICATE = "duplicate"
 SHUTDOWN = "shutdown"  # the reason our own connections end with when the node stops

@@ -54,9 +54,9 @@ from .limits import TokenBucket
 from .models import Address
 from .peertable import Peer
 from .routes import Paths
-from .text import shown
+from .text import logger, shown
 
-log = logging.getLogger("exo_discovery.dialer")
+log = logger("exo_discovery.dialer")
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 3.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from .config import ConfigSource, NodeConfig
 from .identity import KEY_FILE_NAME, Identity, IdentityError, PeerId
 from .models import Address, CheckResult, DiscoveryContext, NodeInfo
 from .plugins import PluginHost
-from .text import MAX_LINE, shown
+from .text import MAX_LINE, logger, shown
 
 DOCTOR_TIMEOUT = 20.0
 
@@ -79,7 +78,7 @@ async def run_doctor(host: PluginHost, source: ConfigSource) -> bool:
             config=config,
             node=node,
             state_dir=Path(node_config.state_dir) / "plugins" / info.name,
-            log=logging.getLogger(f"exo_discovery.plugin.{info.name}"),
+            log=logger(f"exo_discovery.plugin.{info.name}"),
         )
         checks = await _checks(host, info.name, context)
         click.echo(f"plugin {info.name}:")

@@ -13,7 +13,6 @@ of the JSON, so no event carries an empty list.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -24,11 +23,13 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import BaseModel, ConfigDict, Field
 
+from .text import logger
+
 if TYPE_CHECKING:
     from .models import ConnectionEvent
     from .peertable import Peer, TableDiff
 
-log = logging.getLogger("exo_discovery.node")
+log = logger("exo_discovery.node")
 
 EventKind = Literal[
     "started",

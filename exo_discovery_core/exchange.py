@@ -67,7 +67,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import logging
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -84,6 +83,7 @@ from .models import Address, PeerCandidate
 from .peertable import PeerTable
 from .records import PeerRecord, RecordError, signer, verify
 from .routes import usable_from_peer
+from .text import logger
 
 SOURCE = "exchange"
 MAX_PEERS = 100  # ids in one peers message: per_sender is capped at this
@@ -102,7 +102,7 @@ RESYNC = {"type": "peers_resync"}
 ANNOUNCE_DELAY = (0.1, 0.3)  # seconds; random, so a mesh's announcements do not all coincide
 ANNOUNCE_GAP = 1.0  # seconds: the least between two deltas to one peer (its first list: at once)
 _ROOM = wire.MAX_FRAME - 64  # a records message's body, with room for its JSON around it
-log = logging.getLogger("exo_discovery.exchange")
+log = logger("exo_discovery.exchange")
 
 
 class Outbox:

@@ -15,7 +15,6 @@ The limits themselves are ``[node]`` settings (``NodeConfig``); their defaults a
 from __future__ import annotations
 
 import errno
-import logging
 import resource
 import time
 from collections import Counter
@@ -26,7 +25,9 @@ from typing import Any, cast
 import anyio
 from anyio.abc import Listener, SocketListener, SocketStream, TaskGroup
 
-log = logging.getLogger("exo_discovery.limits")
+from .text import logger
+
+log = logger("exo_discovery.limits")
 
 # What accept(2) says when the system, not the peer, is short of something: wait and retry.
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

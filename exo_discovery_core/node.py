@@ -11,7 +11,6 @@ sets ``connect = false`` and calls :meth:`Node.report_connection` itself.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -35,8 +34,9 @@ from .plugins import PluginHost, installed_entry_points
 from .records import LocalRecord, PeerRecord
 from .sources import PluginSources
 from .status import PeerView
+from .text import logger
 
-log = logging.getLogger("exo_discovery.node")
+log = logger("exo_discovery.node")
 
 
 class Node:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,8 +32,9 @@ from .records import LocalRecord, PeerRecord, RecordStore, other_boot
 from .routes import LocalNetworks, Paths, RouteClass, route_class
 from .sources import PluginSources
 from .status import PeerView, peer_views
+from .text import logger
 
-log = logging.getLogger("exo_discovery.node")
+log = logger("exo_discovery.node")
 
 DIRECT_RECORDS = 4096  # records of peers we had a handshake with (each one a gated connection)
 

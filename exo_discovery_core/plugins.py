@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata as metadata
 import inspect
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,9 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from . import hookspecs
+from .text import logger
 
-log = logging.getLogger("exo_discovery.plugins")
+log = logger("exo_discovery.plugins")
 
 
 class EmptyConfig(BaseModel):

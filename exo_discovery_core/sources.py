@@ -9,7 +9,6 @@ fails its last set is kept for the peer TTL. A plugin's state (``starting``, ``o
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -28,9 +27,9 @@ from .peertable import PeerTable
 from .plugins import PluginHost
 from .status import PluginState, PluginStatus
 from .supervisor import supervise
-from .text import encodable
+from .text import encodable, logger
 
-log = logging.getLogger("exo_discovery.node")
+log = logger("exo_discovery.node")
 
 ON_CONNECTION_TIMEOUT = 5.0
 
@@ -114,7 +113,7 @@ class PluginSources:
         def report_idle(message: str) -> None:
             self.report(name, "idle", message)
 
-        plugin_log = logging.getLogger(f"exo_discovery.plugin.{name}")
+        plugin_log = logger(f"exo_discovery.plugin.{name}")
         return DiscoveryContext(
             name, plugin_config, node, plugin_dir, plugin_log, report, report_idle=report_idle
         )

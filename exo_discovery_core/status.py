@@ -10,7 +10,6 @@ who can enter the state directory (0700). It takes a snapshot function, not the 
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -28,12 +27,13 @@ from .identity import PeerId
 from .links import LinkClass
 from .models import Address
 from .routes import RouteClass
+from .text import logger
 
 if TYPE_CHECKING:
     from .dialer import DialStatus
     from .peertable import Peer
 
-log = logging.getLogger("exo_discovery.status")
+log = logger("exo_discovery.status")
 
 
 class PeerRow(BaseModel):

@@ -21,10 +21,11 @@ from .backoff import Backoff
 from .logonce import LogOnce
 from .models import BackgroundTask, DiscoveryContext, PeerCandidate
 from .plugins import PluginHost
+from .text import logger
 
 HOOK_CALL_TIMEOUT = 10.0
 
-log = logging.getLogger("exo_discovery.supervisor")
+log = logger("exo_discovery.supervisor")
 
 
 class PluginMisbehaved(Exception):

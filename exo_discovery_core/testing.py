@@ -9,7 +9,6 @@ They take the plugin object itself (a module or instance), so a test needs no en
 from __future__ import annotations
 
 import ipaddress
-import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from .models import Address, DiscoveryContext, NodeInfo, PeerCandidate
 from .node import Node
 from .plugins import PluginHost
 from .supervisor import running
+from .text import logger
 
 
 def node_info(
@@ -78,7 +78,7 @@ def make_context(
         config=model_config,
         node=node,
         state_dir=state_dir or Path(tempfile.mkdtemp(prefix=f"exo-{name}-")),
-        log=logging.getLogger(f"exo_discovery.plugin.{name}"),
+        log=logger(f"exo_discovery.plugin.{name}"),
         report_health=report_health or (lambda ok, message: None),
         report_idle=report_idle or (lambda message: None),
     )

@@ -23,6 +23,7 @@ from zeroconf import IPVersion, NonUniqueNameException, ServiceStateChange, Zero
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from exo_discovery_core import DiscoveryContext, LogOnce, PeerCandidate
+from exo_discovery_core.text import logger
 
 from .config import MdnsConfig
 from .interfaces import Snapshot, snapshot
@@ -55,6 +56,7 @@ class MdnsRun:
         )
         self.config = context.config
         self.log = context.log
+        logger("zeroconf")  # zeroconf's own records quote names from the LAN: cleaned as ours
         self.type = self.config.service_type
         self.azc: AsyncZeroconf | None = None
         self.browser: AsyncServiceBrowser | None = None

@@ -248,3 +248,36 @@ def test_records_ride_in_the_peers_message_while_it_has_room() -> None:
         else:
             heard.records(SENDER, message)
     assert {c.peer_id for c in heard.candidates()} == set(listing)
+
+
+def test_past_the_bound_a_relay_lists_its_connections_then_the_members_it_heard_of_first() -> None:
+    """What a cluster larger than ``MAX_PEERS`` (100) sees, as docs/scaling.md says: a relay's
+    list holds its own connections first, then the members it relays in the order it heard of
+    them (connection by connection), cut at 100; a receiver takes the first
+    ``exchange_peers_per_sender`` of it. So a member heard of last by a relay that knows 100
+    others goes no further than that relay."""
+    from exo_discovery_core.exchange import MAX_PEERS, PeerExchange
+    from exo_discovery_core.peertable import PeerTable
+
+    members = [Identity.generate() for _ in range(150)]
+    records = {i.peer_id: _record(i) for i in members}
+    first, second, recipient = (OTHERS[i].peer_id for i in range(3))
+    links = _Links(first, second, recipient)
+    exchange = PeerExchange(ME, PeerTable(ME), links, per_sender=MAX_PEERS, total=1000)
+    exchange.relay = True
+    at = Address(host="127.0.0.1", port=5000)
+    for sender, heard in ((first, members[:90]), (second, members[60:])):
+        ids = [str(i.peer_id) for i in heard]
+        exchange.received(sender, at, {"type": "peers", "peers": ids, "ages": [1.0] * len(ids)})
+        for start in range(0, len(heard), 30):
+            batch = [records[i.peer_id].relayed for i in heard[start : start + 30]]
+            exchange.received(sender, at, {"type": "records", "records": batch})
+    listed, ages = exchange.listed()
+    assert len(listed) == 3 + 150  # it knows them all ...
+    sent = Outbox().messages(recipient, listed, ages)
+    [full] = [m for m in sent if m["type"] == "peers"]
+    # ... but tells its connections 100: its two other connections, then the first 98 heard
+    assert full["peers"] == [str(first), str(second)] + [str(i.peer_id) for i in members[:98]]
+    receiver = Heard(recipient, per_sender=64, total=256)
+    receiver.peers(ME, full, sender_on_this_host=True)
+    assert list(receiver.ages()) == [first, second] + [i.peer_id for i in members[:62]]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import ByteReceiveStream, ByteStream
 
 from . import wire
@@ -91,16 +92,19 @@ class Session:
 
         Atomic for the caller: waiting for another send may be cancelled (nothing is sealed
         yet), but once sealed the frame is written whole, shielded from the caller's
-        cancellation for at most ``timeout``: a nonce counted but never written would make
-        every later frame fail to open at the peer. A write that cannot finish in ``timeout``
-        may have left part of a frame on the wire, so the session is closed (TimeoutError now,
-        ClosedResourceError after), never left out of step."""
+        cancellation until ``timeout`` (or the caller's own deadline, if sooner): a nonce
+        counted but never written would make every later frame fail to open at the peer. A
+        write that cannot finish by then may have left part of a frame on the wire, so the
+        session is closed (TimeoutError now, ClosedResourceError after), never left out of
+        step."""
         with anyio.fail_after(timeout):
             await self._send_lock.acquire()
         try:
+            await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled already: nothing sealed
             self._check_open()
+            deadline = min(anyio.current_time() + timeout, anyio.current_effective_deadline())
             sealed = frame(self._send_cipher.encrypt(b"", plaintext))
-            with anyio.CancelScope(shield=True), anyio.move_on_after(timeout) as limit:
+            with anyio.CancelScope(shield=True), anyio.CancelScope(deadline=deadline) as limit:
                 await self._stream.send(sealed)
             if limit.cancelled_caught:
                 await self._break()

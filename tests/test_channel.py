@@ -458,3 +458,16 @@ async def test_a_write_that_cannot_finish_in_time_closes_the_session_not_desyncs
             await session.send({"type": "ping", "n": 2}, 5)
         with pytest.raises((anyio.EndOfStream, anyio.IncompleteRead)), anyio.fail_after(5):
             await theirs.receive()
+
+
+async def test_a_write_stuck_past_the_callers_own_deadline_ends_at_that_deadline() -> None:
+    """Shielded from cancellation, a sealed frame's write still ends by the caller's deadline
+    (a handshake's ``handshake_timeout``), not only by the send's own, longer timeout."""
+    async with gated_pair() as (session, _, gate):
+        gate.armed = True
+        started = anyio.current_time()
+        with pytest.raises(TimeoutError), anyio.fail_after(0.3):
+            await session.send({"type": "ping", "n": 1}, 30)
+        assert anyio.current_time() - started < 10  # the send's own 30 s did not hold it
+        with pytest.raises(anyio.ClosedResourceError):
+            await session.send({"type": "ping", "n": 2}, 5)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .identity import PeerId
 from .models import Address, PeerCandidate
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 PEER_ID_LABEL = "peer_id"
 """The label that pins the peer id of a group's targets (libp2p form, ``12D3KooW...``)."""
@@ -57,7 +60,11 @@ class TargetGroup(BaseModel):
 
 @functools.cache
 def _groups() -> TypeAdapter[list[TargetGroup]]:
-    """Built on first use, not when a plugin that might read target groups is imported."""
+    """Built on first use, not when a plugin that might read target groups is imported (nor
+    is pydantic's TypeAdapter module: a node whose peers file is not target groups never
+    needs it)."""
+    from pydantic import TypeAdapter
+
     return TypeAdapter(list[TargetGroup])
 
 

@@ -44,11 +44,15 @@ RSS_STEPS = [
     ("PyNaCl (libsodium: Ed25519, X25519, ChaCha20-Poly1305)", "import nacl.bindings"),
     ("anyio with a running loop, click, pluggy, importlib.metadata",
      "import anyio, click, pluggy, importlib.metadata\nanyio.run(anyio.sleep, 0)"),
+    ("pydantic's model machinery, which defining any model imports (pydantic.fields: "
+     "annotated_types, pydantic.types, secrets, hmac, hashlib)", "import pydantic.fields"),
+    ("a first model class built (pydantic's one-time cost; the node's are built on first use)",
+     "class _First(BaseModel):\n    x: int = 0"),
     ("the core, its CLI and the bootstrap plugin (modules and their other imports)",
      "import exo_discovery_core.cli, exo_discovery_core.runner, exo_discovery_core.node\n"
      "import exo_discovery_bootstrap.plugin"),
 ]  # fmt: skip
-DEPENDENCY_STEPS = 5  # the first five are the reference
+DEPENDENCY_STEPS = 5  # the first five are the reference; the next two, pydantic's share of ours
 _RSS_PROBE = """
 import json, sys
 def rss():

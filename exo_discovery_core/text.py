@@ -42,15 +42,15 @@ def encodable(text: str) -> str:
 
 
 class ShownFilter(logging.Filter):
-    """Makes each record it passes one line of printable text (its message formatted and
-    cleaned, its traceback's lines each cleaned) before any handler sees it."""
+    """Makes each record it passes one line of printable text (a message that is not: formatted
+    and cleaned; its traceback's lines each cleaned) before any handler sees it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a call whose arguments do not fit: the handler says so
             return True
-        if record.args or not message.isprintable() or len(message) > MAX_LINE:
+        if not message.isprintable() or len(message) > MAX_LINE:  # a clean one keeps its args
             record.msg, record.args = shown(message, MAX_LINE), ()
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             record.exc_text = traceback_text(record.exc_info[1])

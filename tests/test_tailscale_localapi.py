@@ -138,13 +138,14 @@ async def fake_tailscaled(
     directory = Path(tempfile.mkdtemp(prefix="ts-fake-", dir="/tmp"))
     fake = FakeTailscaled(directory / "tailscaled.sock", state, bus)
     listener = await anyio.create_unix_listener(fake.socket)
-    async with anyio.create_task_group() as group:
+    # closed after the group, not awaited in its cancelled scope: a Cancelled raised there would
+    # replace the test body's AssertionError and the group would swallow it (the test passed)
+    async with listener, anyio.create_task_group() as group:
         group.start_soon(listener.serve, fake.handle)
         try:
             yield fake
         finally:
             group.cancel_scope.cancel()
-            await listener.aclose()
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ Whether a silent peer is still alive is :mod:`.liveness`'s business: one timer f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -253,7 +254,11 @@ class ConnectionManager:
         self._reported: dict[PeerId, Address] = {}
         self._grace: dict[PeerId, float] = {}
         self._tg: TaskGroup | None = None
-        self._timer_sleep: anyio.CancelScope | None = None  # the timer's, while it sleeps
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's, while it runs
+        self._alarm: asyncio.TimerHandle | None = None  # when the timer rings next
+        self._alarm_due = math.inf  # the same, on time.monotonic's clock
+        self._timer_failed: anyio.Event | None = None  # set when a tick raised ...
+        self._timer_error: Exception | None = None  # ... this
         self.liveness = Liveness(
             identity.peer_id,
             interval=config.heartbeat_interval,
@@ -625,27 +630,56 @@ class ConnectionManager:
     async def _timer(self) -> None:
         """The node's one timer: liveness (heartbeats, suspicions) and the duplicates' grace.
 
-        It sleeps until something is due: a batch of heartbeats every interval, sooner a
-        silence or a probe's wait running out, or a duplicate's grace ending; with nothing due
-        (no peer) it sleeps until woken (a peer added or reported, a grace begun)."""
+        An alarm of the event loop (``call_at``), not a task that sleeps: a wake-up runs the
+        tick and nothing else (no task switch, no cancel scope, no new sleep), and moving it is
+        a cancel and a new alarm. It rings when something is due: a batch of heartbeats, sooner
+        a silence or a probe's wait running out, or a duplicate's grace ending; with nothing
+        due (no peer) it is not set until woken (a peer added or reported, a grace begun).
+        This task holds its lifetime, and raises what a tick raised (a bug ends the node, as
+        it would in a task)."""
         self.liveness.start()
-        while True:
+        failed = anyio.Event()
+        self._loop, self._timer_failed = asyncio.get_running_loop(), failed  # anyio's asyncio
+        self._set_alarm()
+        try:
+            await failed.wait()
+            assert self._timer_error is not None
+            raise self._timer_error
+        finally:
+            if self._alarm is not None:
+                self._alarm.cancel()
+            self._loop = self._alarm = None
+
+    def _ring(self) -> None:
+        """The alarm: what is due now, then the alarm for what is due next."""
+        self._alarm = None
+        try:
             now = time.monotonic()
-            due = min(self.liveness.next_due, min(self._grace.values(), default=math.inf))
-            if due > now:
-                # a plain sleep (a timeout's expiry would cancel the task, twice a second);
-                # what falls due sooner cancels the scope instead, which is rare
-                with anyio.CancelScope() as self._timer_sleep:
-                    await anyio.sleep(due - now)
-                self._timer_sleep = None
-                continue  # woken (something falls due sooner) or the time came: look again
             if self.liveness.next_due <= now:
                 self._act(self.liveness.tick(now))
             self._sweep_grace(now)
+        except Exception as exc:  # noqa: BLE001 - raised in the timer's task instead
+            self._timer_error = exc
+            if self._timer_failed is not None:
+                self._timer_failed.set()
+            return
+        self._set_alarm()
+
+    def _set_alarm(self) -> None:
+        if self._loop is None:
+            return  # not started, or stopped
+        due = min(self.liveness.next_due, min(self._grace.values(), default=math.inf))
+        if self._alarm is not None:
+            if self._alarm_due == due:
+                return
+            self._alarm.cancel()
+            self._alarm = None
+        if due < math.inf:  # the loop's clock need not be time.monotonic (uvloop's is not)
+            when = self._loop.time() + (due - time.monotonic())
+            self._alarm, self._alarm_due = self._loop.call_at(when, self._ring), due
 
     def _wake_timer(self) -> None:
-        if self._timer_sleep is not None:
-            self._timer_sleep.cancel()
+        self._set_alarm()
 
     def _act(self, actions: liveness.Actions) -> None:
         """Send what liveness asks for (queued: never waiting on a stuck peer); drop the dead."""

@@ -17,6 +17,13 @@ Lifeguard are the model, over the connections we already hold:
   A frame of any kind counts as a heartbeat: a connection that carried traffic recently is not
   pinged. Per node that is about one frame out and one in per ``interval``, whatever the
   cluster's size.
+- **One wake-up per heartbeat, not two.** A node's heartbeat goes out when its sender below it
+  on the ring (a lower peer id) heartbeats it: the heartbeats travel round the ring as one wave
+  that the lowest node's timer starts every ``interval``, and each node hears its predecessor's
+  and sends its own in the same wake-up (at rest a node's CPU is its wake-ups, not its frames).
+  Its own timer is the fallback: it heartbeats on its own ``interval`` times
+  ``1 + WAVE_SLACK`` after its last heartbeat if no wave came (its sender froze, or views
+  disagree), so the gap between two of its heartbeats stays far within ``suspect_after``.
 - **Suspicion, then confirmation.** A watched peer silent for ``suspect_after`` is only suspected:
   it gets a direct ``probe`` (which any live peer answers at once) and the node tells its other
   peers, which probe it too. Only a probe unanswered for ``confirm_within`` makes it ``dead``;
@@ -57,6 +64,10 @@ from .identity import PeerId
 MAX_AWARENESS = 3  # a late node gives probes up to (1 + 3) x confirm_within
 LATE_AFTER = 0.25  # seconds; a wake-up this late, the second within CALM_FOR, raises the score
 CALM_FOR = 2.0  # seconds of on-time wake-ups that lower it by one
+DUE_FROM = 0.75  # of an interval: a heartbeat this old goes out at the next tick
+# of an interval: how much longer than one a node heartbeated from below waits for that wave
+# before it heartbeats on its own (the wave's jitter, hop by hop, stays well within it)
+WAVE_SLACK = 0.25
 
 HEARTBEAT: dict[str, Any] = {"type": "hb"}
 WATCH_ME: dict[str, Any] = {"type": "hb", "w": 1}  # "I heartbeat you": the receiver watches us
@@ -123,7 +134,9 @@ class Liveness:
         # with max_connections, a backstop for a failure report (exchange) that did not reach
         # us: every connection silent this long is probed quietly (a live one answers)
         self.probe_silent_after = probe_silent_after
-        self._wake = wake  # called when something falls due sooner than the timer sleeps
+        # called when the timer is to ring at another time: something falls due sooner than it
+        # sleeps, or (a wave of heartbeats went by) later
+        self._wake = wake
         self.interval = interval
         self.dead_after = dead_after
         self.confirm_within = min(1.0, 0.4 * dead_after)
@@ -198,11 +211,26 @@ class Liveness:
                 self._due_by(now + self.suspect_after)
             elif message.get("w") == 0:
                 self._lost_sender(peer, now)  # it heartbeats someone else now: not a silence
+            self._ride(peer, now, actions)
         elif kind == "probe":
             actions.send.append((peer, self._beat(HEARTBEAT)))
         elif kind == SUSPECT:
             self._reported(peer, message.get("peer"), message.get("a"), now, actions)
         return actions
+
+    def _ride(self, peer: PeerId, now: float, actions: Actions) -> None:
+        """A heartbeat from a sender below us on the ring is the wave: we tick now, so ours
+        goes out with it (if it is ``DUE_FROM`` old) and the timer waits for the next wave."""
+        if peer not in self._senders or peer > self.me or self._successor is None:
+            return
+        state = self._peers[self._successor]
+        if state.announced and now - state.sent_at >= DUE_FROM * self.interval:
+            due = self._due
+            ticked = self.tick(now)
+            actions.send += ticked.send
+            actions.dead += ticked.dead
+            if self._due != due and self._wake is not None:
+                self._wake()  # the timer rings later (or sooner) now
 
     def _lost_sender(self, peer: PeerId, now: float) -> None:
         if peer in self._senders:
@@ -317,7 +345,7 @@ class Liveness:
                 self._peers[old].sent_at = now
         for peer in [*self._handover, *([self._successor] if self._successor else [])]:
             state = self._peers[peer]
-            if not state.announced or now - state.sent_at >= 0.75 * self.interval:
+            if not state.announced or now - state.sent_at >= DUE_FROM * self.interval:
                 self._heartbeat(peer, state, now, actions)
 
     def _heartbeat(self, peer: PeerId, state: _Peer, now: float, actions: Actions) -> None:
@@ -364,7 +392,9 @@ class Liveness:
     def _next(self, now: float) -> float:
         """The next heartbeat batch, or sooner a silence, a probe's wait or a handover running
         out; infinite with no peer and no suspect."""
-        due = now + self.interval if self._successor is not None else math.inf
+        due = math.inf
+        if self._successor is not None:  # a beat's wait from the last frame to it, of any kind
+            due = self._peers[self._successor].sent_at + self._beat_wait()
         due = min(due, *self._handover.values()) if self._handover else due
         watched = self._watched()
         for peer in self._looked_at():
@@ -378,6 +408,13 @@ class Liveness:
                 (then, stall), wait = self._quiet_since(peer, state), self.suspect_after
             due = min(due, then + wait + (self.stalled - stall))
         return max(due, now + 0.01)
+
+    def _beat_wait(self) -> float:
+        """How long after a batch of heartbeats the next one is due: an interval, or for a
+        node heartbeated from below (which beats when that wave comes) a little longer."""
+        if any(sender < self.me for sender in self._senders):
+            return self.interval * (1 + WAVE_SLACK)
+        return self.interval
 
     def _measure_lateness(self, now: float) -> None:
         late = 0.0 if self._due is None else max(0.0, now - self._due)

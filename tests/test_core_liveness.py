@@ -6,6 +6,7 @@ Each test plays the node's one timer (``tick``) and the frames that arrive (``he
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from exo_discovery_core.liveness import (
     PROBE,
     STOPPING,
     WATCH_ME,
+    WAVE_SLACK,
     Actions,
     Liveness,
 )
@@ -275,6 +277,7 @@ class Mesh:
         self.frozen: set[PeerId] = set()
         self.frames: list[tuple[float, PeerId, PeerId, dict[str, object]]] = []
         self.dead: list[tuple[float, PeerId, PeerId]] = []  # (when, who decided, whom)
+        self.rang: list[tuple[float, PeerId]] = []  # (when, whose) timer rang
         for live in self.nodes.values():
             live.start(0.0)
 
@@ -305,6 +308,7 @@ class Mesh:
             if due > until:
                 break
             self.now = due
+            self.rang.append((due, pid))
             self._act(pid, self.nodes[pid].tick(due))
         self.now = until
 
@@ -321,6 +325,13 @@ class Mesh:
                 continue
             receiver.heard(sender, self.now)
             self._act(to, receiver.on_frame(sender, frame, self.now))
+
+    def beat_gaps(self, pid: PeerId, since: float) -> list[float]:
+        """The times between ``pid``'s frames to its successor from ``since`` on (any frame
+        is a heartbeat to the receiver)."""
+        at = [t for t, a, b, _ in self.frames if a == pid and t >= since
+              and b == self.nodes[pid].successor]  # fmt: skip
+        return [later - earlier for earlier, later in itertools.pairwise(at)]
 
     def beats(self, since: float) -> list[tuple[PeerId, PeerId]]:
         return [(a, b) for t, a, b, f in self.frames if t >= since and f.get("type") == "hb"
@@ -350,6 +361,37 @@ def test_in_a_settled_ring_each_node_heartbeats_its_successor_alone() -> None:
         assert live.senders == {p for p, s in successor.items() if s == pid}
     assert mesh.watched() == set(ring) and mesh.dead == [] and mesh.suspicions() == 0
     assert [f for *_, f in mesh.frames if f.get("type") != "hb"] == [], "no probe, no report"
+
+
+def test_in_a_settled_ring_the_heartbeats_travel_as_one_wave() -> None:
+    """Each node sends its heartbeat as its predecessor's arrives, in the same wake-up: only the
+    lowest node's timer rings for them, and no node's heartbeats are further apart than
+    interval x (1 + WAVE_SLACK)."""
+    mesh = Mesh(8)
+    mesh.full()
+    mesh.run(4.0)
+    since = len(mesh.rang)
+    mesh.run(12.0)
+    assert {pid for _, pid in mesh.rang[since:]} == {mesh.ids[0]}, "one timer starts the wave"
+    for pid in mesh.ids:
+        gaps = mesh.beat_gaps(pid, since=4.0)
+        assert len(gaps) >= 8.0 / INTERVAL - 2, "a heartbeat every interval, as before"
+        assert max(gaps) <= INTERVAL + SLACK
+    assert mesh.dead == [] and mesh.suspicions() == 0
+
+
+def test_a_node_whose_wave_stops_heartbeats_on_its_own_in_time() -> None:
+    """The sender below it freezes: no wave comes, and its own timer heartbeats its successor
+    at most interval x (1 + WAVE_SLACK) after its last heartbeat, so no one suspects it."""
+    mesh = Mesh(6)
+    mesh.full()
+    mesh.run(4.0)
+    frozen, rider = mesh.ids[2], mesh.ids[3]
+    mesh.frozen.add(frozen)
+    mesh.run(14.0)
+    assert max(mesh.beat_gaps(rider, since=3.0)) <= INTERVAL * (1 + WAVE_SLACK) + SLACK
+    assert {whom for _, _, whom in mesh.dead} == {frozen}, "only the frozen node is dropped"
+    assert mesh.nodes[rider].successor == mesh.ids[4]
 
 
 def test_a_peer_whose_successor_changes_tells_the_old_one_and_is_not_suspected() -> None:

@@ -642,6 +642,7 @@ class PeerExchange:
         self._outbox = Outbox()
         self._announcing = False
         self._deferred = False  # a round for the peers told too lately to be told now is set
+        self._waiting: set[PeerId] = set()  # those peers (the round looks at them alone)
         self._tg: TaskGroup | None = None  # run()'s: refreshes and replies are its tasks
         self._stale: anyio.Event | None = None  # set when what was heard changed (run() makes it)
         self._resent: dict[PeerId, float] = {}  # by connected peer: our last full list on request
@@ -813,6 +814,7 @@ class PeerExchange:
     def forget(self, sender: PeerId) -> None:
         """``sender`` disconnected: what it said is no longer heard, what we sent it forgotten."""
         self._outbox.forget(sender)
+        self._waiting.discard(sender)
         self._resent.pop(sender, None)
         self._report_rates.pop(sender, None)
         if self._heard.forget(sender):
@@ -867,16 +869,23 @@ class PeerExchange:
 
         tg.start_soon(send)
 
-    async def _round(self, tg: TaskGroup, *, again: bool) -> None:
+    async def _round(
+        self, tg: TaskGroup, *, again: bool, only: Collection[PeerId] | None = None
+    ) -> None:
         """Send each connected peer what changed (``again``, a refresh: every peer now); the
-        peers told too lately wait for a round of their own."""
+        peers told too lately wait for a round of their own, which looks at them ``only``
+        (the others were told what changed; a change since made a round of its own)."""
         listed, ages = self.listed()
         now, later = time.monotonic(), math.inf
         for peer_id in self._links.records():
+            if only is not None and peer_id not in only:
+                continue
             wait = 0.0 if again else self._outbox.due_in(peer_id, now)
             if wait > 0:
                 later = min(later, wait)
+                self._waiting.add(peer_id)
                 continue
+            self._waiting.discard(peer_id)
             # its connections' records came with their handshakes: as it says, or as they say
             # (whichever list came first; a forming mesh sent most records twice or more)
             has = self._heard.connections_of(peer_id) | self._heard.connected_to(peer_id)
@@ -893,7 +902,8 @@ class PeerExchange:
             async def deferred() -> None:
                 await anyio.sleep(later)
                 self._deferred = False
-                await self._round(tg, again=False)
+                waiting, self._waiting = self._waiting, set()
+                await self._round(tg, again=False, only=waiting)
 
             tg.start_soon(deferred)
 

@@ -261,8 +261,8 @@ def _after_handshake(live: LiveNode, data: bytes, *, sealed: bool) -> Callable[[
             # ignored or refused: either way the node drops us once we hang up
             with anyio.move_on_after(0.05):
                 await session.receive()
-        except Exception:  # noqa: BLE001 - the node closed on us: fine
-            pass
+        except CLOSED_ERRORS:
+            pass  # the node closed on us: fine (anything else is a failure, not a pass)
         finally:
             await session.aclose()
 

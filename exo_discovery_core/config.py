@@ -150,8 +150,10 @@ class NodeConfig(BaseModel):
     )
     heartbeat_interval: float = option(
         0.75,
-        help="Seconds between heartbeats to the few peers that watch this node (its ring "
-        "neighbours); by default two fall within the 1.5 s of silence that makes a suspicion",
+        help="Seconds between heartbeats to the peer that watches this node (its ring "
+        "successor); they go round the ring as one wave, and a node the wave misses "
+        "heartbeats on its own after 1.25 of these, within the 1.5 s of silence that makes "
+        "a suspicion",
         gt=0,
         le=60,
     )

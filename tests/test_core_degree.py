@@ -10,17 +10,10 @@ import pytest
 from exo_discovery_core.degree import Preference, _digest
 from exo_discovery_core.exchange import HOP_AGE, MEMBER_TTL, Heard
 from exo_discovery_core.identity import Identity, PeerId
+from tests.support.clock import Clock
 
 IDS = [Identity.generate().peer_id for _ in range(20)]
 ME, OTHERS = IDS[0], IDS[1:]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_closest_half_by_xor_come_first_then_a_fixed_pseudo_random_rest() -> None:

@@ -28,18 +28,11 @@ from exo_discovery_core.peertable import Peer, PeerTable
 from exo_discovery_core.records import PeerRecord
 from exo_discovery_core.routes import Paths
 from exo_discovery_core.session import Session
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.anyio
 
 ME = Identity.generate().peer_id
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Links:
@@ -91,7 +84,7 @@ async def dial_due(dialer: Dialer) -> list[Peer]:
 
 async def test_a_known_peer_is_dialed_once_and_not_again_while_connected() -> None:
     peer = Identity.generate().peer_id
-    table, links, clock = PeerTable(ME), Links({address(1): peer}), Clock()
+    table, links, clock = PeerTable(ME), Links({address(1): peer}), Clock(100.0)
     table.replace("static", [PeerCandidate.at("127.0.0.1", 1, str(peer))])
     dialer = make(table, links, clock)
     assert [p.peer_id for p in await dial_due(dialer)] == [peer]
@@ -105,7 +98,7 @@ async def test_a_failed_dial_keeps_a_reason_for_every_address_and_backs_off() ->
     table = PeerTable(ME)
     refused = DialError("Connection refused")
     other = DialError("namespace 'blue' is not ours ('exo')", refused=True)  # one refusal of two
-    links, clock = Links({address(1): refused, address(2): other}), Clock()
+    links, clock = Links({address(1): refused, address(2): other}), Clock(100.0)
     table.replace("static", [PeerCandidate(addresses=(address(1), address(2)))])
     dialer = make(table, links, clock)
     await dial_due(dialer)
@@ -128,7 +121,7 @@ async def test_a_reason_is_never_empty() -> None:
         async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
             raise RuntimeError()
 
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
     table.replace("static", [PeerCandidate(addresses=(address(1),))])
     dialer = make(table, Broken({}), clock)
     await dial_due(dialer)
@@ -137,7 +130,7 @@ async def test_a_reason_is_never_empty() -> None:
 
 async def test_addresses_are_tried_in_route_order_until_one_answers() -> None:
     peer = Identity.generate().peer_id
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
     lan, loopback, other = address(1, "10.0.0.1"), address(1), address(2, "10.0.0.2")
     links = Links({loopback: DialError("timed out"), lan: peer, other: peer})
     table.replace("static", [PeerCandidate(peer_id=peer, addresses=(lan, other, loopback))])
@@ -148,7 +141,7 @@ async def test_addresses_are_tried_in_route_order_until_one_answers() -> None:
 
 
 async def test_dialing_ourselves_stops_at_that_address() -> None:
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
     links = Links({address(1): DialedSelf("this is this node's own address")})
     table.replace("static", [PeerCandidate(addresses=(address(1), address(2)))])
     dialer = make(table, links, clock)
@@ -164,7 +157,7 @@ async def test_of_two_peers_that_know_each_other_by_exchange_one_dials_first() -
     assert first_dialer(b, a) == first, "both ends give the same answer"
     second = b if first == a else a
     for me, other, first_at in ((first, second, 0.0), (second, first, MUTUAL_SECOND_DIAL)):
-        table, links, clock = PeerTable(me), Links({address(1): other}), Clock()
+        table, links, clock = PeerTable(me), Links({address(1): other}), Clock(100.0)
         table.replace("exchange", [PeerCandidate.at("127.0.0.1", 1, str(other))])
         dialer = Dialer(me, table.merged, links, clock=clock)
         due, _ = dialer.due()
@@ -174,7 +167,7 @@ async def test_of_two_peers_that_know_each_other_by_exchange_one_dials_first() -
 
 async def test_a_peer_that_went_down_is_dialed_again_at_once() -> None:
     peer = Identity.generate().peer_id
-    table, links, clock = PeerTable(ME), Links({address(1): peer}), Clock()
+    table, links, clock = PeerTable(ME), Links({address(1): peer}), Clock(100.0)
     table.replace("static", [PeerCandidate.at("127.0.0.1", 1, str(peer))])
     dialer = make(table, links, clock)
     await dial_due(dialer)
@@ -199,7 +192,7 @@ async def test_the_loop_dials_when_woken() -> None:
 
 
 async def test_a_reason_from_the_peer_reaches_no_terminal_raw_and_is_bounded() -> None:
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
     hostile = DialError("peer refused us: \x1b[2J\x1b]0;owned\x07" + "x" * 5000, refused=True)
     table.replace("static", [PeerCandidate(addresses=(address(1),))])
     dialer = make(table, Links({address(1): hostile}), clock)
@@ -210,7 +203,7 @@ async def test_a_reason_from_the_peer_reaches_no_terminal_raw_and_is_bounded() -
 
 
 async def test_a_peer_that_refused_us_at_every_address_is_not_pressed() -> None:
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
     other = DialError("namespace 'blue' is not ours ('exo')", refused=True)
     table.replace("static", [PeerCandidate(addresses=(address(1),))])
     dialer = make(table, Links({address(1): other}), clock)
@@ -235,7 +228,7 @@ class Verifier(Links):
 
 async def test_verify_only_verifies_once_then_again_after_reverify_every() -> None:
     peer = Identity.generate().peer_id
-    table, links, clock = PeerTable(ME), Verifier({address(1): peer}), Clock()
+    table, links, clock = PeerTable(ME), Verifier({address(1): peer}), Clock(100.0)
     table.replace("static", [PeerCandidate.at("127.0.0.1", 1, str(peer))])
     dialer = Dialer(ME, table.merged, links, redial_max=8.0, clock=clock, verify_only=True)
     assert [p.peer_id for p in await dial_due(dialer)] == [peer]
@@ -249,7 +242,7 @@ async def test_verify_only_verifies_once_then_again_after_reverify_every() -> No
 
 async def test_a_verified_peer_wakes_the_loop_when_its_reverification_is_due() -> None:
     peer = Identity.generate().peer_id
-    table, links, clock = PeerTable(ME), Verifier({address(1): peer}), Clock()
+    table, links, clock = PeerTable(ME), Verifier({address(1): peer}), Clock(100.0)
     table.replace("static", [PeerCandidate.at("127.0.0.1", 1, str(peer))])
     dialer = Dialer(ME, table.merged, links, redial_max=8.0, clock=clock, verify_only=True)
     await dial_due(dialer)
@@ -262,7 +255,7 @@ async def test_with_every_peer_connected_the_loop_sleeps_until_woken() -> None:
     """At rest nothing is due: no look every second (at 50 members that look was a quarter of
     an idle node's CPU); a change wakes the loop, and IDLE_WAKE is only a safety net."""
     peers = [Identity.generate().peer_id for _ in range(3)]
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
     links = Links({address(i + 1): p for i, p in enumerate(peers)})
     table.replace("static", [PeerCandidate.at("127.0.0.1", i + 1, str(p))
                              for i, p in enumerate(peers)])  # fmt: skip
@@ -301,7 +294,7 @@ async def test_a_connected_peer_moves_to_a_better_link_when_one_appears() -> Non
         ("en1", "192.168.1.2/24", LinkClass.WIFI),
         ("bridge0", "169.254.3.2/16", LinkClass.THUNDERBOLT),
     )
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
     links = Links({wifi: peer, cable: DialError("No route to host")})
     table.replace("static", [PeerCandidate(peer_id=peer, addresses=(wifi,))])
     dialer = Dialer(ME, table.merged, links, paths=paths, clock=clock)
@@ -325,7 +318,7 @@ async def test_a_peer_its_first_handshake_named_is_not_dialed_again_while_it_is_
     """The handshake tells the table who answered (it re-keys the peer by its id) before the
     connection is kept: in that moment the peer must not look like one to dial."""
     peer = Identity.generate().peer_id
-    table, clock = PeerTable(ME), Clock()
+    table, clock = PeerTable(ME), Clock(100.0)
 
     class Slow(Links):
         adopted: list[PeerId] = []
@@ -365,7 +358,7 @@ async def test_a_dial_that_proves_the_peer_gives_its_pace_token_back_a_failed_on
     outcomes: dict[Address, PeerId | DialError] = {address(i + 1): p for i, p in enumerate(real)}
     outcomes |= {address(i + 101): DialError("connection refused") for i in range(6)}
     for peers, base in ((real, 1), (fake, 101)):
-        table, links, clock = PeerTable(me), Links(outcomes), Clock()
+        table, links, clock = PeerTable(me), Links(outcomes), Clock(100.0)
         table.replace("exchange", [
             PeerCandidate.at("127.0.0.1", base + i, str(p)) for i, p in enumerate(peers)
         ])  # fmt: skip

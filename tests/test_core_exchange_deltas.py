@@ -12,18 +12,11 @@ from exo_discovery_core.exchange import RESYNC_EVERY, Heard, Outbox
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.models import Address
 from exo_discovery_core.records import LocalRecord, PeerRecord
+from tests.support.clock import Clock
 
 IDENTITIES = [Identity.generate() for _ in range(12)]
 ME, SENDER = IDENTITIES[0].peer_id, IDENTITIES[1].peer_id
 OTHERS = IDENTITIES[2:]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _record(identity: Identity) -> PeerRecord:

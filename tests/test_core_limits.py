@@ -14,14 +14,7 @@ import pytest
 
 from exo_discovery_core import limits
 from exo_discovery_core.limits import InboundGate, TokenBucket, accept_forever
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 @pytest.fixture

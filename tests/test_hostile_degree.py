@@ -40,6 +40,7 @@ from exo_discovery_core.peertable import PeerTable
 from exo_discovery_core.records import LocalRecord, PeerRecord
 from exo_discovery_core.session import Session
 from exo_discovery_core.testing import next_event, run_node
+from tests.support.clock import Clock
 from tests.support.hostile import HOSTILE_NODE, LOOPBACK, Stranger
 from tests.support.static import Static
 
@@ -119,14 +120,6 @@ class Liars:
 
     async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
         raise DialError("not discover-only")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def members(count: int) -> PeerTable:

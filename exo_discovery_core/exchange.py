@@ -11,9 +11,10 @@ Two messages: ``{"type": "peers", "peers": [peer id, ...]}`` (the sender's conne
 replaces the sender's previous list) and ``{"type": "records", "records": [base64, ...]}`` (the
 records of those peers that this receiver was not sent yet, in as many messages as it takes;
 the first of them rides in the ``peers`` message itself when it fits, ``"records": [...]``,
-read after its list: one frame for both, where a forming mesh sent two). Bounds: at most ``per_sender`` peers taken from one sender, ``total`` from all senders together
-(first come); a record is kept only for a peer some sender lists; what a sender said is
-forgotten when it disconnects.
+read after its list: one frame for both, where a forming mesh sent two). Bounds: at most
+``per_sender`` peers taken from one sender, ``total`` from all senders together (first come);
+a record is kept only for a peer some sender lists; what a sender said is forgotten when it
+disconnects.
 
 **Deltas.** A mesh forming changes every node's list many times a second, and a full list to
 each of N connections at each change is O(N²) ids per node. So after the first (full) list the

@@ -588,10 +588,9 @@ def _opened(entry: str) -> tuple[PeerId, bytes] | None:
         return None
 
 
-@functools.lru_cache(maxsize=1024)
 def _verified(data: bytes) -> PeerRecord | None:
-    """In a mesh every peer relays the same records again and again: each is checked once
-    (and a bad one sent again costs no second check)."""
+    """The record, or None if it does not verify. In a mesh every peer relays the same records
+    again and again: :func:`~.records.verify` checks each once (a bad one too)."""
     try:
         return verify(data)
     except RecordError:

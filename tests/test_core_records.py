@@ -98,6 +98,28 @@ def test_truncated_extended_and_foreign_records_are_refused(tmp_path: Path) -> N
         verify(data, other.peer_id)
 
 
+@pytest.mark.parametrize("bad", ["a record?", None, 5, [1, 2]])
+def test_what_is_not_bytes_is_refused_as_not_a_record(bad: object) -> None:
+    with pytest.raises(RecordError, match="not bytes"):
+        verify(bad)  # type: ignore[arg-type]
+
+
+def test_a_record_checked_once_is_checked_again_after_forget_checked(tmp_path: Path) -> None:
+    """Good and bad outcomes are both kept; the handshake benchmark's first meetings forget them."""
+    data = local(Identity.generate(), tmp_path).encode()
+    records.forget_checked()
+    assert verify(data) is verify(data)  # one check, one record
+    with pytest.raises(RecordError):
+        verify(data[:-1])
+    misses = records._checked.cache_info().misses
+    with pytest.raises(RecordError):
+        verify(data[:-1])  # its reason kept: no second check
+    assert records._checked.cache_info().misses == misses
+    records.forget_checked()
+    assert records._checked.cache_info().currsize == 0
+    assert verify(data) == verify(data)
+
+
 def _signed(identity: Identity, payload: dict[str, object] | bytes) -> bytes:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return records.seal(identity, body)

@@ -497,10 +497,16 @@ class ConnectionManager:
             conn.outbox.finish()
 
     async def close(self, peer_id: PeerId, reason: str) -> None:
-        """End the connection to ``peer_id`` (saying ``reason`` in the bye), if there is one."""
+        """End the connection to ``peer_id`` (saying ``reason`` in the bye), if there is one.
+        A peer between two connections (its old one closed as a duplicate, the one it kept not
+        here yet) is reported down now, for ``reason``: its next connection comes up as a new
+        one. (Closing nothing, a trim left it reported, and when the connection it kept came it
+        was no new connection, so no trim followed: a node stayed past ``max_connections``.)"""
         conn = self._current.get(peer_id)
         if conn is not None:
             await self._close(conn, reason)
+        elif self._grace.pop(peer_id, None) is not None:
+            self._report_down(peer_id, reason)
 
     async def close_all(self, reason: str = SHUTDOWN) -> None:
         with anyio.move_on_after(1.0, shield=True):

@@ -9,7 +9,9 @@ word can do is bounded:
   outrank it);
 - the island exception dials one member past the limit (M + 1 at most), only while no dial is
   under way, at most once per ``ISLAND_RETRY`` however long a liar keeps saying "island";
-- an island dial to an address that never answers ends at the handshake timeout.
+- an island dial to an address that never answers ends at the handshake timeout;
+- a peer that closes its connection as a duplicate (saying it kept another, on its way) as
+  the trim comes is trimmed all the same: it cannot hold the node past the limit.
 
 The first tests drive the real :class:`Preference` and :class:`Dialer` with what liars say; the
 last ones run real nodes and liars over real sessions.
@@ -18,7 +20,7 @@ last ones run real nodes and liars over real sessions.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -29,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exo_discovery_core import PeerCandidate
-from exo_discovery_core.connections import DialError, Opened
+from exo_discovery_core.connections import DUPLICATE, DialError, Opened
 from exo_discovery_core.degree import TRIMMED, Preference
 from exo_discovery_core.dialer import ISLAND_RETRY, Dialer
 from exo_discovery_core.handshake import PROTOCOL
@@ -303,3 +305,47 @@ async def test_an_island_dial_to_a_tarpit_ends_at_the_handshake_timeout() -> Non
     for stream in held:
         await stream.aclose()
     await tarpit.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_peer_between_two_connections_cannot_keep_the_node_past_the_limit() -> None:
+    """The least-preferred of M connected peers closes its connection saying "duplicate" (the
+    node then keeps it reported connected for handshake_timeout, waiting for the connection
+    the peer says it kept), and one peer more connects: the trim reports the first one down
+    at once, and when it connects again that is a new connection, trimmed again. Before, the
+    trim closed nothing (no connection was there), the peer stayed reported, its next
+    connection came as no new one, so no trim followed: the node stayed past the limit for
+    good (the twelve-node test in tests/test_bounded_degree_e2e.py saw it once at load 30)."""
+    settings = {**HOSTILE_NODE, "max_connections": LIMIT, "handshake_timeout": 60.0}
+    strangers = {s.identity.peer_id: s for s in (Stranger() for _ in range(LIMIT + 1))}
+    async with run_node(node=settings) as node, anyio.create_task_group() as tg:
+        ranked = Preference(node.peer_id, LIMIT).ranked(strangers)
+        victim, newcomer = ranked[-1], ranked[0]  # the trim's choice; any other one
+        connections = node.connections
+
+        async def until(holds: Callable[[], bool], what: str) -> None:
+            deadline = anyio.current_time() + 10
+            while not holds():  # the node's own state: no event says it
+                assert anyio.current_time() < deadline, f"not within 10 s: {what}"
+                await anyio.sleep(0.01)
+
+        async with node.events() as events:
+            sessions = {p: await strangers[p].connect(node.port) for p in ranked[1:]}
+            for stranger in strangers.values():
+                tg.start_soon(stranger.keep_alive)
+            await until(lambda: len(connections.connected()) == LIMIT, "M connected")
+            await strangers[victim].send(sessions[victim], {"type": "bye", "reason": DUPLICATE})
+            await until(lambda: victim not in connections.records(), "the duplicate closed")
+            assert victim in connections.connected(), "reported while its other one comes"
+            await strangers[newcomer].connect(node.port)  # M + 1: a trim, 1 s on
+            trimmed = await next_event(events, "disconnected", timeout=10, peer_id=str(victim))
+            assert trimmed.reason == TRIMMED
+            assert len(connections.connected()) == LIMIT
+            await strangers[victim].connect(node.port)  # the one it "kept": a new connection
+            await next_event(events, "connected", timeout=10, peer_id=str(victim))
+            again = await next_event(events, "disconnected", timeout=10, peer_id=str(victim))
+            assert again.reason == TRIMMED
+            assert len(connections.connected()) == LIMIT
+        tg.cancel_scope.cancel()
+    for stranger in strangers.values():
+        await stranger.aclose()

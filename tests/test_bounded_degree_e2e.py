@@ -61,7 +61,7 @@ def meshed(among: list[NodeProcess], ids: set[str]) -> Callable[[], str | None]:
                 rows = [row for row in status.peers if row.peer_id in extra]
                 return f"{node.name} lists not {sorted(missing)} but {rows}: {status}"
             if len(connections(status)) > LIMIT:
-                return f"{node.name} has {len(connections(status))} connections"
+                return f"{node.name} has {len(connections(status))} connections (limit {LIMIT})"
         reached, todo = set(), [among[0].peer_id]
         while todo:  # the connections join every member: no group is cut off from the rest
             reached.add(peer := todo.pop())
@@ -74,10 +74,18 @@ def meshed(among: list[NodeProcess], ids: set[str]) -> Callable[[], str | None]:
 
 
 def until(check: Callable[[], str | None], timeout: float) -> None:
-    """Poll ``check`` (None: holds; else what is still wrong) until it holds or the deadline."""
-    deadline = time.monotonic() + timeout
+    """Poll ``check`` (None: holds; else what is still wrong) until it holds or the deadline.
+    A failure says what was wrong over the whole wait, not only at its last poll (which may
+    catch a connection within its second before the trim while the real fault, a group cut
+    off, lasted the whole wait)."""
+    started, kind = time.monotonic(), ""
+    changes: list[str] = []  # what was wrong, each time that changed (by its first words)
     while (wrong := check()) is not None:
-        assert time.monotonic() < deadline, wrong
+        elapsed = time.monotonic() - started
+        if wrong[:40] != kind:
+            kind = wrong[:40]
+            changes.append(f"at {elapsed:.1f} s: {wrong[:400]}")
+        assert elapsed < timeout, "\n".join(changes[-8:])
         time.sleep(0.25)
 
 

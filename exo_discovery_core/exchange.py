@@ -82,7 +82,7 @@ from .identity import InvalidPeerId, PeerId
 from .limits import TokenBucket
 from .models import Address, PeerCandidate
 from .peertable import PeerTable
-from .records import PeerRecord, RecordError, signer, verify
+from .records import MAX_RECORD_BYTES, PeerRecord, RecordError, signer, verify
 from .routes import usable_from_peer
 from .text import logger
 
@@ -571,10 +571,15 @@ def _peer_id(entry: Any) -> PeerId | None:
 def _record(entry: Any, wanted: set[PeerId]) -> PeerRecord | None:
     """The record in ``entry`` if it is one of ``wanted``'s and verifies (checked in that order:
     a signature is only worth checking for a peer we would keep)."""
-    if not isinstance(entry, str) or len(entry) > 2 * wire.MAX_FRAME:
+    if not isinstance(entry, str) or len(entry) > _MAX_ENTRY:
         return None
     opened = _opened(entry)
     return _verified(opened[1]) if opened is not None and opened[0] in wanted else None
+
+
+# the longest base64 a record can be: a longer entry is none, and is not decoded or remembered
+# (entries of up to a frame each, 16 KiB, kept 16 MiB in _opened)
+_MAX_ENTRY = 4 * math.ceil(MAX_RECORD_BYTES / 3)
 
 
 @functools.lru_cache(maxsize=1024)

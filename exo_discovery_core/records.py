@@ -247,9 +247,11 @@ def _decode_payload(signer: PeerId, payload: bytes, envelope: bytes) -> PeerReco
 
 
 def verify(data: bytes, expected_peer_id: PeerId | None = None) -> PeerRecord:
-    """The record in ``data`` if its signature checks out (and it is ``expected_peer_id``'s)."""
-    hashable = isinstance(data, bytes | bytearray | memoryview)
-    outcome = _checked(bytes(data)) if hashable else _check(data)
+    """The record in ``data`` if its signature checks out (and it is ``expected_peer_id``'s).
+    Only what may be a record is remembered: bytes past ``MAX_RECORD_BYTES`` (a handshake can
+    carry 64 KiB) are refused for their size each time, at no cost, and never kept."""
+    cached = isinstance(data, bytes | bytearray | memoryview) and len(data) <= MAX_RECORD_BYTES
+    outcome = _checked(bytes(data)) if cached else _check(data)
     if isinstance(outcome, str):
         raise RecordError(outcome)
     if expected_peer_id is not None and outcome.peer_id != expected_peer_id:
@@ -261,7 +263,12 @@ def verify(data: bytes, expected_peer_id: PeerId | None = None) -> PeerRecord:
 def _checked(data: bytes) -> PeerRecord | str:
     """A node meets each record at least twice (relayed by the exchange, then in the handshake
     with its owner; in a forming mesh from several peers): its signature is checked once, and
-    a bad one's reason is kept too (sent again, it costs no second check)."""
+    a bad one's reason is kept too (sent again, it costs no second check). What is kept is the
+    answer for these exact bytes, so a flood evicts answers but cannot change one. It holds
+    at most 1024 records of at most ``MAX_RECORD_BYTES`` each and what was made of each: for
+    the largest a peer may sign (16 addresses, 1 KiB of metadata) about 20 KiB with the
+    exchange's decoded entry, so ~20 MiB that a stranger's flood can fill
+    (tests/test_hostile_records.py)."""
     return _check(data)
 
 

@@ -314,6 +314,43 @@ def test_an_old_record_never_replaces_a_newer_one_and_a_stranger_cannot_speak_fo
         peer.exchange(frames, want, lambda: _check(live, peer, want, honeypot, dials))
 
 
+def test_a_flood_of_forged_records_cannot_evict_a_peer_s_record_and_poison_it(
+    dials: list[str],
+) -> None:
+    """After a listed peer's good record, 1,500 distinct records in its name that do not verify
+    (its key, another's signature: each checked, and remembered as bad, evicting every record
+    checked before), then a forged newer one pointing at the honeypot: the table keeps the
+    good record's address, and the good record sent again changes nothing. (Last, another
+    peer listed with its record: when the table shows it, every frame before was read.)"""
+    with listeners(2) as (sink, honeypot), LiveNode() as live:
+        peer = Peer(live)
+        target_peer = POOL[1]
+        listed = json_body({"type": "peers", "peers": [str(target_peer.peer_id)]})
+        good = signed(target_peer, 10, [f"127.0.0.1:{sink.port}"])
+        envelope = base64.b64decode(good)
+        forged = [  # each distinct: its own (bad) signature
+            base64.b64encode(envelope[:-64] + peer.identity.sign(n.to_bytes(4, "big"))).decode()
+            for n in range(1500)
+        ]
+        newer = signed(target_peer, 11, [f"127.0.0.1:{honeypot.port}"], signer=peer.identity)
+        frames = [listed, json_body({"type": "records", "records": [good]})]
+        frames += [
+            json_body({"type": "records", "records": forged[at : at + 20]})
+            for at in range(0, len(forged), 20)
+        ]
+        frames += [json_body({"type": "records", "records": [r]}) for r in (newer, good)]
+        last = POOL[2]
+        frames.append(json_body({
+            "type": "peers", "peers": [str(target_peer.peer_id), str(last.peer_id)],
+            "records": [signed(last, 1, [f"127.0.0.1:{sink.port}"])],
+        }))  # fmt: skip
+        at_sink = (Address(host="127.0.0.1", port=sink.port),)
+        want = {str(p.peer_id): (p.peer_id, at_sink) for p in (target_peer, last)}
+        checks = records._checked.cache_info().misses
+        peer.exchange(frames, want, lambda: _check(live, peer, want, honeypot, dials))
+        assert records._checked.cache_info().misses - checks >= len(forged), "not all checked"
+
+
 def test_more_entries_than_fit_or_are_read(dials: list[str]) -> None:
     """Deterministic sizes: a list of 10,000 ids (far over the 16 KiB frame: the connection is
     closed), 5,000 junk entries that just fit, and 150 well-formed ids with a record each (only

@@ -1,12 +1,35 @@
 """Talking to a remote source that may be hostile: read no more than a limit of what it sends
-(its body costs at most ``limit`` bytes, whatever its ``Content-Length`` says), and say why a
-request failed in a few words taken from the error's cause, never from the request itself."""
+(its body costs at most ``limit`` bytes, whatever its ``Content-Length`` says), say why a
+request failed in a few words taken from the error's cause, never from the request itself,
+and let the HTTP client's own log records reach a host's handlers clean."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable
 from urllib.parse import urlsplit
+
+from .text import logger
+
+# every logger httpx and httpcore log through, by name: httpcore makes each one when the
+# module that logs is first imported (on the first request), so a walk of the loggers made so
+# far would miss them, and a filter on "httpcore" does not see its children's records
+HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+def clean_http_logs() -> None:
+    """Make the records of httpx and httpcore clean where they are made, as ours are
+    (:func:`~.text.logger`): they quote what a server said (a reason phrase, its headers, at
+    DEBUG all of them on one line), which may hold a control character or run to 16 KiB."""
+    for name in HTTP_LOGGERS:
+        logger(name)
 
 
 def check_http_url(value: str, *, example: str, allow_query: bool = True) -> str:

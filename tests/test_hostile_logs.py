@@ -5,7 +5,9 @@ must be clean where it is made. Every logger of the core and every plugin's ``co
 comes from :func:`exo_discovery_core.text.logger`, whose filter makes each record one bounded
 line of printable text (its traceback's lines each cleaned) before any handler sees it. The
 last tests send a Headscale node name and an mDNS instance name and TXT value holding a newline,
-a forged log line and an escape sequence through the real plugins.
+a forged log line and an escape sequence through the real plugins, and a hostile HTTP answer
+(control characters in its reason phrase, 12 KiB of headers) through the Headscale and http_sd
+clients, whose httpx and httpcore records must be as clean.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import json
 import logging
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -168,3 +171,68 @@ async def test_an_mdns_instance_name_and_txt_value_with_a_forged_line_are_logged
     assert all(_clean(line) for line in handler.lines())
     warned = [r for r in handler.records if shown(NAME) in r.getMessage()]
     assert warned[0].levelno == logging.WARNING and "record version '9" in warned[0].getMessage()
+
+
+# a status line and headers a server may send (h11 takes a tab and bytes past ASCII in a reason
+# phrase, and headers up to 16 KiB): httpx logs the reason at INFO, httpcore every header at
+# DEBUG, all on one line
+HOSTILE_RESPONSE = (
+    b"HTTP/1.1 503 busy\tnow \x9b31m\r\n"
+    b"X-Pad: " + b"x" * 12_000 + b"\r\n"
+    b"X-Said: \xe2\x80\xae evil\r\n"
+    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+)
+
+
+async def poll_headscale(url: str) -> None:
+    from pydantic import SecretStr
+
+    from exo_discovery_headscale.api import HeadscaleClient, HeadscaleError
+
+    async with HeadscaleClient(url, SecretStr("hskey-hostile-0000")) as client:
+        with pytest.raises(HeadscaleError):
+            await client.list_wire_nodes()
+
+
+async def poll_http_sd(url: str) -> None:
+    from exo_discovery_http.config import HttpConfig
+    from exo_discovery_http.source import HttpSource, HttpSourceError
+
+    async with HttpSource(HttpConfig(url=url)) as source:
+        with pytest.raises(HttpSourceError):
+            await source.fetch()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("poll", [poll_headscale, poll_http_sd])
+async def test_httpx_and_httpcore_records_of_a_hostile_answer_are_clean(
+    poll: Callable[[str], Awaitable[None]],
+) -> None:
+    """A Headscale or http_sd server answers the poll with a tab and a C1 control in the
+    reason phrase and 12 KiB of headers: every record httpx and httpcore make of it (httpx's
+    request line at INFO, httpcore's headers at DEBUG) reaches a host's handler as one clean,
+    bounded line. (They were the only records a server's text reached unfiltered.)"""
+    from exo_discovery_core.remote import HTTP_LOGGERS
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()  # the request (one read: it is small)
+            await stream.send(HOSTILE_RESPONSE)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    with kept("httpx") as httpx_records, kept("httpcore") as httpcore_records:
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, answer)
+            await poll(f"http://127.0.0.1:{port}/")
+            tg.cancel_scope.cancel()
+    said = [r for r in httpx_records.records if "HTTP Request" in r.getMessage()]
+    assert said and "503 busy\\tnow" in said[0].getMessage()
+    headers = [r for r in httpcore_records.records if "X-Pad" in r.getMessage()]
+    assert headers, "httpcore logged no headers at DEBUG: nothing here to check"
+    for handler in (httpx_records, httpcore_records):
+        for record in handler.records:
+            message = record.getMessage()
+            assert _clean(message) and len(message) <= MAX_LINE, (record.name, message[:200])
+    made = {n for n in logging.Logger.manager.loggerDict if n.startswith(("httpx", "httpcore."))}
+    assert made <= set(HTTP_LOGGERS), "a logger of httpx or httpcore that is not filtered"

@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from exo_discovery_core import SourceError
-from exo_discovery_core.remote import TooLarge, read_limited, short_reason
+from exo_discovery_core.remote import TooLarge, clean_http_logs, read_limited, short_reason
 
 from .config import AUTH_RETRY_AFTER
 
@@ -195,6 +195,7 @@ class HeadscaleClient:
         self._key = api_key
         import httpx
 
+        clean_http_logs()  # the server's text reaches httpx's records too
         headers = {"Accept": "application/json", "User-Agent": "exo-discovery-headscale"}
         if api_key is not None:
             headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"

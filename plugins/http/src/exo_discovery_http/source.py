@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from exo_discovery_core import SourceError
-from exo_discovery_core.remote import TooLarge, read_limited, short_reason
+from exo_discovery_core.remote import TooLarge, clean_http_logs, read_limited, short_reason
 from exo_discovery_core.targetgroups import TargetGroup, TargetGroupError, parse_target_groups
 
 from .config import HttpConfig
@@ -38,6 +38,7 @@ class HttpSource:
     ) -> None:
         import httpx
 
+        clean_http_logs()  # the server's text reaches httpx's records too
         assert config.url is not None
         self.config = config
         self.url = config.url

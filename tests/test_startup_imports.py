@@ -2,7 +2,8 @@
 runs (zeroconf for mdns, httpx for headscale/http/tailscale, multiaddr for bootstrap entries).
 
 Each check runs in a fresh interpreter (``sys.modules`` of the test process has everything), with
-the installed plugins loaded through their entry points as the CLI loads them.
+the installed plugins loaded through their entry points as the CLI loads them; the last one runs
+real nodes and reads what they imported over their whole life.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli import import_probe
+from tests.support.cli import RunningNode, import_probe
+from tests.support.fake_install import env_with
 
 HEAVY = ("httpx", "zeroconf", "multiaddr", "netaddr", "yaml", "dns")
 INSTALLED = ("bootstrap", "headscale", "http", "mdns", "tailscale")
@@ -126,3 +128,63 @@ print(json.dumps({"imported": before, "shown": shown,
     result = _probe(code, tmp_path=tmp_path)
     assert result["imported"] == []
     assert result["shown"] == ["exo-discovery-bootstrap", result["installed"]]
+
+
+# Written into a directory on the node's PYTHONPATH: Python imports ``sitecustomize`` at start-up,
+# so the console script runs as a user runs it, and its modules are written down as it exits.
+MODULES_AT_EXIT = """
+import atexit, json, os, sys
+
+def _write_modules():
+    with open(os.environ["EXO_TEST_MODULES_FILE"], "w") as out:
+        json.dump(sorted(sys.modules), out)
+
+atexit.register(_write_modules)
+"""
+NOT_IN_A_RUNNING_NODE = (
+    *HEAVY,
+    "email.parser",  # a plugin's METADATA (its version): only `plugins` and the status socket show it
+    "anyio.from_thread",  # the embedding host's thread bridge
+    "pydantic.type_adapter",  # target groups (file_sd): a peers file or the http plugin
+    "exo_discovery_core.doctor",
+    "exo_discovery_core.members",  # the `peers` table
+    "exo_discovery_core.threaded",  # a node on a thread of its own (embedding)
+    "exo_discovery_core.testing",
+)
+
+
+def test_a_running_node_imports_only_what_it_uses(
+    tmp_path: Path, running: list[RunningNode]
+) -> None:
+    """Three nodes (the console script, the bootstrap plugin) mesh, the second and the third
+    finding each other through the first's exchange, then stop: nothing they imported in their whole life is kept for
+    other commands, other plugins or an embedding host (each such module costs a node memory)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(MODULES_AT_EXIT)
+    nodes: list[RunningNode] = []
+    for name in ("a", "b", "c"):
+        home = tmp_path / name
+        home.mkdir()
+        env = {
+            **env_with(site),
+            "EXO_DISCOVERY_PLUGINS": "bootstrap",
+            "EXO_TEST_MODULES_FILE": str(home / "modules.json"),
+        }
+        peers = ("--bootstrap-peers", f"127.0.0.1:{nodes[0].events[0]['port']}") if nodes else ()
+        node = RunningNode(home, *peers, env=env)
+        running.append(node)
+        node.wait_for("started")
+        nodes.append(node)
+    ids = {node.events[0]["peer_id"] for node in nodes}
+    for node in nodes:
+        others = ids - {node.events[0]["peer_id"]}
+        connected = {e["peer_id"] for e in node.events if e["event"] == "connected"}
+        while not others <= connected:
+            connected.add(node.wait_for("connected")["peer_id"])
+    for node in nodes:
+        node.stop()
+        assert node.proc.returncode == 0, "".join(node.stderr)
+        imported = set(json.loads((node.home / "modules.json").read_text()))
+        assert "exo_discovery_core.exchange" in imported  # it did run (and wrote at exit)
+        assert sorted(imported.intersection(NOT_IN_A_RUNNING_NODE)) == []

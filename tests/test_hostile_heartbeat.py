@@ -79,7 +79,7 @@ def test_hostile_pings_keep_the_connection_and_bounded_figures() -> None:
         def target(pings: list[dict[str, Any]]) -> None:
             live.ensure_alive()
 
-            async def attack() -> tuple[float | None, bool]:
+            async def attack() -> tuple[float | None, bool, bool]:
                 session = await authenticate(live.node.port, client)
                 async with session._stream:
                     for ping in pings:
@@ -94,10 +94,12 @@ def test_hostile_pings_keep_the_connection_and_bounded_figures() -> None:
                         while not read_them_all():  # noqa: ASYNC110 - a predicate, no event
                             await anyio.sleep(0.01)
                     kept = client.peer_id in live.node.connections.last_heard()
-                    return live.node.connections.round_trips().get(client.peer_id), kept
+                    trips = live.node.connections.round_trips()
+                    return trips.get(client.peer_id), kept, read_them_all()
 
-            rtt, kept = live.call(attack)
+            rtt, kept, read = live.call(attack)
             assert kept, "an odd heartbeat field closed the connection"
+            assert read, "the heartbeats were not all read within 5 s: nothing was checked"
             assert rtt is None or (math.isfinite(rtt) and 0 <= rtt <= 60.0), rtt
             live.check_alive()
 

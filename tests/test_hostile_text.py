@@ -33,7 +33,7 @@ from exo_discovery_core.status import PeerRow, PluginStatus, Status
 from exo_discovery_core.testing import next_event
 from exo_discovery_core.text import MAX_LINE, MAX_SHOWN, ShownFormatter, shown
 from tests.support.cli import QUIET_PLUGINS, start
-from tests.support.hostile import LiveNode, authenticate
+from tests.support.hostile import CLOSED_ERRORS, LiveNode, authenticate
 
 CASES = 300
 OWNED = "\x1b[2J\x1b[31mowned\n fake log line"
@@ -323,14 +323,16 @@ def test_a_bye_with_escapes_and_a_newline_is_one_clean_line_in_a_real_nodes_outp
         raise AssertionError(f"no {pattern!r} within {timeout} s in {stdout}")
 
     async def say_bye(port: int) -> None:
+        """Say the hostile bye, then read until the node closes the connection (as it does on
+        a bye: what it sends before is read and dropped; anything but a close fails)."""
         session = await authenticate(port, identity)
         try:
             await session.send({"type": "bye", "reason": OWNED}, timeout=5)
-            with anyio.fail_after(10):  # the node closes the connection on a bye
+            with anyio.fail_after(10):
                 while True:
                     try:
                         await session.receive()
-                    except Exception:  # noqa: BLE001 - closed, however it shows
+                    except CLOSED_ERRORS:
                         return
         finally:
             await session.aclose()

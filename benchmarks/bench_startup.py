@@ -42,7 +42,8 @@ RSS_STEPS = [
     ("asyncio (with ssl and hashlib: OpenSSL's libcrypto)", "import asyncio"),
     ("pydantic (pydantic-core)", "from pydantic import BaseModel"),
     ("PyNaCl (libsodium: Ed25519, X25519, ChaCha20-Poly1305)", "import nacl.bindings"),
-    ("anyio with a running loop, click, pluggy, importlib.metadata",
+    ("anyio with a running loop, click, pluggy, importlib.metadata (the entry points; pydantic's "
+     "plugin loader imports it too, at the first model build)",
      "import anyio, click, pluggy, importlib.metadata\nanyio.run(anyio.sleep, 0)"),
     ("pydantic's model machinery, which defining any model imports (pydantic.fields: "
      "annotated_types, pydantic.types, secrets, hmac, hashlib)", "import pydantic.fields"),

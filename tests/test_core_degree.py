@@ -7,7 +7,7 @@ from typing import cast
 
 import pytest
 
-from exo_discovery_core.degree import Preference, _digest
+from exo_discovery_core.degree import Preference, _digest, ring_neighbours
 from exo_discovery_core.exchange import HOP_AGE, MEMBER_TTL, Heard
 from exo_discovery_core.identity import Identity, PeerId
 from tests.support.clock import Clock
@@ -16,15 +16,39 @@ IDS = [Identity.generate().peer_id for _ in range(20)]
 ME, OTHERS = IDS[0], IDS[1:]
 
 
-def test_the_closest_half_by_xor_come_first_then_a_fixed_pseudo_random_rest() -> None:
+def test_the_ring_neighbours_then_the_closest_by_xor_come_first_then_a_fixed_random_rest() -> None:
     prefer = Preference(ME, 8)
     ranked = prefer.ranked([*OTHERS, ME])
     assert sorted(ranked, key=str) == sorted(OTHERS, key=str)  # never itself
-    distance = {p: _digest(str(p)) ^ _digest(str(ME)) for p in OTHERS}
-    closest = sorted(OTHERS, key=distance.__getitem__)[: math.ceil(8 / 2)]
-    assert ranked[:4] == closest
+    ring = sorted(IDS)
+    at = ring.index(ME)
+    neighbours = [ring[(at + 1) % len(ring)], ring[at - 1]]
+    assert ranked[:2] == neighbours  # the ids next to ours, after and before
+    distance = {p: _digest(str(p)) ^ _digest(str(ME)) for p in OTHERS if p not in neighbours}
+    closest = sorted(distance, key=distance.__getitem__)[: math.ceil(8 / 2) - 2]
+    assert ranked[2:4] == closest
     assert prefer.ranked(reversed(OTHERS)) == ranked  # an order, not an accident of input
     assert Preference(IDS[1], 8).ranked(IDS) != ranked  # each node has its own
+
+
+def test_the_ring_neighbours_wrap_round_and_take_no_more_than_the_structured_part() -> None:
+    ring = sorted(IDS)
+    assert ring_neighbours(ring[0], ring[1:]) == [ring[1], ring[-1]]
+    assert ring_neighbours(ring[-1], ring[:-1]) == [ring[0], ring[-2]]
+    assert ring_neighbours(ring[0], ring[1:2]) == [ring[1]]  # one peer: after and before us
+    assert ring_neighbours(ring[0], []) == []
+    assert Preference(ring[5], 1).ranked(ring)[:1] == [ring[6]]  # M = 1: the successor alone
+
+
+def test_with_every_node_keeping_its_ring_neighbours_the_connections_hold_the_ring() -> None:
+    """Each node's liveness heartbeats the next id among its connections: with the ring in the
+    graph that is the next member, so every node is heartbeated from below (but the lowest)."""
+    members = sorted(IDS)
+    kept = {me: set(Preference(me, 4).ranked(members)[:4]) for me in members}
+    for i, me in enumerate(members):
+        successor = members[(i + 1) % len(members)]
+        assert successor in kept[me] and me in kept[successor]
+        assert min((p for p in kept[me] if p > me), default=min(kept[me])) == successor
 
 
 def test_past_the_limit_the_least_preferred_connections_are_trimmed() -> None:

@@ -294,6 +294,14 @@ class Mesh:
             if other != pid:
                 self._act(other, self.nodes[other].remove(pid, self.now))
 
+    def thaw(self, pid: PeerId) -> None:
+        """A node frozen for a moment runs again: its timer rings at once, late; the frames sent
+        to it meanwhile are lost to it (TCP would deliver them late: they are older than what
+        the test looks at)."""
+        self.frozen.discard(pid)
+        self.rang.append((self.now, pid))
+        self._act(pid, self.nodes[pid].tick(self.now))
+
     def full(self, ids: Sequence[PeerId] | None = None) -> None:
         ids = self.ids if ids is None else ids
         for i, a in enumerate(ids):
@@ -392,6 +400,30 @@ def test_a_node_whose_wave_stops_heartbeats_on_its_own_in_time() -> None:
     assert max(mesh.beat_gaps(rider, since=3.0)) <= INTERVAL * (1 + WAVE_SLACK) + SLACK
     assert {whom for _, _, whom in mesh.dead} == {frozen}, "only the frozen node is dropped"
     assert mesh.nodes[rider].successor == mesh.ids[4]
+
+
+def test_a_node_whose_timer_beat_a_late_wave_rides_the_next_one() -> None:
+    """A node is held up (its loop blocked) as a wave passes: it misses the wave and its timer,
+    running late, beats 0.4 interval after the wave, so the next wave comes 0.6 interval after
+    its heartbeat. It rides that one (``RIDE_FROM``; at 0.75 its timer kept beating the waves
+    for several intervals, and so did the nodes after it), and from then on only the lowest
+    node's timer rings; nobody's heartbeats are further apart than interval x (1 + WAVE_SLACK)."""
+    mesh = Mesh(8)
+    mesh.full()
+    mesh.run(4.0)
+    wave = max(t for t, pid in mesh.rang if pid == mesh.ids[0])  # the last wave started then
+    late = mesh.ids[2]
+    mesh.frozen.add(late)  # the next wave passes it by
+    mesh.run(wave + 1.4 * INTERVAL)
+    mesh.thaw(late)  # its timer rings 0.4 interval after the wave it missed
+    mesh.run(wave + 2.1 * INTERVAL)  # the next wave
+    settled = len(mesh.rang)
+    mesh.run(12.0)
+    assert {pid for _, pid in mesh.rang[settled:]} == {mesh.ids[0]}, "one wave again"
+    for pid in mesh.ids:
+        if pid != late:
+            assert max(mesh.beat_gaps(pid, since=3.0)) <= INTERVAL * (1 + WAVE_SLACK) + SLACK
+    assert mesh.dead == [] and mesh.suspicions() == 0
 
 
 def test_a_peer_whose_successor_changes_tells_the_old_one_and_is_not_suspected() -> None:

@@ -117,7 +117,8 @@ class Actions:
 class _Peer:
     heard_at: float
     heard_stall: float  # the node's stall total when we last heard from the peer
-    sent_at: float = float("-inf")
+    sent_at: float = float("-inf")  # our last frame to it, of any kind: a heartbeat to it
+    beat_at: float = float("-inf")  # our last heartbeat to it: what the wave looks at
     announced: bool = False  # told "I heartbeat you" since it became our successor
     suspected_at: float | None = None
     suspected_stall: float = 0.0
@@ -235,7 +236,10 @@ class Liveness:
         if peer not in self._senders or peer > self.me or self._successor is None:
             return
         state = self._peers[self._successor]
-        if state.announced and now - state.sent_at >= RIDE_FROM * self.interval:
+        # our last heartbeat, not our last frame: a frame of the exchange to the successor
+        # (every 30 s, at any moment) stopped the wave there, and each node after it rang its
+        # own timer for it
+        if state.announced and now - state.beat_at >= RIDE_FROM * self.interval:
             due = self._due
             self._heartbeat(self._successor, state, now, actions)
             ticked = self.tick(now)
@@ -364,7 +368,7 @@ class Liveness:
         """Say "I heartbeat you" to ``peer``; the first time to a new successor starts the old ones'
         last interval (make before break)."""
         actions.send.append((peer, self._beat(WATCH_ME)))
-        state.sent_at = now
+        state.sent_at = state.beat_at = now
         if peer == self._successor and not state.announced:
             state.announced = True
             for old, until in self._handover.items():

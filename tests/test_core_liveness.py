@@ -426,6 +426,25 @@ def test_a_node_whose_timer_beat_a_late_wave_rides_the_next_one() -> None:
     assert mesh.dead == [] and mesh.suspicions() == 0
 
 
+def test_a_frame_of_the_exchange_just_before_the_wave_does_not_stop_it() -> None:
+    """Any frame is a heartbeat to its receiver, but the wave looks at our last heartbeat: a
+    node that sent its successor something else just before the wave came still rides it, so
+    the nodes after it do not ring their own timers for it."""
+    mesh = Mesh(8)
+    mesh.full()
+    mesh.run(4.0)
+    wave = max(t for t, pid in mesh.rang if pid == mesh.ids[0])
+    mesh.run(wave + 0.9 * INTERVAL)  # just before the next wave
+    sender = mesh.nodes[mesh.ids[3]]
+    assert sender.successor is not None
+    sender.sent(sender.successor, mesh.now)  # say, a refresh of the relayed members
+    mesh.nodes[sender.successor].heard(mesh.ids[3], mesh.now)
+    since = len(mesh.rang)
+    mesh.run(12.0)
+    assert {pid for _, pid in mesh.rang[since:]} == {mesh.ids[0]}, "one wave still"
+    assert mesh.dead == [] and mesh.suspicions() == 0
+
+
 def test_a_peer_whose_successor_changes_tells_the_old_one_and_is_not_suspected() -> None:
     mesh = Mesh(6)
     a, b, c = mesh.ids[1], mesh.ids[2], mesh.ids[3]

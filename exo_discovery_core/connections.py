@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from . import handshake, liveness, records, wire
+from . import handshake, liveness, records, transport, wire
 from .config import NodeConfig
 from .heartbeat import PingClock
 from .identity import Identity, PeerId
@@ -425,7 +425,7 @@ class ConnectionManager:
         started = time.monotonic()
         try:
             with anyio.fail_after(timeout):
-                stream = await anyio.connect_tcp(address.host, address.port)
+                stream = await transport.connect(address.host, address.port)
             rtt = time.monotonic() - started  # SYN to SYN-ACK: one round trip
         except TimeoutError:
             raise DialError(f"no answer within {timeout:g} s") from None

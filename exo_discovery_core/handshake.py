@@ -37,7 +37,7 @@ from .clusterkey import Keyring
 from .crypto import Ed25519PublicKey, InvalidSignature, X25519PrivateKey
 from .identity import Identity, PeerId, forget_ids
 from .records import forget_checked
-from .session import Reader, Session, frame, read_frame
+from .session import ExactReceiver, Session, frame, read_frame, reader
 from .text import shown
 
 PROTOCOL = "exo-discovery/2"
@@ -185,7 +185,7 @@ async def _initiate(
     expected: PeerId | None,
     verify_only: bool = False,
 ) -> Session:
-    receive = Reader(stream)
+    receive = reader(stream)
     state = credentials.noise(initiator=True, key=credentials.keyring.primary)
     await stream.send(credentials.preamble + frame(state.write_message()))
     try:
@@ -230,7 +230,7 @@ async def _initiate(
 
 
 async def _respond(stream: ByteStream, credentials: Credentials, local_record: bytes) -> Session:
-    receive = Reader(stream)
+    receive = reader(stream)
     theirs = await _read_preamble(receive)
     if theirs is None or not theirs.startswith(PROTOCOL_FAMILY):
         raise HandshakeError("not an exo-discovery client")
@@ -286,7 +286,7 @@ def _accept_first(credentials: Credentials, message: bytes) -> noise.HandshakeSt
     raise HandshakeError("the peer's cluster key is not one of ours")
 
 
-async def _read_preamble(receive: Reader) -> str | None:
+async def _read_preamble(receive: ExactReceiver) -> str | None:
     """The peer's protocol id; None if it closed first. Anything but printable ASCII is refused."""
     try:
         (length,) = await receive.receive_exactly(1)
@@ -350,7 +350,7 @@ def forget_proofs() -> None:
 
 def _session(
     stream: ByteStream,
-    receive: Reader,
+    receive: ExactReceiver,
     state: noise.HandshakeState,
     peer_id: PeerId,
 ) -> Session:

@@ -21,7 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel
 
-from . import status
+from . import status, transport
 from .config import ConfigSource, NodeConfig
 from .connections import ConnectionManager
 from .events import EventHub, NodeEvent
@@ -133,9 +133,7 @@ class Node:
         stack = self._stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            listener = await anyio.create_tcp_listener(
-                local_host=config.listen_host or None, local_port=config.port
-            )
+            listener = await transport.listen(config.listen_host or None, config.port)
             stack.push_async_callback(listener.aclose)
             port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
             record = LocalRecord(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -19,9 +19,22 @@ from anyio.abc import ByteReceiveStream, ByteStream
 from . import wire
 from .identity import PeerId
 from .noise import TAGLEN, CipherState, NoiseError
+from .transport import TCPStream
 
 LENGTH = struct.Struct(">H")
 MAX_SEALED = wire.MAX_FRAME + TAGLEN
+
+
+class ExactReceiver(Protocol):
+    """What frames are read from: exact byte counts, IncompleteRead if the stream ends first."""
+
+    async def receive_exactly(self, count: int) -> bytes: ...
+
+
+def reader(stream: ByteReceiveStream) -> ExactReceiver:
+    """The node's own :class:`~.transport.TCPStream` buffers and reads exact counts itself;
+    any other stream (a test's wrapper) is read through a :class:`Reader`."""
+    return stream if isinstance(stream, TCPStream) else Reader(stream)
 
 
 class Reader:
@@ -48,7 +61,7 @@ class Reader:
         return data
 
 
-async def read_frame(receive: Reader, limit: int) -> bytes:
+async def read_frame(receive: ExactReceiver, limit: int) -> bytes:
     """One length-prefixed frame of at most ``limit`` bytes (ProtocolError past it)."""
     (length,) = LENGTH.unpack(await receive.receive_exactly(LENGTH.size))
     if length > limit:
@@ -66,7 +79,7 @@ class Session:
     def __init__(
         self,
         stream: ByteStream,
-        receive: Reader,
+        receive: ExactReceiver,
         ciphers: tuple[CipherState, CipherState],
         peer_id: PeerId,
     ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from exo_discovery_core import connections
+from exo_discovery_core import transport
 from tests.support.cli import RunningNode
 from tests.support.fake_install import STATIC_PLUGIN, env_with, install_plugin
 from tests.support.nodes import NodeFleet, fleet
@@ -30,7 +30,7 @@ def dial_only_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     would dial it for real. Tests in network namespaces run their nodes as separate processes,
     which this does not touch.
     """
-    real_connect = connections.anyio.connect_tcp
+    real_connect = transport.connect
 
     async def guarded(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
         try:
@@ -41,7 +41,7 @@ def dial_only_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
             raise OSError(f"test guard: refusing to dial {remote_host}:{remote_port} (not loopback)")
         return await real_connect(remote_host, remote_port, **kwargs)
 
-    monkeypatch.setattr(connections.anyio, "connect_tcp", guarded)
+    monkeypatch.setattr(transport, "connect", guarded)
 
 
 @pytest.fixture

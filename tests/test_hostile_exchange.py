@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio._core._sockets as anyio_sockets
 import idna
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from exo_discovery_core import connections, records
+from exo_discovery_core import records, transport
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.models import Address
 from exo_discovery_core.routes import usable_from_peer
@@ -57,6 +56,7 @@ SETTLE = 0.1  # seconds more, after the table is as expected, for any dial it wo
 TABLE_WITHIN = 10.0  # seconds for the table to become what the messages say (a busy machine)
 POOL = [Identity.generate() for _ in range(12)]  # well-formed peers, whose keys sign records
 PER_SENDER = 64  # the default of exchange_peers_per_sender
+REAL_CONNECT = transport.connect  # before conftest's loopback guard replaces it
 UNUSABLE = ["0.0.0.0", "224.0.0.251", "169.254.169.254", "fe80::1", "240.0.0.1", "[::]",
             "255.255.255.255", "example.com", "localhost", "ff02::1"]  # fmt: skip
 
@@ -65,13 +65,13 @@ UNUSABLE = ["0.0.0.0", "224.0.0.251", "169.254.169.254", "fe80::1", "240.0.0.1",
 def dials(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Every host the node tries to dial (the loopback guard of conftest still applies)."""
     attempts: list[str] = []
-    guarded = connections.anyio.connect_tcp
+    guarded = transport.connect
 
     async def record(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
         attempts.append(str(remote_host))
         return await guarded(remote_host, remote_port, **kwargs)
 
-    monkeypatch.setattr(connections.anyio, "connect_tcp", record)
+    monkeypatch.setattr(transport, "connect", record)
     yield attempts
 
 
@@ -431,7 +431,7 @@ def test_fixed_bug_peer_announcing_an_unencodable_host_kills_the_node(
     sees it, which would hide the bug; here the real ``connect_tcp`` gets the hosts that cannot
     leave this machine (loopback, and names IDNA cannot encode: they fail before any DNS query).
     """
-    real_connect = anyio_sockets.connect_tcp
+    real_connect = REAL_CONNECT
 
     async def guarded(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
         host = str(remote_host)
@@ -443,7 +443,7 @@ def test_fixed_bug_peer_announcing_an_unencodable_host_kills_the_node(
             raise OSError(f"hostile-suite guard: refusing to dial {host}:{remote_port}")
         return await real_connect(remote_host, remote_port, **kwargs)
 
-    monkeypatch.setattr(anyio, "connect_tcp", guarded)
+    monkeypatch.setattr(transport, "connect", guarded)
     hosts = st.sampled_from(list(_hosts())) | st.text(
         alphabet=st.characters(min_codepoint=0x80, exclude_categories=["Cs"]),
         min_size=1,

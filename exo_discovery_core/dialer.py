@@ -249,6 +249,10 @@ class Dialer:
         for peer_id in self._verified.keys() - known:
             del self._verified[peer_id]
         soonest = IDLE_WAKE
+        # the first wait of a peer not connected to run out: a dial only if the limit leaves
+        # room (at rest with max_connections it leaves none, and the holds of the members that
+        # trimmed us ran out one by one, each a look at every peer with nothing to dial)
+        held = IDLE_WAKE
         eligible: list[Peer] = []
         upgrades: list[tuple[Peer, list[Address]]] = []  # connected already: no limit applies
         for peer_id, at in list(self._arriving.items()):
@@ -285,10 +289,13 @@ class Dialer:
                 soonest = min(soonest, again - now)
                 continue
             if state.next_at > now:
-                soonest = min(soonest, state.next_at - now)
+                held = min(held, state.next_at - now)
                 continue
             eligible.append(peer)
         due: list[tuple[Peer, list[Address]]] = upgrades
+        if self._preference is None or self._room(connected) > 0:  # else a connection that
+            # ends, or a dial that does, wakes us
+            soonest = min(soonest, held)
         within, island_wait = self._within_limit(eligible, connected, peers.values(), now)
         soonest = min(soonest, island_wait)
         for peer in within:
@@ -323,8 +330,8 @@ class Dialer:
         after member. The seconds until such a dial may come are returned too."""
         if self._preference is None or not eligible:
             return eligible, IDLE_WAKE
-        busy = sum(1 for state in self._states.values() if state.busy)
-        room = self._preference.dial_to - len(connected) - busy
+        busy = any(state.busy for state in self._states.values())
+        room = self._room(connected)
         wait = IDLE_WAKE
         if room <= 0 and not busy and self._island is not None:
             if now < self._island_at + ISLAND_RETRY:
@@ -339,6 +346,12 @@ class Dialer:
         ))}  # fmt: skip
         ordered = sorted(eligible, key=lambda p: -1 if p.peer_id is None else rank[p.peer_id])
         return ordered[:room], wait
+
+    def _room(self, connected: Mapping[PeerId, object]) -> int:
+        """How many more dials ``max_connections`` leaves room for, counting those under way."""
+        assert self._preference is not None
+        busy = sum(1 for state in self._states.values() if state.busy)
+        return self._preference.dial_to - len(connected) - busy
 
     def _reverify_at(self, peer: Peer) -> float | None:
         """When a peer verified at exactly these addresses is due again; None if it was not

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import cast
 
 import pytest
 
-from exo_discovery_core.degree import Preference, _digest, ring_neighbours
+from exo_discovery_core import PeerCandidate
+from exo_discovery_core.connections import DialError, Opened
+from exo_discovery_core.degree import TRIMMED, Preference, _digest, ring_neighbours
+from exo_discovery_core.dialer import IDLE_WAKE, REFUSED_RETRY, Dialer
 from exo_discovery_core.exchange import HOP_AGE, MEMBER_TTL, Heard
 from exo_discovery_core.identity import Identity, PeerId
+from exo_discovery_core.models import Address
+from exo_discovery_core.peertable import PeerTable
+from exo_discovery_core.records import PeerRecord
+from exo_discovery_core.session import Session
 from tests.support.clock import Clock
 
 IDS = [Identity.generate().peer_id for _ in range(20)]
@@ -137,42 +145,44 @@ def test_below_four_a_node_dials_up_to_the_limit_itself() -> None:
     assert [Preference(ME, m).dial_to for m in (1, 2, 3, 4, 8)] == [1, 2, 3, 3, 7]
 
 
-@pytest.mark.anyio
-async def test_with_a_limit_the_dialer_dials_up_to_one_below_it_most_preferred_first() -> None:
-    from exo_discovery_core import PeerCandidate
-    from exo_discovery_core.connections import Opened
-    from exo_discovery_core.degree import TRIMMED
-    from exo_discovery_core.dialer import REFUSED_RETRY, Dialer
-    from exo_discovery_core.models import Address
-    from exo_discovery_core.peertable import PeerTable
-    from exo_discovery_core.records import PeerRecord
-    from exo_discovery_core.session import Session
+class Links:
+    """The dialer's connections: a dial reaches its peer at once (but the ``unreachable``)."""
 
-    class Links:
-        def __init__(self) -> None:
-            self.current: dict[PeerId, Address] = {}
+    def __init__(self, unreachable: Collection[PeerId] = ()) -> None:
+        self.current: dict[PeerId, Address] = {}
+        self.unreachable = set(unreachable)
 
-        def connected(self) -> dict[PeerId, Address]:
-            return self.current
+    def connected(self) -> dict[PeerId, Address]:
+        return self.current
 
-        async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
-            assert expected is not None
-            return Opened(expected, address, cast(Session, None), 0.001, cast(PeerRecord, None))
+    async def open(self, address: Address, expected: PeerId | None, timeout: float) -> Opened:
+        assert expected is not None
+        if expected in self.unreachable:
+            raise DialError("connection refused")
+        return Opened(expected, address, cast(Session, None), 0.001, cast(PeerRecord, None))
 
-        def adopt(self, opened: Opened) -> None:
-            self.current[opened.peer_id] = opened.address
+    def adopt(self, opened: Opened) -> None:
+        self.current[opened.peer_id] = opened.address
 
-        async def discard(self, opened: Opened) -> None:
-            raise AssertionError("one address each: nothing to discard")
+    async def discard(self, opened: Opened) -> None:
+        raise AssertionError("one address each: nothing to discard")
 
-        async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
-            raise AssertionError("not discover-only")
+    async def verify(self, address: Address, expected: PeerId | None, timeout: float) -> PeerId:
+        raise AssertionError("not discover-only")
 
-    clock, links, table = Clock(), Links(), PeerTable(ME)
+
+def _dialer(links: Links, clock: Clock, limit: int) -> Dialer:
+    table = PeerTable(ME)
     table.replace("exchange", [
         PeerCandidate.at("127.0.0.1", 1000 + i, str(p)) for i, p in enumerate(OTHERS)
     ])  # fmt: skip
-    dialer = Dialer(ME, table.merged, links, clock=clock, max_connections=4)
+    return Dialer(ME, table.merged, links, clock=clock, max_connections=limit)
+
+
+@pytest.mark.anyio
+async def test_with_a_limit_the_dialer_dials_up_to_one_below_it_most_preferred_first() -> None:
+    clock, links = Clock(), Links()
+    dialer = _dialer(links, clock, 4)
     ranked = Preference(ME, 4).ranked(OTHERS)
     due, _ = dialer.due()
     assert [p.peer_id for p, _ in due] == ranked[:3]  # M - 1: the last one left for inbound
@@ -191,3 +201,26 @@ async def test_with_a_limit_the_dialer_dials_up_to_one_below_it_most_preferred_f
         del links.current[peer_id]  # the way back in that the trimming peer held off
         dialer.peer_down(peer_id, "connection lost")
     assert dialer.status()[str(kept[0])].retry_in == 0.0
+
+
+@pytest.mark.anyio
+async def test_at_its_limit_the_dialer_sleeps_through_the_waits_of_peers_it_could_not_dial() -> None:
+    """A member not connected whose wait runs out could not be dialed while the limit leaves no
+    room: the loop does not wake for it (at rest each such wait was a look at every member),
+    only once there is room again, which a connection that ends makes (and wakes it)."""
+    ranked = Preference(ME, 4).ranked(OTHERS)
+    clock, links = Clock(), Links(unreachable=[ranked[0]])
+    dialer = _dialer(links, clock, 4)
+    for peer, addresses in dialer.due()[0]:
+        await dialer.attempt(peer, addresses)  # the first one fails: tried again in 0.25 s
+    links.current[ranked[5]] = Address(host="127.0.0.1", port=1005)  # an inbound: no room left
+    assert set(links.current) == {*ranked[1:3], ranked[5]}
+    retry = dialer.status()[str(ranked[0])].retry_in
+    assert retry is not None and 0 < retry < 1
+    assert dialer.due() == ([], IDLE_WAKE), "not woken when its wait runs out: no room for it"
+    clock.now += 1.0
+    assert dialer.due() == ([], IDLE_WAKE)
+    del links.current[ranked[5]]
+    dialer.peer_down(ranked[5], "connection lost")  # room again (and the loop is woken)
+    links.unreachable.clear()
+    assert [p.peer_id for p, _ in dialer.due()[0]] == [ranked[0]], "dialed again first"

@@ -8,11 +8,14 @@ EOF and close, and that a read or a write cancelled half way loses and repeats n
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.staggered
 import errno
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -238,6 +241,29 @@ async def test_connect_reaches_a_listener_and_a_refusal_says_why() -> None:
         with pytest.raises(OSError) as refused:
             await transport.connect("127.0.0.1", bound.getsockname()[1])
     assert refused.value.errno == errno.ECONNREFUSED
+
+
+async def test_an_address_is_dialed_without_racing_a_name_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio races a name's addresses (happy eyeballs), and would race a lone address too:
+    two more tasks for each dial, and a cycle of garbage left behind (``connect``'s docstring)."""
+    raced: list[str] = []
+    real_race = asyncio.staggered.staggered_race
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        raced.append("race")
+        return await real_race(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio.staggered, "staggered_race", counted)
+    listener = await transport.listen("127.0.0.1", 0)
+    port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+    with anyio.fail_after(10):
+        for host in ("127.0.0.1", "localhost"):
+            stream = await transport.connect(host, port)
+            await stream.aclose()
+            assert raced == ([] if host == "127.0.0.1" else ["race"]), host
+    await listener.aclose()
 
 
 async def test_a_read_larger_than_the_buffer_is_refused() -> None:

@@ -9,13 +9,13 @@ steps were a large part of a member's CPU (docs/scaling.md, "Meshing").
 :class:`TCPStream` is the protocol and the stream in one object: asyncio's callbacks fill a
 buffer that the reads take from. Reading stays armed until ``READ_LIMIT`` bytes wait unread,
 then pauses until the reader has taken some (TCP pushes back on a peer that floods), so the
-buffer never holds more than ``READ_LIMIT`` and one socket read (``READ_CHUNK``). Bytes that are already there
-are returned without a task switch; a reader waits only for bytes that have not arrived, and is
-woken once there are as many as it asked for. A write goes to the transport at once and waits
-only while more than ``WRITE_HIGH`` bytes are unsent (a peer that does not read): what was
-handed over is whole in the transport's buffer, so a writer cancelled while it waits leaves no
-frame half written. It is an anyio ``SocketStream`` (its extra attributes, ``aclose``), so the
-handshake and the session use it as they use any stream.
+buffer never holds more than ``READ_LIMIT`` and one socket read (``READ_CHUNK``). Bytes that
+are already there are returned without a task switch; a reader waits only for bytes that have
+not arrived, and is woken once there are as many as it asked for. A write goes to the transport
+at once and waits only while more than ``WRITE_HIGH`` bytes are unsent (a peer that does not
+read): what was handed over is whole in the transport's buffer, so a writer cancelled while it
+waits leaves no frame half written. It is an anyio ``SocketStream`` (its extra attributes,
+``aclose``), so the handshake and the session use it as they use any stream.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ from anyio.streams.stapled import MultiListener
 
 from .ip import parse_ip
 
-READ_LIMIT = 128 * 1024  # unread bytes held before reading pauses; above any count read at once
-READ_CHUNK = 64 * 1024  # at most this much is taken from the socket at once
+# unread bytes held before reading pauses: twice the largest count read at once (a sealed frame,
+# 16 KiB + tag + length), so one connection's buffer, at most READ_LIMIT + READ_CHUNK, stays
+# small however many connections a flooding peer set holds (anyio's recv took 256 KiB at once)
+READ_LIMIT = 32 * 1024
+READ_CHUNK = 16 * 1024  # at most this much is taken from the socket at once
 WRITE_HIGH = 64 * 1024  # unsent bytes above which a write waits for the peer to read
 HAPPY_EYEBALLS_DELAY = 0.25  # s before the next address of a name is tried (RFC 8305, as anyio)
 _ERRNO = re.compile(r"\[Errno (\d+)\]")

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from exo_discovery_core import transport
+from exo_discovery_core import session, transport
 from exo_discovery_core.transport import READ_CHUNK, READ_LIMIT, WRITE_HIGH, TCPStream
 
 pytestmark = pytest.mark.anyio
@@ -100,7 +100,7 @@ async def test_a_flooding_peer_is_held_to_the_bound_and_every_byte_arrives_in_or
             with anyio.fail_after(30):
                 while len(received) < len(flood):
                     received += await stream.receive_exactly(
-                        min(60 * 1024, len(flood) - len(received))
+                        min(READ_CHUNK, len(flood) - len(received))
                     )
                     most = max(most, stream.buffered)
                 await sent.wait()
@@ -264,6 +264,11 @@ async def test_an_address_is_dialed_without_racing_a_name_with_it(
             await stream.aclose()
             assert raced == ([] if host == "127.0.0.1" else ["race"]), host
     await listener.aclose()
+
+
+def test_the_largest_frame_fits_the_buffer() -> None:
+    """A session reads a frame's length and then its body; the buffer holds the largest whole."""
+    assert session.LENGTH.size + session.MAX_SEALED <= READ_LIMIT
 
 
 async def test_a_read_larger_than_the_buffer_is_refused() -> None:

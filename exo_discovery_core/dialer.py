@@ -28,9 +28,11 @@ dials only while it has room (from a limit of 4, up to one fewer than the limit:
 left for inbound), peers without a known id first (a bootstrap address is how a node joins),
 then the others in the node's own order of preference; a peer that closed our connection to
 keep its own limit is held off like a refusal, so we dial another instead. A node whose
-connections say they form a closed group (an island) dials one member past the limit, while
-no other dial is under way and at most once per ``ISLAND_RETRY``: that is what connections
-say, and a liar saying it forever costs one dial per ``ISLAND_RETRY``.
+connections say they form a closed group (an island) dials one member past the limit, and a
+node with room whom every member it knows holds off dials one of them before its hold ends;
+each while no other dial is under way and, the two together, at most once per
+``ISLAND_RETRY``: an island is what connections say, and a liar saying it forever costs one
+dial per ``ISLAND_RETRY``.
 """
 
 from __future__ import annotations
@@ -252,14 +254,17 @@ class Dialer:
         # the first wait of a peer not connected to run out: a dial only if the limit leaves
         # room (at rest with max_connections it leaves none, and the holds of the members that
         # trimmed us ran out one by one, each a look at every peer with nothing to dial)
-        held = IDLE_WAKE
+        later = IDLE_WAKE
         eligible: list[Peer] = []
+        held: list[Peer] = []  # held off after they trimmed us (max_connections)
+        waiting = False  # a peer not held off is due soon, or a connection is arriving
         upgrades: list[tuple[Peer, list[Address]]] = []  # connected already: no limit applies
         for peer_id, at in list(self._arriving.items()):
             if peer_id in connected or now - at >= ARRIVING_WAIT:
                 del self._arriving[peer_id]
             else:
                 soonest = min(soonest, at + ARRIVING_WAIT - now)
+                waiting = True
         for key, peer in peers.items():
             if peer.peer_id in self._arriving:
                 continue
@@ -283,20 +288,26 @@ class Dialer:
                 if self._dials_second(peer):
                     state.next_at = now + MUTUAL_SECOND_DIAL  # let the peer dial first
             if state.busy:
+                waiting = True
                 continue
             again = self._reverify_at(peer) if self._verify_only else None
             if again is not None and again > now:  # verified lately: the loop looks again then
                 soonest = min(soonest, again - now)
                 continue
             if state.next_at > now:
-                held = min(held, state.next_at - now)
+                later = min(later, state.next_at - now)
+                if state.held:
+                    held.append(peer)
+                elif state.next_at - now < ISLAND_RETRY:  # tried soon anyway (a lost one
+                    waiting = True  # backs off to redial_max: it does not count)
                 continue
             eligible.append(peer)
         due: list[tuple[Peer, list[Address]]] = upgrades
         if self._preference is None or self._room(connected) > 0:  # else a connection that
             # ends, or a dial that does, wakes us
-            soonest = min(soonest, held)
-        within, island_wait = self._within_limit(eligible, connected, peers.values(), now)
+            soonest = min(soonest, later)
+        held = [] if waiting else held  # no one else to dial, now or later: only then
+        within, island_wait = self._within_limit(eligible, connected, peers.values(), now, held)
         soonest = min(soonest, island_wait)
         for peer in within:
             state = self._states[peer.key]
@@ -304,7 +315,7 @@ class Dialer:
             if paced is not None and not paced.try_take():  # hearsay only: paced
                 soonest = min(soonest, paced.wait_time())
                 continue
-            state.busy, state.paced = True, paced is not None
+            state.busy, state.paced, state.held = True, paced is not None, False
             due.append((peer, self._order(peer.addresses)))
         return due, soonest
 
@@ -321,22 +332,33 @@ class Dialer:
         connected: Mapping[PeerId, object],
         known: Iterable[Peer],
         now: float,
+        held: list[Peer],
     ) -> tuple[list[Peer], float]:
         """All of ``eligible`` without a limit; with one, as many as there is room for up to
         :attr:`~.degree.Preference.dial_to`, in the order of preference among all ``known`` (so
-        the trimming keeps the same; peers of unknown id first). Out of an island, one dial
-        past the limit, while no dial is under way and at most one per ``ISLAND_RETRY``: the
-        island is what connections say, so a liar could otherwise keep us dialing member
-        after member. The seconds until such a dial may come are returned too."""
-        if self._preference is None or not eligible:
+        the trimming keeps the same; peers of unknown id first). Two exceptions, each one dial
+        while no dial is under way and at most one per ``ISLAND_RETRY`` (the two together):
+        out of an island, one dial past the limit (the island is what connections say, so a
+        liar could otherwise keep us dialing member after member); with room but no one to
+        dial, every member we know holding us off (``held``: they trimmed us), one of them
+        before its hold ends (waiting the hold out, groups that trims had cut off from each
+        other stayed apart for up to ``REFUSED_RETRY``: 12 members with M = 3 split 5 / 7 for
+        14 s, their three members with room each holding off all the others). The seconds
+        until such a dial may come are returned too."""
+        if self._preference is None or not (eligible or held):
             return eligible, IDLE_WAKE
         busy = any(state.busy for state in self._states.values())
         room = self._room(connected)
         wait = IDLE_WAKE
-        if room <= 0 and not busy and self._island is not None:
+        starved = room > 0 and not eligible
+        if not busy and (starved or (room <= 0 and self._island is not None)):
             if now < self._island_at + ISLAND_RETRY:
                 wait = self._island_at + ISLAND_RETRY - now
-            elif self._island():
+            elif starved:
+                eligible, room = held, 1  # one of them, before its hold ends
+                self._island_at = now
+                log.debug("every member that could be dialed holds this node off: one of them")
+            elif self._island is not None and self._island():
                 room = 1  # one more, past the limit if need be (the trim keeps it)
                 self._island_at = now
         if room <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection
 from typing import cast
@@ -9,9 +10,9 @@ from typing import cast
 import pytest
 
 from exo_discovery_core import PeerCandidate
-from exo_discovery_core.connections import DialError, Opened
+from exo_discovery_core.connections import DialError, Opened, closed_by_peer
 from exo_discovery_core.degree import TRIMMED, Preference, _digest, ring_neighbours
-from exo_discovery_core.dialer import IDLE_WAKE, REFUSED_RETRY, Dialer
+from exo_discovery_core.dialer import IDLE_WAKE, ISLAND_RETRY, REFUSED_RETRY, Dialer
 from exo_discovery_core.exchange import HOP_AGE, MEMBER_TTL, Heard
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.models import Address
@@ -171,10 +172,10 @@ class Links:
         raise AssertionError("not discover-only")
 
 
-def _dialer(links: Links, clock: Clock, limit: int) -> Dialer:
+def _dialer(links: Links, clock: Clock, limit: int, peers: list[PeerId] = OTHERS) -> Dialer:
     table = PeerTable(ME)
     table.replace("exchange", [
-        PeerCandidate.at("127.0.0.1", 1000 + i, str(p)) for i, p in enumerate(OTHERS)
+        PeerCandidate.at("127.0.0.1", 1000 + i, str(p)) for i, p in enumerate(peers)
     ])  # fmt: skip
     return Dialer(ME, table.merged, links, clock=clock, max_connections=limit)
 
@@ -224,3 +225,42 @@ async def test_at_its_limit_the_dialer_sleeps_through_the_waits_of_peers_it_coul
     dialer.peer_down(ranked[5], "connection lost")  # room again (and the loop is woken)
     links.unreachable.clear()
     assert [p.peer_id for p, _ in dialer.due()[0]] == [ranked[0]], "dialed again first"
+
+
+@pytest.mark.anyio
+async def test_with_room_and_all_members_holding_it_off_a_node_dials_one_per_island_retry() -> None:
+    """Each member the node dials trims it (it ranks last everywhere), until every member holds
+    it off for REFUSED_RETRY: with room left, it dials one of them each ISLAND_RETRY, not
+    only when the holds end. (12 members with M = 3 split into groups of 5 and 7 for 14 s so:
+    the three members with room held off by all the others.)"""
+    members = OTHERS[:6]
+    clock, links = Clock(), Links()
+    dialer = _dialer(links, clock, 3, members)
+    kept = members[0]
+    links.current[kept] = Address(host="127.0.0.1", port=999)  # its one connection left
+
+    async def dial_and_be_trimmed() -> list[PeerId]:
+        due, _ = dialer.due()
+        for peer, addresses in due:
+            await dialer.attempt(peer, addresses)
+            assert peer.peer_id is not None
+            del links.current[peer.peer_id]
+            dialer.peer_down(peer.peer_id, closed_by_peer(TRIMMED))
+        return [peer.peer_id for peer, _ in due if peer.peer_id is not None]
+
+    trimmed_by: list[PeerId] = []
+    while len(set(trimmed_by)) < len(members) - 1:  # each of the others, dialed, trims it
+        dialed = await dial_and_be_trimmed()
+        assert dialed, "no dial while some were not dialed yet"
+        trimmed_by += dialed
+    assert all(dialer.status()[str(p)].retry_in > 0 for p in members[1:])
+    presses: list[float] = []
+    started = clock.now
+    while clock.now < started + REFUSED_RETRY - 1:  # every hold still running
+        if dialed := await dial_and_be_trimmed():
+            assert len(dialed) == 1 and dialed[0] in members[1:]
+            presses.append(clock.now)
+        clock.now += 0.25
+    assert presses, "no dial until the holds ran out"
+    assert presses[0] == started
+    assert all(b - a >= ISLAND_RETRY for a, b in itertools.pairwise(presses))

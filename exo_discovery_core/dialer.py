@@ -192,6 +192,11 @@ class Dialer:
         we have other connections (with none, it is our way in: backed off, not held off)."""
         self._arriving.pop(peer_id, None)
         state = self._states.get(str(peer_id))
+        if state is None and TRIMMED in reason and self._links.connected():
+            # a peer we never dialed (it dialed us) or whose entry the table dropped is held
+            # off all the same: without a state it was dialed again as soon as it was heard
+            # of, and trimmed again (a member the node trimmed dialed it back within 1 s)
+            state = self._states[str(peer_id)] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
         if state is not None:
             if TRIMMED in reason and self._links.connected():
                 state.next_at = self._clock() + REFUSED_RETRY
@@ -244,8 +249,9 @@ class Dialer:
         now = self._clock()
         peers = self._peers()
         connected = self._links.connected()
-        for key in self._states.keys() - peers.keys():
-            if not self._states[key].busy:
+        for key in self._states.keys() - peers.keys():  # a hold outlives the table entry
+            gone = self._states[key]
+            if not gone.busy and not (gone.held and gone.next_at > now):
                 del self._states[key]
         known = {peer.peer_id for peer in peers.values()}
         for peer_id in self._verified.keys() - known:

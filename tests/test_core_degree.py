@@ -264,3 +264,34 @@ async def test_with_room_and_all_members_holding_it_off_a_node_dials_one_per_isl
     assert presses, "no dial until the holds ran out"
     assert presses[0] == started
     assert all(b - a >= ISLAND_RETRY for a, b in itertools.pairwise(presses))
+
+
+@pytest.mark.anyio
+async def test_a_member_that_trimmed_us_is_held_off_though_we_never_dialed_it() -> None:
+    """A member that dialed us (so we had no dial state for it), or one whose table entry went
+    (what it said went with its connection), is held off after it trims us as one we dialed
+    and kept in the table is: before, it was dialed as soon as it was heard of again, and
+    trimmed us again (a member the node of the hostile island test trimmed dialed it back in 1 s)."""
+    clock, links, table = Clock(), Links(), PeerTable(ME)
+    inbound, dialed, kept = OTHERS[:3]
+
+    def listed(*ids: PeerId) -> None:
+        at = [PeerCandidate.at("127.0.0.1", 1000 + OTHERS.index(p), str(p)) for p in ids]
+        table.replace("static", at)
+
+    dialer = Dialer(ME, table.merged, links, clock=clock)  # no limit of its own
+    links.current = {p: Address(host="127.0.0.1", port=1) for p in (inbound, kept)}  # inbound
+    listed(inbound, dialed, kept)
+    due, _ = dialer.due()
+    assert [p.peer_id for p, _ in due] == [dialed]
+    await dialer.attempt(*due[0])
+    for peer_id in (inbound, dialed):  # both trim us; ``kept`` stays
+        del links.current[peer_id]
+        dialer.peer_down(peer_id, closed_by_peer(TRIMMED))
+    listed(kept)  # their entries go (no one lists them now) ...
+    assert dialer.due()[0] == []
+    clock.now += 1.0
+    listed(inbound, dialed, kept)  # ... and come back, relayed by another member
+    assert dialer.due()[0] == [], "dialed again while it holds us off"
+    clock.now += REFUSED_RETRY
+    assert {p.peer_id for p, _ in dialer.due()[0]} == {inbound, dialed}

@@ -191,24 +191,25 @@ class Dialer:
         keep a ``max_connections`` limit (ours or the peer's) is held off as a refusal while
         we have other connections (with none, it is our way in: backed off, not held off)."""
         self._arriving.pop(peer_id, None)
+        trimmed, others = TRIMMED in reason, bool(self._links.connected())
         state = self._states.get(str(peer_id))
-        if state is None and TRIMMED in reason and self._links.connected():
+        if state is None and trimmed and others:
             # a peer we never dialed (it dialed us) or whose entry the table dropped is held
             # off all the same: without a state it was dialed again as soon as it was heard
             # of, and trimmed again (a member the node trimmed dialed it back within 1 s)
             state = self._states[str(peer_id)] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
         if state is not None:
-            if TRIMMED in reason and self._links.connected():
+            if trimmed and others:
                 state.next_at = self._clock() + REFUSED_RETRY
                 state.held = True
                 state.last_reason = (
                     f"closed to keep max_connections (tried again every {REFUSED_RETRY:g} s)"
                 )
-            elif TRIMMED in reason:
+            elif trimmed:
                 state.next_at = self._clock() + state.backoff.next()
             else:
                 state.next_at = 0.0
-        if not self._links.connected():
+        if not others:
             self._release_holds()
         self.wake()
 

@@ -3,7 +3,8 @@ does not stop a real peer from connecting. All on 127.0.0.1, against ONE real no
 
 Cases: ``SLOW_CLIENTS`` (10) concurrent slow-loris clients (one byte per 100 ms, of a valid
 handshake's first message or of garbage); ``FLOOD`` (300) connections opened as fast as possible;
-``FRAMES`` (2,000) messages on one authenticated connection as fast as possible.
+``FRAMES`` (2,000) messages on one authenticated connection as fast as possible; the same
+connection written as fast as TCP takes it, to see where the unread bytes wait.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from anyio.abc import SocketStream
 
 from exo_discovery_core.handshake import Credentials
 from exo_discovery_core.identity import Identity
+from exo_discovery_core.transport import READ_CHUNK, READ_LIMIT, TCPStream
 from tests.support.hostile import (
     CLOSED_ERRORS,
     LOOPBACK,
@@ -155,5 +157,64 @@ def test_a_frame_flood_is_read_at_frame_rate_and_a_real_peer_still_connects() ->
         elapsed, count = live.call(flood)
         bound = FRAME_BURST + FRAME_RATE * elapsed
         assert 0 < count <= bound + 2, f"{count} frames read in {elapsed:.2f} s (bound {bound:.0f})"
+        live.check_alive()
+        assert live.real_peer_connects() < 5.0
+
+
+PAD = "x" * 4000  # a large frame, so the flood is mostly bytes
+WINDOW = 2.0  # seconds of flooding
+FLOOD_FRAMES = 10_000  # 40 MB: more than the kernel buffers of both ends can take
+
+
+def test_a_byte_flood_waits_in_tcp_not_in_the_node() -> None:
+    """An authenticated peer writes large frames as fast as TCP takes them, while the node reads
+    them at frame_rate: the node holds at most READ_LIMIT + READ_CHUNK bytes of them unread (its
+    stream stops reading; TCP pushes back on the sender), whatever the sender has queued, and a
+    real peer still connects. A connection that buffered everything it was sent would let one
+    peer cost the node any amount of memory."""
+    from tests.support.hostile import authenticate
+
+    node = {"frame_rate": FRAME_RATE, "frame_burst": FRAME_BURST}
+    with LiveNode(node=node) as live:
+
+        async def flood() -> tuple[int, int, int]:
+            flooder = Identity.generate()
+            session = await authenticate(live.node.port, flooder)
+            sent = 0
+            try:
+                with anyio.fail_after(5):
+                    while flooder.peer_id not in live.node.connections.connected():  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                # the node's end of this connection: its session's stream (no public handle)
+                stream = live.node.connections._current[flooder.peer_id].channel._stream
+                assert isinstance(stream, TCPStream)
+                most = 0
+                done = anyio.Event()
+                async with anyio.create_task_group() as tg:
+
+                    async def send_all() -> None:  # for WINDOW s: its deadline ends a write
+                        nonlocal sent
+                        with (
+                            anyio.move_on_after(WINDOW),
+                            contextlib.suppress(TimeoutError, *CLOSED_ERRORS),
+                        ):
+                            for i in range(FLOOD_FRAMES):
+                                await session.send({"type": "flood", "n": i, "pad": PAD}, 30.0)
+                                sent += 1
+                        done.set()
+
+                    tg.start_soon(send_all)
+                    while not done.is_set():  # the most held unread while the peer floods
+                        most = max(most, stream.buffered)
+                        await anyio.sleep(0.005)
+                read = live.node.connections.frames_read().get(flooder.peer_id, 0)
+                return most, sent, read
+            finally:
+                await session.aclose()
+
+        most, sent, read = live.call(flood)
+        assert most <= READ_LIMIT + READ_CHUNK, f"the node held {most} bytes unread"
+        assert sent < FLOOD_FRAMES, "every frame went out: nothing pushed back on the sender"
+        assert read < sent, f"the node read {read} of {sent} frames: the flood never waited"
         live.check_alive()
         assert live.real_peer_connects() < 5.0

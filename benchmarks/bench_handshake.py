@@ -8,7 +8,7 @@ connect, handshake, the node's signed record checked), with ``verify_only``, so 
 not count it as a member. Every measured dial is a first meeting on both ends: each is made by a
 fresh identity with a fresh Noise static key and record, which the node has never seen, and
 the dialer forgets the node's proof and id before each one (``handshake.forget_proofs``). The
-reference is a bare anyio TCP connect to the SAME node, interleaved with the handshakes in
+reference is a bare TCP connect (the node's own ``transport.connect``) to the SAME node, interleaved with the handshakes in
 blocks. Neither timing includes the close (a dial that joins keeps its connection; ``verify``
 returns once it knows who answered): both close after the clock stopped. The node runs on core
 1 and the dialer on core 0 (``taskset``; without two cores they are not pinned): two nodes meet
@@ -24,8 +24,9 @@ steps, stamped) and how much CPU the node spent per first meeting.
 **The one-process rows: both ends on one event loop.** The listener does with the handshake
 what the node's accept path does (``handshake.respond`` under ``fail_after``, one
 ``Credentials``, then the dialer's signed record checked); the plain listener accepts and
-closes. The dialer times ``connect_tcp`` + ``handshake.initiate`` + the listener's record
-checked + ``aclose``, the reference ``connect_tcp`` + ``aclose``. Both ends share one core, so
+closes. Every socket is the node's own (:mod:`exo_discovery_core.transport`). The dialer times
+``connect`` + ``handshake.initiate`` + the listener's record checked + ``aclose``, the
+reference ``connect`` + ``aclose``. Both ends share one core, so
 these rows show the CPU of dialer *and* listener per handshake, and each dial also carries the
 listener's last work for the one before it. First meetings as above (a fixed pair of
 identities whose proofs and ids are forgotten before each dial); the "known peer" row is a
@@ -58,14 +59,14 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import SecretStr
 
-from exo_discovery_core import clusterkey, handshake, records, wire
+from exo_discovery_core import clusterkey, handshake, records, transport, wire
 from exo_discovery_core.clusterkey import Keyring
 from exo_discovery_core.config import NodeConfig
 from exo_discovery_core.connections import ConnectionManager
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.models import Address
 from exo_discovery_core.records import LocalRecord, PeerRecord
-from exo_discovery_core.session import Reader
+from exo_discovery_core.session import reader
 
 from .common import REPO, Fleet, Row, clean_env, cpu_seconds, end_process, median, quantile, track
 
@@ -103,7 +104,7 @@ async def _serve_exchange(stream: anyio.abc.SocketStream, sizes: tuple[int, int,
     first, answer, third = sizes
     try:
         with anyio.fail_after(5):
-            receive = Reader(stream)
+            receive = reader(stream)
             await receive.receive_exactly(first)
             await stream.send(bytes(answer))
             await receive.receive_exactly(third)
@@ -172,7 +173,7 @@ def serve_exchange() -> None:
     first, answer, third = map(int, sys.argv[1:4])
 
     async def main() -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        listener = await transport.listen("127.0.0.1", 0)
         print(listener.extra(anyio.abc.SocketAttribute.local_port), flush=True)
         await listener.serve(lambda s: _serve_exchange(s, (first, answer, third)))
 
@@ -237,7 +238,7 @@ def _fresh_dialer(config: NodeConfig) -> tuple[handshake.Credentials, bytes]:
 
 async def _tcp_connect(address: Address) -> float:
     started = time.perf_counter()
-    stream = await anyio.connect_tcp(address.host, address.port)
+    stream = await transport.connect(address.host, address.port)
     elapsed = time.perf_counter() - started
     await stream.aclose()
     return elapsed
@@ -248,10 +249,10 @@ async def _bare_exchange(port: int, sizes: tuple[int, int, int]) -> float:
     until the last one is sent (the close follows), as a first meeting is timed."""
     first, answer, third = sizes
     started = time.perf_counter()
-    stream = await anyio.connect_tcp("127.0.0.1", port)
+    stream = await transport.connect("127.0.0.1", port)
     try:
         await stream.send(bytes(first))
-        await Reader(stream).receive_exactly(answer)
+        await reader(stream).receive_exactly(answer)
         await stream.send(bytes(third))
         elapsed = time.perf_counter() - started
     finally:
@@ -266,7 +267,7 @@ async def _phases(
     credentials, mine = _fresh_dialer(config)
     handshake.forget_proofs()
     started = time.perf_counter()
-    stream = _Recorder(await anyio.connect_tcp(address.host, address.port))
+    stream = _Recorder(await transport.connect(address.host, address.port))
     connected = time.perf_counter()
     try:
         session = await handshake.initiate(stream, credentials, local_record=mine, verify_only=True)
@@ -517,7 +518,7 @@ async def _measure(profile: bool) -> _Measured:
         LocalRecord(i, None, protocol=handshake.PROTOCOL, addresses=(), meta={}).encode()
         for i in (server_id, client_id)
     )
-    listeners = [await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    listeners = [await transport.listen("127.0.0.1", 0)
                  for _ in range(4)]  # fmt: skip
     plain_port, bare_port, *hs_ports = (int(lst.extra(anyio.abc.SocketAttribute.local_port))
                                         for lst in listeners)  # fmt: skip
@@ -526,7 +527,7 @@ async def _measure(profile: bool) -> _Measured:
         async def dial_handshake() -> None:
             if first_meeting:  # both signatures verified, both peer ids made
                 handshake.forget_proofs()
-            stream = await anyio.connect_tcp("127.0.0.1", hs_ports[which])
+            stream = await transport.connect("127.0.0.1", hs_ports[which])
             try:
                 session = await handshake.initiate(
                     stream, clients[which], local_record=client_record, expected=server_id.peer_id
@@ -538,11 +539,11 @@ async def _measure(profile: bool) -> _Measured:
         return dial_handshake
 
     async def dial_plain() -> None:
-        stream = await anyio.connect_tcp("127.0.0.1", plain_port)
+        stream = await transport.connect("127.0.0.1", plain_port)
         await stream.aclose()
 
     async def recorded_sizes() -> tuple[int, int, int]:
-        recorder = _Recorder(await anyio.connect_tcp("127.0.0.1", hs_ports[1]))
+        recorder = _Recorder(await transport.connect("127.0.0.1", hs_ports[1]))
         try:
             await handshake.initiate(
                 recorder, clients[1], local_record=client_record, expected=server_id.peer_id

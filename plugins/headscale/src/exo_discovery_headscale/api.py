@@ -23,7 +23,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from exo_discovery_core import SourceError
 from exo_discovery_core.remote import TooLarge, clean_http_logs, read_limited, short_reason
 
-from .config import AUTH_RETRY_AFTER
+from .config import AUTH_RETRY_AFTER, MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:
     import httpx  # imported by the client, when the plugin runs: loading it costs no httpx
@@ -33,8 +33,6 @@ Api = Literal["node", "machine"]
 TagField = Literal["tags", "forcedTags"]
 ErrorKind = Literal["auth", "not_found", "server", "timeout", "connect", "shape", "too_large"]
 
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
-"""The default of ``max_answer_bytes``: a larger node list is refused (10,000 nodes: ~10 MB)."""
 _UINT64 = Field(ge=0, lt=2**64)
 _WIRE = ConfigDict(extra="ignore", populate_by_name=True, str_max_length=4096, defer_build=True)
 

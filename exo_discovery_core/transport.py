@@ -39,6 +39,7 @@ from .ip import parse_ip
 READ_LIMIT = 32 * 1024
 READ_CHUNK = 16 * 1024  # at most this much is taken from the socket at once
 WRITE_HIGH = 64 * 1024  # unsent bytes above which a write waits for the peer to read
+LISTEN_BACKLOG = 65536  # as anyio's listener (the kernel caps it at net.core.somaxconn)
 HAPPY_EYEBALLS_DELAY = 0.25  # s before the next address of a name is tried (RFC 8305, as anyio)
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 
@@ -280,9 +281,20 @@ class TCPListener(anyio.abc.SocketListener):
 
 
 async def listen(host: str | None, port: int) -> MultiListener[anyio.abc.SocketStream]:
-    """Listen on ``port`` of ``host`` (every address if None: IPv4 and IPv6 each a socket)."""
-    bound = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    parts: list[anyio.abc.Listener[anyio.abc.SocketStream]] = [
-        TCPListener(cast(anyio.abc.SocketListener, part)) for part in bound.listeners
-    ]
-    return MultiListener(parts)
+    """Listen on ``port`` of ``host`` (every address if None: IPv4 and IPv6 each a socket).
+
+    An IP address is bound here, without a lookup: anyio's listener asks ``getaddrinfo`` first,
+    which asyncio runs in the loop's default executor, so a node told to listen on 127.0.0.1
+    started a thread (kept for the life of the loop: an embedding host's executor) and the
+    resolver for an address it was given. A name, or every address, is looked up as anyio does.
+    """
+    bare = (host or "").strip().removeprefix("[").removesuffix("]")
+    if parse_ip(bare) is None or "%" in bare:  # a name, every address, or a zone to look up
+        bound = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        found = [cast(anyio.abc.SocketListener, part) for part in bound.listeners]
+    else:
+        family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+        sock = socket.create_server((bare, port), family=family, backlog=LISTEN_BACKLOG)
+        sock.setblocking(False)
+        found = [await anyio.abc.SocketListener.from_socket(sock)]
+    return MultiListener([TCPListener(part) for part in found])

@@ -266,6 +266,41 @@ async def test_an_address_is_dialed_without_racing_a_name_with_it(
     await listener.aclose()
 
 
+async def test_an_address_is_listened_on_without_a_lookup_and_a_name_with_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """anyio's listener asks getaddrinfo even for an address, in the loop's default executor:
+    a thread for the life of the loop (an embedding host's) and the resolver, for nothing."""
+    loop = asyncio.get_running_loop()
+    looked_up: list[object] = []
+    real_getaddrinfo = loop.getaddrinfo
+
+    async def counted(host: object, *args: Any, **kwargs: Any) -> Any:
+        looked_up.append(host)
+        return await real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", counted)
+    hosts = ["127.0.0.1", "[127.0.0.1]"] + (["::1", "[::1]"] if socket.has_ipv6 else [])
+    for host in hosts:
+        try:
+            listener = await transport.listen(host, 0)
+        except OSError as exc:  # a system without IPv6 on loopback
+            assert ":" in host and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+            continue
+        port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+        with anyio.fail_after(10):
+            stream = await transport.connect(host.strip("[]"), port)
+            accepted = await listener.listeners[0].accept()
+        await stream.aclose()
+        await accepted.aclose()
+        await listener.aclose()
+    assert looked_up == [], "an address was looked up"
+    assert loop._default_executor is None  # type: ignore[attr-defined]  # no thread started
+    listener = await transport.listen("localhost", 0)
+    await listener.aclose()
+    assert looked_up == [b"localhost"]  # the name, as anyio encodes it (IDNA)
+
+
 def test_the_largest_frame_fits_the_buffer() -> None:
     """A session reads a frame's length and then its body; the buffer holds the largest whole."""
     assert session.LENGTH.size + session.MAX_SEALED <= READ_LIMIT

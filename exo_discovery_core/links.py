@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import IntEnum
 from pathlib import Path
 
@@ -225,9 +225,16 @@ class LinkMap:
         return self._entries
 
     def of(self, address: Address) -> LinkClass:
-        """The class of the path to ``address`` (a DNS name: other, until it is resolved)."""
+        """The class of the path to ``address`` (a DNS name: other, until it is resolved).
+
+        The links are read only if the address's range does not decide it: a loopback or a
+        Tailscale peer never needs them (reading them loads ifaddr and ctypes, ~0.4 MiB of a
+        node's memory, and walks every interface again each ``max_age``)."""
         ip = address.ip
         if ip is None:
             return LinkClass.OTHER
         scope = address.host.partition("%")[2] or None
-        return address_class(ip, scope, self.entries())
+        return address_class(ip, scope, self._entries_when_read())
+
+    def _entries_when_read(self) -> Iterator[LinkEntry]:
+        yield from self.entries()

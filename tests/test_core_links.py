@@ -187,3 +187,17 @@ def test_paths_order_by_class_then_measured_rtt_then_rank() -> None:
     paths.measured(a["eth"], 0.0)  # smoothed: one fast sample does not win outright
     assert paths.rtt(a["eth"]) == pytest.approx(0.005)
     assert paths.link(a["tb"]) is L.THUNDERBOLT and str(paths.link(a["wifi"])) == "wifi"
+
+
+def test_a_loopback_or_tailscale_peer_is_classed_without_reading_the_links() -> None:
+    """Reading this host's links walks every interface (ifaddr, ctypes): a peer whose range
+    decides its class never needs them; any other address reads them, once per max_age."""
+    reads: list[int] = []
+    entries = [("en0", ipaddress.ip_interface("10.0.0.2/24"), L.ETHERNET)]
+    links = LinkMap(read=lambda: reads.append(1) or entries)
+    for host in ("127.0.0.1", "::1", "100.64.0.9", "fd7a:115c:a1e0::9"):
+        assert links.of(Address(host=host, port=1)) in (L.LOOPBACK, L.TAILSCALE)
+    assert reads == []
+    assert links.of(Address(host="10.0.0.9", port=1)) is L.ETHERNET
+    assert links.of(Address(host="8.8.8.8", port=1)) is L.OTHER
+    assert reads == [1]

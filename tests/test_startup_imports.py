@@ -150,6 +150,10 @@ NOT_IN_A_RUNNING_NODE = (
     "exo_discovery_core.members",  # the `peers` table
     "exo_discovery_core.threaded",  # a node on a thread of its own (embedding)
     "exo_discovery_core.testing",
+    # this host's interfaces (ifaddr loads ctypes): a peer on loopback (or Tailscale) is classed
+    # by its range, and these nodes listen and advertise on 127.0.0.1
+    "ifaddr",
+    "ctypes",
 )
 
 

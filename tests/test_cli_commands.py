@@ -115,3 +115,14 @@ def test_plugin_selection_file_then_env_then_flags(tmp_path: Path) -> None:
     assert _enabled(
         tmp_path, "--plugins", "headscale", env={"EXO_DISCOVERY_DISABLE_PLUGINS": "headscale"}
     ) == {"headscale"}
+
+
+def test_short_verbosity_flags_reach_click_in_their_long_form() -> None:
+    """click tries a short option as a long one first and builds suggestions for the miss
+    (difflib, in every node started with -v): -v, -vv, -q and -vq go to it spelt out."""
+    from exo_discovery_core.cli import long_flags
+
+    assert long_flags(["-vv", "run", "-q", "--port", "0", "-vq"]) == [
+        "--verbose", "--verbose", "run", "--quiet", "--port", "0", "--verbose", "--quiet"
+    ]  # fmt: skip
+    assert long_flags(["run", "-h", "-x", "-", "--", "-v"]) == ["run", "-h", "-x", "-", "--", "-v"]

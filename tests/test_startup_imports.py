@@ -154,6 +154,7 @@ NOT_IN_A_RUNNING_NODE = (
     # by its range, and these nodes listen and advertise on 127.0.0.1
     "ifaddr",
     "ctypes",
+    "difflib",  # click's "did you mean" for an unknown option (it tried -v as a long one)
 )
 
 
@@ -176,7 +177,7 @@ def test_a_running_node_imports_only_what_it_uses(
             "EXO_TEST_MODULES_FILE": str(home / "modules.json"),
         }
         peers = ("--bootstrap-peers", f"127.0.0.1:{nodes[0].events[0]['port']}") if nodes else ()
-        node = RunningNode(home, *peers, env=env)
+        node = RunningNode(home, "-v", *peers, env=env)  # -v: as bench_scale and users start it
         running.append(node)
         node.wait_for("started")
         nodes.append(node)

@@ -59,7 +59,9 @@ def _starve(system: System, deadline: Deadline) -> tuple[int, float | None, str]
         for member in members:
             member.wait_started(deadline.left(60))
         end = time.monotonic() + deadline.left(60)
-        while time.monotonic() < end and min(len(m.connected_peers()) for m in members) < MEMBERS - 1:
+        while (
+            time.monotonic() < end and min(len(m.connected_peers()) for m in members) < MEMBERS - 1
+        ):
             time.sleep(0.2)
         time.sleep(1.0)
         marks = [m.mark() for m in members]

@@ -275,7 +275,6 @@ class NodeConfig(BaseModel):
             return Keyring.parse(self.cluster_key.get_secret_value(), "cluster_key")
         return Keyring()
 
-
     @field_validator("advertise_addresses")
     @classmethod
     def _valid_advertised(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -297,7 +296,6 @@ class NodeConfig(BaseModel):
         ``advertise_addresses`` when set (NAT, a container), else each address of the
         interfaces ``interfaces`` allows."""
         return advertised(port, self.advertise_addresses, self.listen_host, self.interface_filter)
-
 
 
 def _keyring_from_file(path: Path) -> Keyring:

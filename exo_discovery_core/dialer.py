@@ -425,7 +425,9 @@ class Dialer:
             reason = "; ".join(f"{a}: {why}" for a, why, _ in failures) or "no address to dial"
             if upgrading:  # still connected on the old path: no dial failure to show
                 state.upgrade_at = self._clock() + state.upgrade.next()
-                log.debug("better path to %s not taken: %s", peer.peer_id, shown(reason, MAX_REASON))
+                log.debug(
+                    "better path to %s not taken: %s", peer.peer_id, shown(reason, MAX_REASON)
+                )
                 return
             delay = state.backoff.next()
             refusals = sum(refused for _, _, refused in failures)
@@ -468,7 +470,11 @@ class Dialer:
             raise
 
     async def _verify(
-        self, state: _State, peer: Peer, order: list[Address], failures: list[tuple[Address, str, bool]]
+        self,
+        state: _State,
+        peer: Peer,
+        order: list[Address],
+        failures: list[tuple[Address, str, bool]],
     ) -> bool:
         """``verify_only``: one handshake, address after address, until one proves the peer."""
         for address in order:
@@ -484,7 +490,11 @@ class Dialer:
         return False
 
     async def _connect(
-        self, state: _State, peer: Peer, order: list[Address], failures: list[tuple[Address, str, bool]]
+        self,
+        state: _State,
+        peer: Peer,
+        order: list[Address],
+        failures: list[tuple[Address, str, bool]],
     ) -> bool:
         """Happy Eyeballs over ``order`` (families interleaved within a link class); the first
         connection is kept, the others closed. Dialing ourselves at one address ends it all:

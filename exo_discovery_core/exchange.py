@@ -156,7 +156,9 @@ class Outbox:
             change, listing = None, held  # nothing it lacks: said with the next news
         self._lists[recipient] = listing
         for peer_id in [p for p in sent if str(p) not in listing]:
-            del sent[peer_id]  # no longer listed: the recipient may drop its record; again if re-listed
+            del sent[
+                peer_id
+            ]  # no longer listed: the recipient may drop its record; again if re-listed
         riding: list[str] = []  # in the peers message: one frame, not two
         batches: list[list[str]] = []
         size = _ROOM if change is None else _size(change)  # none: nothing to ride in

@@ -33,7 +33,11 @@ class InterfaceFilter:
     def unmatched(self, present: Iterable[str]) -> list[str]:
         """The ``include`` globs (other than ``*``) that match no interface here (now)."""
         names = list(present)
-        return [g for g in self.include if g != "*" and not any(fnmatch.fnmatchcase(n, g) for n in names)]
+        return [
+            g
+            for g in self.include
+            if g != "*" and not any(fnmatch.fnmatchcase(n, g) for n in names)
+        ]
 
 
 def _matches(name: str, globs: Iterable[str]) -> bool:

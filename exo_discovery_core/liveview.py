@@ -161,7 +161,7 @@ class LogArea(logging.Handler):
 
 
 def _path(event: NodeEvent) -> str:
-    """" over ethernet, 0.4 ms": the link class and round trip of the address in use."""
+    """ " over ethernet, 0.4 ms": the link class and round trip of the address in use."""
     if event.link is None:
         return ""
     return f" over {event.link}" + (f", {event.rtt_ms:g} ms" if event.rtt_ms is not None else "")

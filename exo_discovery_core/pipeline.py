@@ -308,7 +308,10 @@ class Pipeline:
         peer = self.table.get(peer_id)
         sources = self.sources_at_up.get(peer_id, peer.sources if peer else frozenset())
         event = ConnectionEvent(
-            peer_id=peer_id, state=ConnectionState.CONNECTED, address=new, sources=sources,
+            peer_id=peer_id,
+            state=ConnectionState.CONNECTED,
+            address=new,
+            sources=sources,
             reason=f"from {old}",
         )
         self.publish(connection_event(event, peer, *self._path(new), kind="path_changed"))

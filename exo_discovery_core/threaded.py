@@ -108,7 +108,9 @@ class NodeThread:
         await self.call(self.node.report_connection, peer_id, connected, address, reason)
 
     @asynccontextmanager
-    async def events(self, replay: bool = False) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
+    async def events(
+        self, replay: bool = False
+    ) -> AsyncIterator[MemoryObjectReceiveStream[NodeEvent]]:
         """Like :meth:`Node.events`, delivered on the caller's loop."""
         assert self._portal is not None, "enter the NodeThread first"
         handoff: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -139,7 +141,9 @@ class NodeThread:
         return await anyio.to_thread.run_sync(lambda: portal.call(func, *args))
 
 
-async def _drain(handoff: queue.SimpleQueue[object], send: MemoryObjectSendStream[NodeEvent]) -> None:
+async def _drain(
+    handoff: queue.SimpleQueue[object], send: MemoryObjectSendStream[NodeEvent]
+) -> None:
     """On the host's loop: the queue into the stream the host reads."""
     with send:
         while True:

@@ -38,7 +38,9 @@ def dial_only_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
         except ValueError:
             loopback = str(remote_host) == "localhost"
         if not loopback:
-            raise OSError(f"test guard: refusing to dial {remote_host}:{remote_port} (not loopback)")
+            raise OSError(
+                f"test guard: refusing to dial {remote_host}:{remote_port} (not loopback)"
+            )
         return await real_connect(remote_host, remote_port, **kwargs)
 
     monkeypatch.setattr(transport, "connect", guarded)

@@ -65,7 +65,9 @@ def meshed(among: list[NodeProcess], ids: set[str]) -> Callable[[], str | None]:
         reached, todo = set(), [among[0].peer_id]
         while todo:  # the connections join every member: no group is cut off from the rest
             reached.add(peer := todo.pop())
-            todo += [p for p in graph[peer] | {q for q in graph if peer in graph[q]} if p not in reached]
+            todo += [
+                p for p in graph[peer] | {q for q in graph if peer in graph[q]} if p not in reached
+            ]
         if reached != want:
             return f"the connections do not join {sorted(want - reached)} to the rest: {graph}"
         return None

@@ -32,8 +32,9 @@ def test_ed25519_signatures_cross_verify_with_cryptography() -> None:
 
 def test_ed25519_refuses_what_cryptography_refuses() -> None:
     key = crypto.Ed25519PrivateKey.generate()
-    public, reference = key.public_key(), ed25519.Ed25519PublicKey.from_public_bytes(
-        key.public_key().public_bytes_raw()
+    public, reference = (
+        key.public_key(),
+        ed25519.Ed25519PublicKey.from_public_bytes(key.public_key().public_bytes_raw()),
     )
     signature = bytearray(key.sign(b"message"))
     signature[5] ^= 1

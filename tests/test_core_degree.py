@@ -205,7 +205,9 @@ async def test_with_a_limit_the_dialer_dials_up_to_one_below_it_most_preferred_f
 
 
 @pytest.mark.anyio
-async def test_at_its_limit_the_dialer_sleeps_through_the_waits_of_peers_it_could_not_dial() -> None:
+async def test_at_its_limit_the_dialer_sleeps_through_the_waits_of_peers_it_could_not_dial() -> (
+    None
+):
     """A member not connected whose wait runs out could not be dialed while the limit leaves no
     room: the loop does not wake for it (at rest each such wait was a look at every member),
     only once there is room again, which a connection that ends makes (and wakes it)."""

@@ -59,7 +59,11 @@ def greeting(host: str, port: int, started: list[str]) -> Callable[[], Awaitable
 
 
 async def test_a_silent_address_does_not_hold_up_the_next_and_is_closed_after_the_win() -> None:
-    silent, fast, spare = Server("127.0.0.2", False), Server("127.0.0.1", True), Server("127.0.0.3", True)
+    silent, fast, spare = (
+        Server("127.0.0.2", False),
+        Server("127.0.0.1", True),
+        Server("127.0.0.3", True),
+    )
     started: list[str] = []
     async with anyio.create_task_group() as group:
         for server in (silent, fast, spare):
@@ -89,7 +93,10 @@ async def test_a_failure_starts_the_next_attempt_at_once() -> None:
     started: list[str] = []
     async with anyio.create_task_group() as group:
         await group.start(fast.serve)
-        attempts = [greeting("127.0.0.1", refused_port, started), greeting("127.0.0.1", fast.port, started)]
+        attempts = [
+            greeting("127.0.0.1", refused_port, started),
+            greeting("127.0.0.1", fast.port, started),
+        ]
         with anyio.fail_after(10):
             index, stream = await race(attempts, delay=60.0, discard=_close)
         assert index == 1
@@ -123,8 +130,9 @@ async def test_all_failing_says_why_each_failed() -> None:
         raise OSError(text)
 
     with pytest.raises(AllFailed) as info:
-        await race([lambda: boom("a refused"), lambda: boom("b unreachable")], delay=0.0,
-                   discard=_close)
+        await race(
+            [lambda: boom("a refused"), lambda: boom("b unreachable")], delay=0.0, discard=_close
+        )
     assert [str(e) for e in info.value.errors] == ["a refused", "b unreachable"]
 
 
@@ -146,10 +154,27 @@ def _a(text: str) -> Address:
 
 
 def test_interleave_alternates_families_within_a_rank_only() -> None:
-    addresses = [_a(t) for t in ("10.0.0.1:1", "10.0.0.2:1", "[fd00::1]:1", "[fd00::2]:1",
-                                 "192.168.1.2:1", "[fe80::1%en0]:1", "box.lan:1")]
+    addresses = [
+        _a(t)
+        for t in (
+            "10.0.0.1:1",
+            "10.0.0.2:1",
+            "[fd00::1]:1",
+            "[fd00::2]:1",
+            "192.168.1.2:1",
+            "[fe80::1%en0]:1",
+            "box.lan:1",
+        )
+    ]
     rank = {"10.0.0.1": 0, "10.0.0.2": 0, "fd00::1": 0, "fd00::2": 0}
     shown = [str(a) for a in interleave(addresses, lambda a: rank.get(a.host, 1))]
-    assert shown == ["10.0.0.1:1", "[fd00::1]:1", "10.0.0.2:1", "[fd00::2]:1",
-                     "192.168.1.2:1", "[fe80::1%en0]:1", "box.lan:1"]
+    assert shown == [
+        "10.0.0.1:1",
+        "[fd00::1]:1",
+        "10.0.0.2:1",
+        "[fd00::2]:1",
+        "192.168.1.2:1",
+        "[fe80::1%en0]:1",
+        "box.lan:1",
+    ]
     assert interleave([]) == []

@@ -29,8 +29,16 @@ from tests.support.netns import NetnsLab
 L = LinkClass
 
 
-def _iface(root: Path, name: str, kind: int = 1, *, driver: str | None = None,
-           wireless: bool = False, ports: tuple[str, ...] = (), lower: tuple[str, ...] = ()) -> None:
+def _iface(
+    root: Path,
+    name: str,
+    kind: int = 1,
+    *,
+    driver: str | None = None,
+    wireless: bool = False,
+    ports: tuple[str, ...] = (),
+    lower: tuple[str, ...] = (),
+) -> None:
     """One /sys/class/net/<name> as the kernel lays it out (the parts that are read)."""
     base = root / "net" / name
     base.mkdir(parents=True)
@@ -74,11 +82,24 @@ def sysfs(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("lo", L.LOOPBACK), ("enp3s0", L.ETHERNET), ("eth1", L.ETHERNET), ("wlp2s0", L.WIFI),
-     ("thunderbolt0", L.THUNDERBOLT), ("tb-link", L.THUNDERBOLT), ("tailscale0", L.TAILSCALE),
-     ("wg0", L.OTHER), ("docker0", L.OTHER), ("veth1a2b", L.OTHER), ("br0", L.ETHERNET),
-     ("bond0", L.ETHERNET), ("enp3s0.100", L.ETHERNET), ("dummy0", L.OTHER), ("loopy", L.OTHER),
-     ("gone0", L.OTHER)],
+    [
+        ("lo", L.LOOPBACK),
+        ("enp3s0", L.ETHERNET),
+        ("eth1", L.ETHERNET),
+        ("wlp2s0", L.WIFI),
+        ("thunderbolt0", L.THUNDERBOLT),
+        ("tb-link", L.THUNDERBOLT),
+        ("tailscale0", L.TAILSCALE),
+        ("wg0", L.OTHER),
+        ("docker0", L.OTHER),
+        ("veth1a2b", L.OTHER),
+        ("br0", L.ETHERNET),
+        ("bond0", L.ETHERNET),
+        ("enp3s0.100", L.ETHERNET),
+        ("dummy0", L.OTHER),
+        ("loopy", L.OTHER),
+        ("gone0", L.OTHER),
+    ],
 )
 def test_linux_classes_from_sysfs(sysfs: Path, name: str, expected: LinkClass) -> None:
     assert interface_class(name, system="linux", sysfs=sysfs) is expected
@@ -113,11 +134,20 @@ VLAN Configurations
 def test_macos_classes_from_networksetup() -> None:
     ports = parse_hardware_ports(NETWORKSETUP)
     assert ports["en1"] == "Wi-Fi" and ports["bridge0"] == "Thunderbolt Bridge"
-    shown = {n: macos_class(n, ports) for n in ("lo0", "en0", "en1", "en2", "bridge0", "en7",
-                                                "utun3", "awdl0")}
-    assert shown == {"lo0": L.LOOPBACK, "en0": L.ETHERNET, "en1": L.WIFI, "en2": L.THUNDERBOLT,
-                     "bridge0": L.THUNDERBOLT, "en7": L.ETHERNET, "utun3": L.OTHER,
-                     "awdl0": L.OTHER}
+    shown = {
+        n: macos_class(n, ports)
+        for n in ("lo0", "en0", "en1", "en2", "bridge0", "en7", "utun3", "awdl0")
+    }
+    assert shown == {
+        "lo0": L.LOOPBACK,
+        "en0": L.ETHERNET,
+        "en1": L.WIFI,
+        "en2": L.THUNDERBOLT,
+        "bridge0": L.THUNDERBOLT,
+        "en7": L.ETHERNET,
+        "utun3": L.OTHER,
+        "awdl0": L.OTHER,
+    }
     assert macos_class("en0", {}) is L.OTHER  # no networksetup: not guessed
     assert macos_class("bridge0", {}) is L.THUNDERBOLT
 
@@ -150,11 +180,13 @@ def test_real_interfaces_in_a_network_namespace(netns_lab: Callable[[int], Netns
     (a VPN) and a bridge over a veth pair, classified by a process inside that namespace (its own sysfs)."""
     lab = netns_lab(1)
     host = lab.hosts[0]
-    for argv in (["ip", "tuntap", "add", "tailscale0", "mode", "tun"],
-                 ["ip", "tuntap", "add", "vpn0", "mode", "tun"],
-                 ["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"],
-                 ["ip", "link", "add", "br9", "type", "bridge"],
-                 ["ip", "link", "set", "va", "master", "br9"]):
+    for argv in (
+        ["ip", "tuntap", "add", "tailscale0", "mode", "tun"],
+        ["ip", "tuntap", "add", "vpn0", "mode", "tun"],
+        ["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"],
+        ["ip", "link", "add", "br9", "type", "bridge"],
+        ["ip", "link", "set", "va", "master", "br9"],
+    ):
         lab.run(host, argv)
     code = (
         "import json, sys; from exo_discovery_core.links import interface_class;"
@@ -162,25 +194,49 @@ def test_real_interfaces_in_a_network_namespace(netns_lab: Callable[[int], Netns
     )
     names = ["lo", "eth0", "tailscale0", "vpn0", "va", "br9"]
     done = lab.run(host, [sys.executable, "-c", code, *names])
-    assert json.loads(done.stdout) == {"lo": "loopback", "eth0": "other", "tailscale0": "tailscale",
-                                       "vpn0": "other", "va": "other", "br9": "other"}
+    assert json.loads(done.stdout) == {
+        "lo": "loopback",
+        "eth0": "other",
+        "tailscale0": "tailscale",
+        "vpn0": "other",
+        "va": "other",
+        "br9": "other",
+    }
     switch = subprocess.run(  # the lab's switch: a bridge of veth ports is no Ethernet either
         ["ip", "netns", "exec", lab.switch, sys.executable, "-c", code, "br0", "p1"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert json.loads(switch.stdout) == {"br0": "other", "p1": "other"}
 
 
 def test_paths_order_by_class_then_measured_rtt_then_rank() -> None:
-    entries = [("en1", ipaddress.ip_interface("192.168.1.2/24"), L.WIFI),
-               ("en0", ipaddress.ip_interface("10.0.0.2/24"), L.ETHERNET),
-               ("bridge0", ipaddress.ip_interface("169.254.7.2/16"), L.THUNDERBOLT)]
-    paths = Paths(LocalNetworks(read=lambda: [e[1] for e in entries]), LinkMap(read=lambda: entries))
-    a = {name: Address(host=host, port=1) for name, host in
-         [("wifi", "192.168.1.9"), ("eth", "10.0.0.9"), ("eth2", "10.0.0.8"), ("tb", "169.254.7.9"),
-          ("ts", "100.64.0.9"), ("public", "8.8.8.8"), ("name", "box.lan")]}
+    entries = [
+        ("en1", ipaddress.ip_interface("192.168.1.2/24"), L.WIFI),
+        ("en0", ipaddress.ip_interface("10.0.0.2/24"), L.ETHERNET),
+        ("bridge0", ipaddress.ip_interface("169.254.7.2/16"), L.THUNDERBOLT),
+    ]
+    paths = Paths(
+        LocalNetworks(read=lambda: [e[1] for e in entries]), LinkMap(read=lambda: entries)
+    )
+    a = {
+        name: Address(host=host, port=1)
+        for name, host in [
+            ("wifi", "192.168.1.9"),
+            ("eth", "10.0.0.9"),
+            ("eth2", "10.0.0.8"),
+            ("tb", "169.254.7.9"),
+            ("ts", "100.64.0.9"),
+            ("public", "8.8.8.8"),
+            ("name", "box.lan"),
+        ]
+    }
     order = [a["public"], a["name"], a["ts"], a["wifi"], a["eth"], a["eth2"], a["tb"]]
-    assert paths.ordered(order) == [a[n] for n in ("tb", "eth", "eth2", "wifi", "ts", "public", "name")]
+    assert paths.ordered(order) == [
+        a[n] for n in ("tb", "eth", "eth2", "wifi", "ts", "public", "name")
+    ]
     paths.measured(a["eth2"], 0.002)
     paths.measured(a["eth"], 0.010)
     assert paths.ordered(order)[1:3] == [a["eth2"], a["eth"]]  # same class: the faster first

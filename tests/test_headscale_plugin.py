@@ -39,8 +39,13 @@ def _plugin() -> HeadscalePlugin:
 
 
 def _config(fake: FakeHeadscale, **extra: Any) -> dict[str, Any]:
-    return {"api_url": fake.url, "api_key": fake.key, "poll_interval": 0.05, "timeout": 1.0,
-            **extra}
+    return {
+        "api_url": fake.url,
+        "api_key": fake.key,
+        "poll_interval": 0.05,
+        "timeout": 1.0,
+        **extra,
+    }
 
 
 def _fleet() -> list[FakeNode]:
@@ -80,11 +85,15 @@ async def test_user_filter_all_nodes_of_user_and_legacy_tags() -> None:
     nodes = [
         FakeNode.numbered(2, user="exo"),  # untagged
         FakeNode.numbered(3, user="bob", tags=("tag:exo",)),
-        FakeNode.numbered(4, user="exo", valid_tags=(f"tag:exo_peer_id={peer}", "tag:exo_port=7000")),
+        FakeNode.numbered(
+            4, user="exo", valid_tags=(f"tag:exo_peer_id={peer}", "tag:exo_port=7000")
+        ),
     ]
     with FakeHeadscale(version="0.23.0", key=KEY, nodes=nodes) as fake:
         [peers] = await peer_sets(
-            _plugin(), _config(fake, user="exo", all_nodes_of_user=True), name="headscale",
+            _plugin(),
+            _config(fake, user="exo", all_nodes_of_user=True),
+            name="headscale",
             node=_node_info(),
         )
     assert ("GET", "/api/v1/node") in fake.requests
@@ -153,8 +162,9 @@ async def test_fault_messages_are_clear() -> None:
     with FakeHeadscale(version="0.29.2", key=KEY, nodes=_fleet()) as fake:
         for fault, text in expected.items():
             fake.fault = fault
-            async with HeadscaleClient(fake.url, HeadscaleConfig(api_key=KEY).api_key,
-                                       timeout=0.5) as client:
+            async with HeadscaleClient(
+                fake.url, HeadscaleConfig(api_key=KEY).api_key, timeout=0.5
+            ) as client:
                 with pytest.raises(HeadscaleError) as info:
                     await client.list_wire_nodes()
             assert text in str(info.value), (fault, str(info.value))
@@ -165,8 +175,9 @@ async def test_fault_messages_are_clear() -> None:
         async with HeadscaleClient(fake.url, None) as client:
             with pytest.raises(HeadscaleError, match="no API key configured"):
                 await client.list_wire_nodes()
-        async with HeadscaleClient(fake.url, HeadscaleConfig(api_key=KEY).api_key,
-                                   max_bytes=1000) as client:
+        async with HeadscaleClient(
+            fake.url, HeadscaleConfig(api_key=KEY).api_key, max_bytes=1000
+        ) as client:
             with pytest.raises(HeadscaleError, match="larger than"):
                 await client.list_wire_nodes()
     async with HeadscaleClient(fake.url, None, timeout=2) as client:  # server gone
@@ -179,7 +190,9 @@ async def test_fault_messages_are_clear() -> None:
 @pytest.mark.parametrize("version", ["0.22.3", "0.27.1", "0.28.0"])
 async def test_self_register_adds_the_tag_and_keeps_others(version: str) -> None:
     me = FakeNode.numbered(1, tags=("tag:keep",), valid_tags=("tag:advertised",))
-    with FakeHeadscale(version=version, key=KEY, nodes=[me, FakeNode.numbered(2, tags=("tag:exo",))]) as fake:
+    with FakeHeadscale(
+        version=version, key=KEY, nodes=[me, FakeNode.numbered(2, tags=("tag:exo",))]
+    ) as fake:
         async with _collect(_plugin(), _config(fake, self_register=True)) as sets:
             await sets.wait_for(1)
             await _until(lambda: bool(fake.tag_calls), 5)
@@ -244,10 +257,14 @@ async def test_doctor_reports_and_fixes() -> None:
         checks = {c.name: c for c in await plugin.doctor(context)}
         assert all(c.ok for c in checks.values()), checks
         assert "machine API" in checks["headscale: server reachable"].detail
-        assert "6 visible, 4 members (tag:exo), 3 of them online" in checks["headscale: nodes"].detail
+        assert (
+            "6 visible, 4 members (tag:exo), 3 of them online" in checks["headscale: nodes"].detail
+        )
         assert "node 1" in checks["headscale: this node"].detail
 
-        bad = make_context(plugin, {**_config(fake), "api_key": "wrong"}, name="headscale", node=_node_info())
+        bad = make_context(
+            plugin, {**_config(fake), "api_key": "wrong"}, name="headscale", node=_node_info()
+        )
         checks = {c.name: c for c in await plugin.doctor(bad)}
         assert not checks["headscale: API key"].ok and checks["headscale: API key"].fix
 
@@ -270,10 +287,11 @@ async def test_a_wrong_key_is_a_rejected_key_on_every_version(version: str) -> N
     with FakeHeadscale(version=version, key=KEY, nodes=_fleet()) as fake:
         config = {**_config(fake), "api_key": "hskey-wrong"}
         checks = {
-            c.name: c
-            for c in await plugin.doctor(make_context(plugin, config, name="headscale"))
+            c.name: c for c in await plugin.doctor(make_context(plugin, config, name="headscale"))
         }
-        async with HeadscaleClient(fake.url, HeadscaleConfig(api_key="hskey-wrong").api_key) as client:
+        async with HeadscaleClient(
+            fake.url, HeadscaleConfig(api_key="hskey-wrong").api_key
+        ) as client:
             with pytest.raises(HeadscaleError) as info:
                 await client.list_wire_nodes()
     assert checks["headscale: server reachable"].ok
@@ -291,7 +309,9 @@ async def test_answer_size_limit_is_an_option_named_in_the_message() -> None:
     with FakeHeadscale(version="0.29.2", key=KEY, nodes=_fleet()) as fake:
         small = {**_config(fake), "max_answer_bytes": 64 * 1024}
         fake.fault = "huge"  # the real fleet plus ~10 MB of offline nodes
-        checks = {c.name: c for c in await plugin.doctor(make_context(plugin, small, name="headscale"))}
+        checks = {
+            c.name: c for c in await plugin.doctor(make_context(plugin, small, name="headscale"))
+        }
         assert checks["headscale: server reachable"].ok
         assert checks["headscale: API key"].ok
         size = checks["headscale: node list size"]
@@ -302,7 +322,9 @@ async def test_answer_size_limit_is_an_option_named_in_the_message() -> None:
         [peers] = await peer_sets(plugin, big, name="headscale", node=_node_info(), timeout=30)
         assert len(peers) == 2
     with pytest.raises(ConfigError, match="max_answer_bytes"):
-        ConfigSource(env={}).plugin_config_from("headscale", HeadscaleConfig, {"max_answer_bytes": 10})
+        ConfigSource(env={}).plugin_config_from(
+            "headscale", HeadscaleConfig, {"max_answer_bytes": 10}
+        )
 
 
 @pytest.mark.anyio

@@ -61,7 +61,9 @@ def test_models_parse_an_example_built_from_the_spec(version: str) -> None:
     example["ipAddresses"] = ["100.64.0.7", "fd7a:115c:a1e0::7"]
     key = "machines" if is_machine_api(version) else "nodes"
     body = json.dumps({key: [example, {**example, "id": "18446744073709551615"}]}).encode()
-    assert validate(spec, spec["definitions"][list_definition_name(version)], json.loads(body)) == []
+    assert (
+        validate(spec, spec["definitions"][list_definition_name(version)], json.loads(body)) == []
+    )
 
     wire = parse_node_list(body, _api(version))  # type: ignore[arg-type]
     assert [w.id for w in wire] == [7, 2**64 - 1]
@@ -162,4 +164,6 @@ def test_the_newest_release_has_the_api_of_the_newest_spec_here() -> None:
     newest = load_spec(VERSIONS[-1])
     release = json.loads(published.read_text(encoding="utf-8"))
     assert release["paths"] == newest["paths"], f"{HEADSCALE_VERSION} changed its paths"
-    assert release["definitions"] == newest["definitions"], f"{HEADSCALE_VERSION} changed its models"
+    assert release["definitions"] == newest["definitions"], (
+        f"{HEADSCALE_VERSION} changed its models"
+    )

@@ -31,7 +31,9 @@ async def test_snapshot_is_typed_with_route_classes() -> None:
             [view] = node.peers()
             assert isinstance(view.peer_id, PeerId) and view.peer_id == target.peer_id
             assert view.addresses == (
-                PeerAddress(Address(host="127.0.0.1", port=target.port), "loopback", LinkClass.LOOPBACK),
+                PeerAddress(
+                    Address(host="127.0.0.1", port=target.port), "loopback", LinkClass.LOOPBACK
+                ),
             )
             assert view.state == "connected"
             assert view.address == Address(host="127.0.0.1", port=target.port)
@@ -40,7 +42,9 @@ async def test_snapshot_is_typed_with_route_classes() -> None:
             assert view.metadata == {"role": "gpu"}
             assert view.rtt is not None and 0 < view.rtt < 3  # the TCP connect of our dial
             row = node.status().peers[0]  # the CLI's row is the same peer, as text
-            assert row.peer_id == str(target.peer_id) and row.addresses == [f"127.0.0.1:{target.port}"]
+            assert row.peer_id == str(target.peer_id) and row.addresses == [
+                f"127.0.0.1:{target.port}"
+            ]
 
 
 async def test_report_connection_takes_what_the_snapshot_gives() -> None:

@@ -169,10 +169,26 @@ def test_fixed_bug_unicode_digit_port(prefix: str, port: str) -> None:
 
 SRV_CASES = 100
 SERVICE = "_exo-discovery._tcp.example.com"
-SRV_TARGETS = st.sampled_from(
-    [".", "", "a.example", "A.EXAMPLE.", "127.0.0.1", "::1", "x" * 300, "bad_name.example",
-     "a..b", "-a.example", "\\032.example", "name.with space"]
-) | st.text(max_size=40) | st.from_regex(r"\A[a-z0-9.-]{1,30}\Z")
+SRV_TARGETS = (
+    st.sampled_from(
+        [
+            ".",
+            "",
+            "a.example",
+            "A.EXAMPLE.",
+            "127.0.0.1",
+            "::1",
+            "x" * 300,
+            "bad_name.example",
+            "a..b",
+            "-a.example",
+            "\\032.example",
+            "name.with space",
+        ]
+    )
+    | st.text(max_size=40)
+    | st.from_regex(r"\A[a-z0-9.-]{1,30}\Z")
+)
 SRV_RECORDS = st.lists(
     st.tuples(st.integers(0, 65535), st.integers(0, 65535), SRV_TARGETS, st.integers(0, 70000)),
     max_size=400,
@@ -181,7 +197,9 @@ SRV_RECORDS = st.lists(
 
 @settings(max_examples=SRV_CASES, deadline=None)
 @given(SRV_RECORDS)
-def test_hostile_srv_answers_give_bounded_candidates(records: list[tuple[int, int, str, int]]) -> None:
+def test_hostile_srv_answers_give_bounded_candidates(
+    records: list[tuple[int, int, str, int]],
+) -> None:
     """Cases: SRV_CASES (100) answers, as the system resolver hands them on (bounded, best first)."""
 
     async def srv(name: str) -> list[tuple[str, int]]:

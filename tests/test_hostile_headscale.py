@@ -312,6 +312,7 @@ B11 = (
 @given(st.text(alphabet=st.sampled_from("²³¹①"), min_size=1, max_size=3))
 def test_fixed_bug_unicode_digit_port_tag(port: str) -> None:
     """Cases: BUG_CASES (10)."""
+
     def answer(*tags: str) -> bytes:
         nodes = [*_fleet(), FakeNode.numbered(7, tags=("tag:exo", *tags))]
         return json.dumps(list_answer("0.29.2", nodes)).encode()

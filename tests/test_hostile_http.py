@@ -36,20 +36,38 @@ NODE = NodeInfo(
     port=52417,
     listen_addresses=(Address(host="127.0.0.1", port=52417),),
 )
-GOOD = [{"targets": ["10.9.0.1:1", "10.9.0.2:2"], "labels": {"peer_id": str(PEER)}},
-        {"targets": ["10.9.0.3"], "labels": {"k": "v"}}]
+GOOD = [
+    {"targets": ["10.9.0.1:1", "10.9.0.2:2"], "labels": {"peer_id": str(PEER)}},
+    {"targets": ["10.9.0.3"], "labels": {"k": "v"}},
+]
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 targets = st.one_of(
     st.text(max_size=40),
     st.from_regex(r"\A[0-9a-z.:\[\]%_-]{1,40}\Z"),
-    st.sampled_from(["10.0.0.1:0", "10.0.0.1:65536", "[::1]", "[::1]:", "::1", "a..b:1",
-                     "1.2.3.4:²", "x" * 300, ":80", "[zz]:1", "h:-1", str(PEER)]),
+    st.sampled_from(
+        [
+            "10.0.0.1:0",
+            "10.0.0.1:65536",
+            "[::1]",
+            "[::1]:",
+            "::1",
+            "a..b:1",
+            "1.2.3.4:²",
+            "x" * 300,
+            ":80",
+            "[zz]:1",
+            "h:-1",
+            str(PEER),
+        ]
+    ),
     json_values,
 )
 labels = st.dictionaries(

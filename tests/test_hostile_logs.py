@@ -115,7 +115,9 @@ def test_a_headscale_node_name_with_a_forged_line_is_logged_clean() -> None:
 
     nodes = [
         FakeNode.numbered(1, tags=("tag:exo",)),
-        FakeNode(id=2, name="evil" + FORGED, ips=("100.64.0.2",), tags=("tag:exo", "tag:exo-port-x")),
+        FakeNode(
+            id=2, name="evil" + FORGED, ips=("100.64.0.2",), tags=("tag:exo", "tag:exo-port-x")
+        ),
     ]
     body = json.dumps(list_answer("0.29.2", nodes)).encode()
     config = HeadscaleConfig(api_url="http://127.0.0.1:1", api_key="hskey-hostile-0000")

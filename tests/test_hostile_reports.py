@@ -152,7 +152,9 @@ async def test_a_report_counts_only_as_of_the_record_held_and_is_passed_on_once(
     setup.exchange._refresh_now()
     assert not setup.listed()
     relayed = setup.links.reports()
-    assert sorted(str(p) for p, _ in relayed) == sorted(str(p) for p in (OTHER.peer_id, NEAR.peer_id))
+    assert sorted(str(p) for p, _ in relayed) == sorted(
+        str(p) for p in (OTHER.peer_id, NEAR.peer_id)
+    )
     assert all(m == gone(FAR, seq) for _, m in relayed)  # once each, never back to the sender
 
 

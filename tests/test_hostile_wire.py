@@ -437,7 +437,9 @@ def test_verify_only_handshakes_are_answered_and_closed_never_kept() -> None:
             async def attack() -> dict[str, Any] | None:
                 identity = Identity.generate()
                 credentials = handshake.Credentials(identity, namespace="exo")
-                record = LocalRecord(identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={})
+                record = LocalRecord(
+                    identity, None, protocol=handshake.PROTOCOL, addresses=(), meta={}
+                )
                 stream = await anyio.connect_tcp("127.0.0.1", live.node.port)
                 verify = flag is True
                 if not verify and flag is not None:  # a wrong type goes in the hello as it is

@@ -60,8 +60,10 @@ async def test_targets_and_labels_become_candidates() -> None:
 @pytest.mark.anyio
 async def test_bad_target_skips_only_itself_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    groups = [{"targets": ["10.0.0.2:6000", "10.0.0.3:99999", "bad host:1"]},
-              {"targets": ["10.0.0.4:1"], "labels": {"peer_id": "not-a-peer-id"}}]
+    groups = [
+        {"targets": ["10.0.0.2:6000", "10.0.0.3:99999", "bad host:1"]},
+        {"targets": ["10.0.0.4:1"], "labels": {"peer_id": "not-a-peer-id"}},
+    ]
     with SdServer() as sd:
         sd.serve(groups)
         async with collecting(HttpPlugin(), _config(sd), name="http", node=NODE) as sets:
@@ -104,8 +106,14 @@ async def test_server_refresh_header_sets_the_interval() -> None:
 @pytest.mark.anyio
 async def test_server_refresh_header_is_bounded() -> None:
     with SdServer() as sd:
-        for said, expected in [("0.0001", 1.0), ("1e9", 3600.0), ("nan", 30.0), ("-4", 30.0),
-                               ("soon", 30.0), ("12", 12.0)]:
+        for said, expected in [
+            ("0.0001", 1.0),
+            ("1e9", 3600.0),
+            ("nan", 30.0),
+            ("-4", 30.0),
+            ("soon", 30.0),
+            ("12", 12.0),
+        ]:
             sd.serve(GROUPS, **{REFRESH_HEADER: said})
             async with HttpSource(HttpConfig(url=sd.url)) as source:
                 await source.fetch()
@@ -156,8 +164,13 @@ async def test_fault_keeps_the_last_good_list_and_recovers(
     with SdServer() as sd:
         sd.serve(GROUPS[:1])
         config = _config(sd, max_answer_bytes=65536, max_targets=50, timeout=0.5)
-        context = make_context(HttpPlugin(), config, name="http", node=NODE,
-                               report_health=lambda ok, m: health.append((ok, m)))
+        context = make_context(
+            HttpPlugin(),
+            config,
+            name="http",
+            node=NODE,
+            report_health=lambda ok, m: health.append((ok, m)),
+        )
         async with collecting(HttpPlugin(), context=context) as sets:
             assert len(await sets.wait_for(1)) == 3
             _inject(sd, fault)

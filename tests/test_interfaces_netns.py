@@ -17,12 +17,14 @@ pytestmark = pytest.mark.netns
 def test_what_the_node_advertises(netns_lab: Callable[[int], NetnsLab], nodes: NodeFleet) -> None:
     lab = netns_lab(1)
     host = lab.hosts[0]
-    for argv in (["ip", "link", "add", "docker0", "type", "bridge"],
-                 ["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"],
-                 ["ip", "link", "set", "docker0", "up"],
-                 ["ip", "tuntap", "add", "tailscale0", "mode", "tun"],
-                 ["ip", "addr", "add", "100.101.1.2/32", "dev", "tailscale0"],
-                 ["ip", "link", "set", "tailscale0", "up"]):
+    for argv in (
+        ["ip", "link", "add", "docker0", "type", "bridge"],
+        ["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"],
+        ["ip", "link", "set", "docker0", "up"],
+        ["ip", "tuntap", "add", "tailscale0", "mode", "tun"],
+        ["ip", "addr", "add", "100.101.1.2/32", "dev", "tailscale0"],
+        ["ip", "link", "set", "tailscale0", "up"],
+    ):
         lab.run(host, argv)
     prefix = ["ip", "netns", "exec", host.netns]
 
@@ -34,7 +36,14 @@ def test_what_the_node_advertises(netns_lab: Callable[[int], NetnsLab], nodes: N
     default = advertised("default")
     assert host.ipv4 in default and "100.101.1.2" in default  # the LAN and Tailscale
     assert "172.17.0.1" not in default  # docker0: excluded by default
-    assert advertised("only-eth", "--interfaces", "eth0") == {host.ipv4, host.ipv6, "127.0.0.1", "::1"}
+    assert advertised("only-eth", "--interfaces", "eth0") == {
+        host.ipv4,
+        host.ipv6,
+        "127.0.0.1",
+        "::1",
+    }
     assert "172.17.0.1" in advertised("all", "--exclude-interfaces", "none-such")
     assert advertised("nat", "--advertise-addresses", "203.0.113.7:7100,gw.example.com") == {
-        "203.0.113.7", "gw.example.com"}
+        "203.0.113.7",
+        "gw.example.com",
+    }

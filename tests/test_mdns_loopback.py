@@ -114,8 +114,11 @@ async def test_two_runs_find_each_other_other_namespaces_are_not_peers_a_goodbye
 async def test_advertise_addresses_are_what_mdns_announces() -> None:
     """[node] advertise_addresses (a container behind a port mapping): the records carry the
     given address and port, not the interfaces'."""
-    config = {"service_type": f"_t{secrets.token_hex(4)}._tcp.local.", "ip_version": "v4",
-              "interface_check_interval": 3600}
+    config = {
+        "service_type": f"_t{secrets.token_hex(4)}._tcp.local.",
+        "ip_version": "v4",
+        "interface_check_interval": 3600,
+    }
     a = dataclasses.replace(
         node_info(port=40011, namespace="adv"),
         listen_addresses=(Address(host="192.0.2.99", port=7100),),

@@ -154,7 +154,9 @@ def test_node_interfaces_decide_where_mdns_runs() -> None:
     """[node] exclude_interfaces (docker* by default) keeps a container bridge out of mDNS;
     [node] interfaces narrows it; loopback stays for nodes on one host."""
     adapters = [*ADAPTERS, _adapter("docker0", 4, "172.17.0.1")]
-    assert "172.17.0.1" not in snapshot("all", "all", adapters, node_interfaces=InterfaceFilter()).bind
+    assert (
+        "172.17.0.1" not in snapshot("all", "all", adapters, node_interfaces=InterfaceFilter()).bind
+    )
     assert "172.17.0.1" in snapshot("all", "all", adapters).bind  # without a node filter: all
     only_eth = snapshot("all", "all", adapters, node_interfaces=InterfaceFilter(include=("eth*",)))
     assert only_eth.announce == ("10.0.0.5", "fd00::5")

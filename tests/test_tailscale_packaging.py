@@ -129,7 +129,9 @@ def test_flags_and_env_reach_the_installed_plugin(core_venv: Venv, tmp_path: Pat
     out = env.run(
         cli, "doctor", "--plugins", "tailscale", "--tailscale-socket", str(missing), check=False
     )
-    assert f"no tailscaled on this machine (no socket at {missing}), so the plugin stays idle" in out
+    assert (
+        f"no tailscaled on this machine (no socket at {missing}), so the plugin stays idle" in out
+    )
     assert "start tailscaled" in out
     env.env["TAILSCALE_TAG"] = "exo"
     try:

@@ -65,7 +65,9 @@ def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def validate(spec: dict[str, Any], schema: dict[str, Any], value: Any, path: str = "$") -> list[str]:
+def validate(
+    spec: dict[str, Any], schema: dict[str, Any], value: Any, path: str = "$"
+) -> list[str]:
     """Problems of ``value`` against ``schema`` (type, format, enum, items, properties).
 
     Unknown properties are problems (the spec has no ``additionalProperties`` on these types),
@@ -119,7 +121,9 @@ def _is_rfc3339(text: str) -> bool:
     return "T" in text
 
 
-def example_from_schema(spec: dict[str, Any], schema: dict[str, Any], n: int = 1, depth: int = 0) -> Any:
+def example_from_schema(
+    spec: dict[str, Any], schema: dict[str, Any], n: int = 1, depth: int = 0
+) -> Any:
     """An instance with every property set, typed as the spec says (uint64 as a string...)."""
     schema = _resolve(spec, schema)
     kind = schema.get("type")
@@ -174,8 +178,13 @@ def node_json(version: str, node: FakeNode) -> dict[str, Any]:
     created = "2024-01-01T00:00:00Z"
     user: dict[str, Any] = {"id": "1", "name": node.user, "createdAt": created}
     if int(version.split(".")[1]) >= 26:
-        user |= {"displayName": "", "email": "", "providerId": "", "provider": "",
-                 "profilePicUrl": ""}
+        user |= {
+            "displayName": "",
+            "email": "",
+            "providerId": "",
+            "provider": "",
+            "profilePicUrl": "",
+        }
     data: dict[str, Any] = {
         "id": str(node.id),
         "machineKey": "mkey:" + "a" * 64,
@@ -199,8 +208,11 @@ def node_json(version: str, node: FakeNode) -> dict[str, Any]:
     if has_single_tags(version):
         data["tags"] = sorted({*node.tags, *node.valid_tags})
     else:
-        data |= {"forcedTags": list(node.tags), "validTags": list(node.valid_tags),
-                 "invalidTags": list(node.invalid_tags)}
+        data |= {
+            "forcedTags": list(node.tags),
+            "validTags": list(node.valid_tags),
+            "invalidTags": list(node.invalid_tags),
+        }
     return data
 
 

@@ -165,9 +165,20 @@ def _build_in_throwaway_module(
     (work / "go.mod").write_text(
         f"module exo.test/build\n\ngo 1.20\n\nrequire {tool.module} {tool.version}\n"
     )
-    (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{tool.package}"\n')
-    cmd = [go, "build", "-mod=mod", "-trimpath", "-tags", "tools", "-o", str(out_dir / tool.name),
-           tool.package]
+    (work / "tools.go").write_text(
+        f'//go:build tools\n\npackage tools\n\nimport _ "{tool.package}"\n'
+    )
+    cmd = [
+        go,
+        "build",
+        "-mod=mod",
+        "-trimpath",
+        "-tags",
+        "tools",
+        "-o",
+        str(out_dir / tool.name),
+        tool.package,
+    ]
     return _run_go(cmd, env, work)
 
 

@@ -397,7 +397,6 @@ class HeadscaleServer(_Service):
         except (urllib.error.URLError, OSError):
             return False
 
-
     # -- CLI ----------------------------------------------------------------------
 
     def cli(self, *args: str, timeout: float = 30.0) -> str:
@@ -636,7 +635,6 @@ class TailscaleClient(_Service):
             self.stop()
         else:
             raise ValueError(f"unknown down method {method!r}")
-
 
 
 def start_clients(

@@ -50,7 +50,10 @@ async def test_a_node_connects_to_a_peer_from_the_file(tmp_path: Path) -> None:
         peers = tmp_path / "peers.json"
         peers.write_text(f'["127.0.0.1:{target.port}"]')
         config = {"template": {"path": str(peers), "interval": 0.1}}
-        async with run_node({"template": plugin}, plugin_config=config) as node, node.events() as events:
+        async with (
+            run_node({"template": plugin}, plugin_config=config) as node,
+            node.events() as events,
+        ):
             connected = await next_event(events, "connected", timeout=10)
             assert connected.peer_id == target.peer_id
             assert connected.sources == ["template"]

@@ -163,9 +163,7 @@ def _unsupported(proto: str, expected: str) -> str:
 def _parse_srv(entry: str) -> BootstrapEntry:
     """``_service._tcp.domain``: the domain must be a DNS name; a port is not allowed."""
     if ":" in entry:
-        raise BadEntry(
-            entry, "an SRV name takes no port (the port comes from each SRV record)"
-        )
+        raise BadEntry(entry, "an SRV name takes no port (the port comes from each SRV record)")
     service, _tcp, domain = entry.split(".", 2)
     name = _check_host(entry, "dns", domain)
     return BootstrapEntry(entry, "srv", f"{service.lower()}._tcp.{name}", 0)

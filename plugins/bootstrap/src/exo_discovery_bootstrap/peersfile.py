@@ -144,7 +144,9 @@ def _load(path: Path, fmt: str, content: str) -> Any:
 
     try:
         # no anchors or aliases: a handful of them can make a small file cost a lot to walk
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(content, yaml.SafeLoader)):
+        if any(
+            isinstance(event, yaml.AliasEvent) for event in yaml.parse(content, yaml.SafeLoader)
+        ):
             raise BadPeersFile(path, [": YAML aliases (*name) are not allowed in a peers file"])
         return yaml.safe_load(content)
     except yaml.YAMLError as exc:
@@ -159,7 +161,9 @@ def _group_entries(path: Path, content: str, data: list[Any]) -> list[FileEntry]
     try:
         groups = parse_target_groups(data, max_targets=MAX_ENTRIES)
     except TargetGroupError as exc:
-        raise BadPeersFile(path, [f": {exc} (file_sd: [{{targets: [...], labels: {{...}}}}])"]) from None
+        raise BadPeersFile(
+            path, [f": {exc} (file_sd: [{{targets: [...], labels: {{...}}}}])"]
+        ) from None
     return [
         FileEntry(_line_of(content, target), target, group)
         for group in groups

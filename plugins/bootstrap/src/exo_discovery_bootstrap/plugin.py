@@ -430,7 +430,11 @@ class _Round:
             if entry.peer_id is not None and entry.peer_id == node.peer_id:
                 self._skip(entry, "it is this node's own peer id")
                 continue
-            ips = resolved.get(_label(entry.host, entry.family), []) if entry.is_name else [entry.host]
+            ips = (
+                resolved.get(_label(entry.host, entry.family), [])
+                if entry.is_name
+                else [entry.host]
+            )
             addresses = set()
             for text in ips:
                 if entry.port == node.port and node.is_own(text):
@@ -472,7 +476,9 @@ def _candidate(
     peer_id: PeerId | None, addresses: set[Address], entries: set[BootstrapEntry]
 ) -> PeerCandidate:
     """The entries' texts under ``bootstrap``, and their file_sd labels, as the metadata."""
-    labels = dict(label for entry in sorted(entries, key=lambda e: e.text) for label in entry.labels)
+    labels = dict(
+        label for entry in sorted(entries, key=lambda e: e.text) for label in entry.labels
+    )
     labels["bootstrap"] = ", ".join(sorted({e.text for e in entries}))
     return PeerCandidate(
         peer_id=peer_id,

@@ -242,7 +242,9 @@ class HeadscaleClient:
         body = await self._request(
             "POST", f"/api/v1/{api}/{node_id}/tags", content=payload, json_body=True
         )
-        answer = _validated(_adapter(WireSetTags), body, "a Headscale node", of="answer to set tags")
+        answer = _validated(
+            _adapter(WireSetTags), body, "a Headscale node", of="answer to set tags"
+        )
         return answer.node or answer.machine
 
     # -- transport --------------------------------------------------------------------------

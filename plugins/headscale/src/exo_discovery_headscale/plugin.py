@@ -368,7 +368,9 @@ async def _doctor(
                 )
             if exc.kind == "too_large":  # a 200: the key was accepted
                 if config.api_key is not None:
-                    checks.append(CheckResult(name="headscale: API key", ok=True, detail="accepted"))
+                    checks.append(
+                        CheckResult(name="headscale: API key", ok=True, detail="accepted")
+                    )
                 checks.append(
                     CheckResult(
                         name="headscale: node list size", ok=False, detail=str(exc), fix=exc.fix

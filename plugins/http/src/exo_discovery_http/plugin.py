@@ -76,9 +76,7 @@ class HttpPlugin:
                 groups = await source.fetch()
             except HttpSourceError as exc:
                 return [CheckResult(name=name, ok=False, detail=str(exc), fix=exc.fix)]
-        candidates, problems = group_candidates(
-            groups, context.node.port, source=config.shown_url
-        )
+        candidates, problems = group_candidates(groups, context.node.port, source=config.shown_url)
         checks = [
             CheckResult(
                 name=name,

@@ -94,11 +94,22 @@ def on_connection(event: object, context: DiscoveryContext[TemplateConfig]) -> N
 def doctor(context: DiscoveryContext[TemplateConfig]) -> list[CheckResult]:
     path = context.config.path
     if path is None:
-        return [CheckResult(name="peer file", ok=True,
-                            detail=f"not configured: plugin idle (to use it, {context.how_to_set()})")]
+        return [
+            CheckResult(
+                name="peer file",
+                ok=True,
+                detail=f"not configured: plugin idle (to use it, {context.how_to_set()})",
+            )
+        ]
     try:
         peers = parse(path.read_text(), str(path))
     except (OSError, SourceError) as exc:
-        return [CheckResult(name="peer file", ok=False, detail=str(exc),
-                            fix=f"create {path} with a JSON list such as [\"10.0.0.2:52417\"]")]
+        return [
+            CheckResult(
+                name="peer file",
+                ok=False,
+                detail=str(exc),
+                fix=f'create {path} with a JSON list such as ["10.0.0.2:52417"]',
+            )
+        ]
     return [CheckResult(name="peer file", ok=True, detail=f"{len(peers)} peers in {path}")]

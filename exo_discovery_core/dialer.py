@@ -197,7 +197,7 @@ class Dialer:
             # a peer we never dialed (it dialed us) or whose entry the table dropped is held
             # off all the same: without a state it was dialed again as soon as it was heard
             # of, and trimmed again (a member the node trimmed dialed it back within 1 s)
-            state = self._states[str(peer_id)] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
+            state = self._new_state(str(peer_id))
         if state is not None:
             if trimmed and others:
                 state.next_at = self._clock() + REFUSED_RETRY
@@ -282,7 +282,7 @@ class Dialer:
                 if not better or (state is not None and state.busy):
                     continue
                 if state is None:
-                    state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
+                    state = self._new_state(key)
                 if state.upgrade_at > now:
                     soonest = min(soonest, state.upgrade_at - now)
                     continue
@@ -291,7 +291,7 @@ class Dialer:
                 continue
             state = self._states.get(key)
             if state is None:
-                state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
+                state = self._new_state(key)
                 if self._dials_second(peer):
                     state.next_at = now + MUTUAL_SECOND_DIAL  # let the peer dial first
             if state.busy:
@@ -310,11 +310,19 @@ class Dialer:
                 continue
             eligible.append(peer)
         due: list[tuple[Peer, list[Address]]] = upgrades
-        if self._preference is None or self._room(connected) > 0:  # else a connection that
-            # ends, or a dial that does, wakes us
+        dialing = sum(1 for state in self._states.values() if state.busy)  # upgrades included
+        # how many more dials max_connections leaves room for (None: no limit)
+        room = (
+            None
+            if self._preference is None
+            else self._preference.dial_to - len(connected) - dialing
+        )
+        if room is None or room > 0:  # else a connection that ends, or a dial that does, wakes us
             soonest = min(soonest, later)
         held = [] if waiting else held  # no one else to dial, now or later: only then
-        within, island_wait = self._within_limit(eligible, connected, peers.values(), now, held)
+        within, island_wait = self._within_limit(
+            eligible, room, dialing > 0, peers.values(), now, held
+        )
         soonest = min(soonest, island_wait)
         for peer in within:
             state = self._states[peer.key]
@@ -326,6 +334,11 @@ class Dialer:
             due.append((peer, self._order(peer.addresses)))
         return due, soonest
 
+    def _new_state(self, key: str) -> _State:
+        """The dial state of a peer first seen (by its table key), its backoff at the start."""
+        state = self._states[key] = _State(Backoff(REDIAL_INITIAL, self._redial_max))
+        return state
+
     def _better_paths(self, peer: Peer, in_use: Address) -> list[Address]:
         """The peer's addresses on a better link class than the one in use, best first."""
         if self._paths is None or all(a == in_use for a in peer.addresses):
@@ -336,12 +349,14 @@ class Dialer:
     def _within_limit(
         self,
         eligible: list[Peer],
-        connected: Mapping[PeerId, object],
+        room: int | None,
+        dialing: bool,
         known: Iterable[Peer],
         now: float,
         held: list[Peer],
     ) -> tuple[list[Peer], float]:
-        """All of ``eligible`` without a limit; with one, as many as there is room for up to
+        """All of ``eligible`` without a limit (``room`` None); with one, as many as there is
+        ``room`` for (dials under way, ``dialing``, counted in it) up to
         :attr:`~.degree.Preference.dial_to`, in the order of preference among all ``known`` (so
         the trimming keeps the same; peers of unknown id first). Two exceptions, each one dial
         while no dial is under way and at most one per ``ISLAND_RETRY`` (the two together):
@@ -352,13 +367,11 @@ class Dialer:
         other stayed apart for up to ``REFUSED_RETRY``: 12 members with M = 3 split 5 / 7 for
         14 s, their three members with room each holding off all the others). The seconds
         until such a dial may come are returned too."""
-        if self._preference is None or not (eligible or held):
+        if self._preference is None or room is None or not (eligible or held):
             return eligible, IDLE_WAKE
-        busy = any(state.busy for state in self._states.values())
-        room = self._room(connected)
         wait = IDLE_WAKE
         starved = room > 0 and not eligible
-        if not busy and (starved or (room <= 0 and self._island is not None)):
+        if not dialing and (starved or (room <= 0 and self._island is not None)):
             if now < self._island_at + ISLAND_RETRY:
                 wait = self._island_at + ISLAND_RETRY - now
             elif starved:
@@ -375,12 +388,6 @@ class Dialer:
         ))}  # fmt: skip
         ordered = sorted(eligible, key=lambda p: -1 if p.peer_id is None else rank[p.peer_id])
         return ordered[:room], wait
-
-    def _room(self, connected: Mapping[PeerId, object]) -> int:
-        """How many more dials ``max_connections`` leaves room for, counting those under way."""
-        assert self._preference is not None
-        busy = sum(1 for state in self._states.values() if state.busy)
-        return self._preference.dial_to - len(connected) - busy
 
     def _reverify_at(self, peer: Peer) -> float | None:
         """When a peer verified at exactly these addresses is due again; None if it was not

@@ -122,12 +122,8 @@ def _idle_node_rss() -> list[tuple[float, float, float]]:
                                f"127.0.0.1:{port}", plugins="bootstrap", env=env)  # fmt: skip
             node.wait_started()
             time.sleep(IDLE_S)  # the measurement window: the node at rest
-            status = dict(
-                line.split(":", 1)
-                for line in Path(f"/proc/{node.pid}/status").read_text().splitlines()
-            )
-            anon, file = (int(status[k].split()[0]) / 1024 for k in ("RssAnon", "RssFile"))
-            found.append((node.rss_mib(), anon, file))
+            vm, anon, file = node.memory_mib("VmRSS", "RssAnon", "RssFile")
+            found.append((vm, anon, file))
             node.stop()
     return found
 

@@ -312,10 +312,17 @@ class Member:
         return [line for line in logged + raw if _COMPLAINT.search(line)]
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+        return self.memory_mib("VmRSS")[0]
+
+    def memory_mib(self, *fields: str) -> list[float]:
+        """``fields`` of its /proc status (VmRSS, RssAnon, RssFile...), in MiB."""
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines()
+        )
+        try:
+            return [int(status[field].split()[0]) / 1024 for field in fields]
+        except KeyError as missing:
+            raise RuntimeError(f"no {missing.args[0]} for pid {self.pid}") from None
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)

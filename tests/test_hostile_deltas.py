@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from exo_discovery_core.exchange import MAX_PEERS, RESYNC, RESYNC_EVERY, Heard
 from exo_discovery_core.identity import Identity
-from tests.support.hostile import LiveNode, authenticate, json_body, json_values
+from tests.support.hostile import WRITE_WITHIN, LiveNode, authenticate, json_body, json_values
 
 POOL = [str(Identity.generate().peer_id) for _ in range(10)]
 ME, SENDER = Identity.generate().peer_id, Identity.generate().peer_id
@@ -111,16 +111,16 @@ def test_asking_for_the_full_list_again_and_again_gets_it_once_per_resync_interv
         identity = Identity.generate()
         window = 2.5 * RESYNC_EVERY
 
-        async def run() -> int:
+        async def run() -> tuple[int, float]:
             session = await authenticate(live.node.port, identity)
-            full = 0
+            full, began = 0, anyio.current_time()
             try:
                 with anyio.move_on_after(window):
                     async with anyio.create_task_group() as tg:
 
                         async def flood() -> None:
                             while True:
-                                await session.send_bytes(json_body(RESYNC), 1.0)
+                                await session.send_bytes(json_body(RESYNC), WRITE_WITHIN)
                                 await anyio.sleep(0.02)
 
                         tg.start_soon(flood)
@@ -130,10 +130,10 @@ def test_asking_for_the_full_list_again_and_again_gets_it_once_per_resync_interv
                                 full += 1
             finally:
                 await session.aclose()
-            return full
+            return full, anyio.current_time() - began
 
-        full = live.call(run)
-        assert 2 <= full <= 2 + window / RESYNC_EVERY  # the first list, then once a second
+        full, flooded = live.call(run)  # the window, or longer if a busy machine stalled the loop
+        assert 2 <= full <= 2 + flooded / RESYNC_EVERY  # the first list, then once a second
         live.check_alive()
 
 

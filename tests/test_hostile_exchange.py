@@ -41,6 +41,7 @@ from exo_discovery_core.routes import usable_from_peer
 from exo_discovery_core.wire import MAX_FRAME
 from tests.support.hostile import (
     CLOSED_ERRORS,
+    WRITE_WITHIN,
     Listener,
     LiveNode,
     authenticate,
@@ -228,7 +229,7 @@ class Peer:
             session = await authenticate(live.node.port, self.identity)
             try:
                 for data in frames:
-                    await session.send_bytes(data, 1.0)
+                    await session.send_bytes(data, WRITE_WITHIN)
                 with anyio.move_on_after(TABLE_WITHIN):
                     while _table(live) != want:  # noqa: ASYNC110 - the table has no event
                         await anyio.sleep(0.01)
@@ -385,7 +386,7 @@ def test_more_entries_than_fit_or_are_read(dials: list[str]) -> None:
             session = await authenticate(live.node.port, peer.identity)
             try:  # as much of it as a frame can hold: more than a message may be
                 with contextlib.suppress(*CLOSED_ERRORS):
-                    await session.send_bytes(json_body(huge)[: MAX_FRAME + 1], 1.0)
+                    await session.send_bytes(json_body(huge)[: MAX_FRAME + 1], WRITE_WITHIN)
                 await read_until_closed(session._stream, 2.0)
             finally:
                 await session.aclose()
@@ -461,10 +462,10 @@ def test_fixed_bug_peer_announcing_an_unencodable_host_kills_the_node(
                 session = await authenticate(live.node.port, peer.identity)
                 try:
                     listed = {"type": "peers", "peers": [str(POOL[0].peer_id)]}
-                    await session.send_bytes(json_body(listed), 1.0)
+                    await session.send_bytes(json_body(listed), WRITE_WITHIN)
                     record = signed(POOL[0], 1, [f"{host}:5"])
                     await session.send_bytes(
-                        json_body({"type": "records", "records": [record]}), 1.0
+                        json_body({"type": "records", "records": [record]}), WRITE_WITHIN
                     )
                     await anyio.sleep(0.5)
                 finally:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from exo_discovery_core.heartbeat import PingClock
 from exo_discovery_core.identity import Identity
-from tests.support.hostile import LiveNode, authenticate
+from tests.support.hostile import WRITE_WITHIN, LiveNode, authenticate
 
 CASES = 200
 LIVE_CASES = 30
@@ -83,7 +83,7 @@ def test_hostile_pings_keep_the_connection_and_bounded_figures() -> None:
                 session = await authenticate(live.node.port, client)
                 async with session._stream:
                     for ping in pings:
-                        await session.send(ping, 1.0)
+                        await session.send(ping, WRITE_WITHIN)
                     sent_at = time.monotonic()
 
                     def read_them_all() -> bool:  # frames are read in order: the last one too

@@ -38,6 +38,7 @@ from exo_discovery_core.wire import MAX_FRAME
 from tests.support.hostile import (
     CLOSED_ERRORS,
     PREAMBLE,
+    WRITE_WITHIN,
     LiveNode,
     authenticate,
     b64,
@@ -255,7 +256,7 @@ def _after_handshake(live: LiveNode, data: bytes, *, sealed: bool) -> Callable[[
         session = await authenticate(live.node.port, Identity.generate())
         try:
             if sealed:
-                await session.send_bytes(data, 1.0)
+                await session.send_bytes(data, WRITE_WITHIN)
             else:
                 await session._stream.send(data)
             # ignored or refused: either way the node drops us once we hang up

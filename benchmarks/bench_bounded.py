@@ -2,9 +2,10 @@
 
 The mechanism of :mod:`.bench_scale` (member 0 first, the other N-1 told only its address, all
 with one cluster key; serf with ``-retry-join`` and its gossip key), with every exo-discovery
-node keeping at most 8 connections. A node's member list is its peer table (what ``peers``
-lists), replayed from its ``peer_*`` events. Figures, each beside serf's 100 agents measured in
-the same run by :func:`.bench_scale._measure`:
+node keeping at most 8 connections. A node's member list is what ``peers`` lists: its peer
+table, replayed from its ``peer_*`` events, and its connections (a peer that dialed it and that
+no one relayed yet is in no table). Figures, each beside serf's 100 agents measured in the same
+run by :func:`.bench_scale._measure`:
 
 - last started -> every member lists all N-1 others (serf: sees all N-1 members);
 - fleet CPU over 10 s right after that (% of one core, all N processes), while connections may
@@ -20,8 +21,15 @@ import time
 from pathlib import Path
 
 from . import serf
-from .bench_scale import REST_WINDOW_S, _measure, _window_cpu, exo_system, serf_system
-from .common import Deadline, Event, Fleet, Member, Row, median
+from .bench_scale import (
+    REST_WINDOW_S,
+    _measure,
+    _member_list,
+    _window_cpu,
+    exo_system,
+    serf_system,
+)
+from .common import Deadline, Fleet, Member, Row, median
 
 NAME = "bounded"
 COUNT = 100
@@ -36,26 +44,6 @@ exchange_peers_max = {2 * COUNT}
 """
 SETTLE_QUIET_S = 5.0  # at rest: no member connected or disconnected for this long ...
 SETTLE_WAIT_S = 60.0  # ... waited for at most this long
-_KNOWN = ("peer_discovered", "peer_identified", "peer_updated")
-
-
-def _member_list(events: list[Event], want: int) -> tuple[int, float | None]:
-    """The member list's size at the end, and when it last grew to ``want`` (None: not full)."""
-    members: set[str] = set()
-    full_at: float | None = None
-    for event in events:
-        kind, peer_id = event.get("event"), event.get("peer_id")
-        if peer_id is None or kind not in (*_KNOWN, "peer_lost"):
-            continue
-        if kind == "peer_lost":
-            members.discard(str(peer_id))
-        else:
-            members.add(str(peer_id))
-        if len(members) >= want and full_at is None:
-            full_at = float(event["_mono"])
-        elif len(members) < want:
-            full_at = None
-    return len(members), full_at
 
 
 def _settle(members: list[Member], deadline: Deadline) -> bool:

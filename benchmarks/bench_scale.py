@@ -8,6 +8,9 @@ N-1 at once. Figures, each beside serf's from the same run:
 
 - last started -> every member sees all N-1 others (replayed from each member's
   connected/disconnected events, stamped ``_mono`` on arrival; checked to still hold 1 s later);
+- last started -> every member lists all N-1 others: its member list (what ``peers`` lists: the
+  peer table, replayed from its ``peer_*`` events, and its connections), as serf's members are
+  its list, whether connected yet or not;
 - fleet CPU at rest, over 10 s after that, all N processes together (% of one core);
 - RSS per member (VmRSS, median);
 - disconnects of live peers while meshing and at rest (every member is alive until the kill);
@@ -49,6 +52,7 @@ class Outcome:
     count: int
     startup: float  # member 0 spawned -> all N started
     mesh: float | None  # last started -> every member sees all (None: not within the wait)
+    listed: float | None  # last started -> every member lists all (its member list)
     mesh_cpu: float  # % of one core while meshing
     rss: list[float]
     rest_cpu: float
@@ -76,6 +80,7 @@ class System:
     label: str
     first: Callable[[Fleet, str], Member]
     join: Callable[[Fleet, str, str], Member]
+    listed_at: Callable[[list[Event], int], float | None]  # when its member list was full
 
 
 def exo_system(*args: str) -> System:
@@ -91,7 +96,10 @@ def exo_system(*args: str) -> System:
     def join(fleet: Fleet, name: str, address: str) -> Member:
         return fleet.start(name, *args, "--bootstrap-peers", address, plugins="bootstrap", env=env)
 
-    return System("exo-discovery", first, join)
+    def listed_at(events: list[Event], want: int) -> float | None:
+        return _full_at(events, want, listed=True)
+
+    return System("exo-discovery", first, join, listed_at)
 
 
 def serf_system() -> System:
@@ -100,26 +108,49 @@ def serf_system() -> System:
         f"serf {serf.version()}",
         lambda fleet, name: serf.start(fleet, name, key),
         lambda fleet, name, address: serf.start(fleet, name, key, join=address),
+        _full_at,  # serf's member list is its members, alive: what its events replay
     )
 
 
-def _full_at(events: list[Event], want: int) -> float | None:
-    """When the connected set last grew to ``want`` peers (None if it is not full at the end)."""
-    peers: set[str] = set()
+_LISTED = ("peer_discovered", "peer_identified", "peer_updated")  # the peer table's events
+
+
+def _full_at(events: list[Event], want: int, *, listed: bool = False) -> float | None:
+    """When the connected set (``listed``: the member list, what ``peers`` shows: the peer
+    table and the connections, a peer that dialed us being in no table) last grew to ``want``
+    peers; None if it is not that full at the end."""
+    return _replay(events, want, listed=listed)[1]
+
+
+def _member_list(events: list[Event], want: int) -> tuple[int, float | None]:
+    """The member list's size at the end, and when it last grew to ``want``."""
+    return _replay(events, want, listed=True)
+
+
+def _replay(events: list[Event], want: int, *, listed: bool) -> tuple[int, float | None]:
+    connected: set[str] = set()
+    table: set[str] = set()
     full_at: float | None = None
     for event in events:
-        kind = event.get("event")
+        kind, peer_id = event.get("event"), event.get("peer_id")
+        if peer_id is None:
+            continue
         if kind == "connected":
-            peers.add(str(event["peer_id"]))
+            connected.add(str(peer_id))
         elif kind == "disconnected":
-            peers.discard(str(event["peer_id"]))
+            connected.discard(str(peer_id))
+        elif listed and kind in _LISTED:
+            table.add(str(peer_id))
+        elif listed and kind == "peer_lost":
+            table.discard(str(peer_id))
         else:
             continue
-        if len(peers) >= want and full_at is None:
+        size = len(connected | table) if listed else len(connected)
+        if size >= want and full_at is None:
             full_at = float(event["_mono"])
-        elif len(peers) < want:
+        elif size < want:
             full_at = None
-    return full_at
+    return len(connected | table) if listed else len(connected), full_at
 
 
 def _fleet_cpu(members: list[Member]) -> float:
@@ -178,6 +209,7 @@ def _measure(
         mesh_cpu = 100 * (_fleet_cpu(members) - cpu0) / (time.monotonic() - wall0)
         time.sleep(1.0)  # a duplicate settled late would show as a disconnect by now
         full = [_full_at(m.snapshot(), want) for m in members]
+        listed = [system.listed_at(m.snapshot(), want) for m in members]
         counts = sorted(len(m.connected_peers()) for m in members)
         rss = [m.rss_mib() for m in members]
         rest_cpu = _window_cpu(members)
@@ -196,9 +228,10 @@ def _measure(
         stopped = _gone(members[-2], members[:-2], signal.SIGSTOP, deadline)
     meshed = all(f is not None for f in full)
     mesh = max(f for f in full if f is not None) - last_started if meshed else None
-    return Outcome(system.label, count, last_started - first.spawned_at, mesh, mesh_cpu, rss,
-                   rest_cpu, disconnects, killed, stopped, progress, (counts[0], counts[-1]),
-                   complaints, settled_cpu)  # fmt: skip
+    all_listed = None if None in listed else max(f for f in listed if f is not None) - last_started
+    return Outcome(system.label, count, last_started - first.spawned_at, mesh, all_listed,
+                   mesh_cpu, rss, rest_cpu, disconnects, killed, stopped, progress,
+                   (counts[0], counts[-1]), complaints, settled_cpu)  # fmt: skip
 
 
 def _churn(disconnects: dict[str, int]) -> str:
@@ -226,6 +259,11 @@ def _rows(ours: Outcome, ref: Outcome | None, why_no_ref: str) -> list[Row]:
             max_value=MESH_TARGET_S if big else None, max_ratio=2.0 if big else None,
             status=status(ours.mesh, f"not meshed within {MESH_WAIT_S[count]:g} s"),
             note=f"{ours.summary()}.{ref_note}"),
+        Row(NAME, f"{label}: last started -> every member lists all {count - 1} others",
+            ours.listed, "s", reference, ref_of(lambda o: o.listed),
+            status=status(ours.listed, f"not listed within {MESH_WAIT_S[count]:g} s"),
+            note="the member list (ours: what `peers` lists, the peer table from signed "
+            "records and the connections; serf: its members), as serf's members are its list"),
         Row(NAME, f"{label}: fleet CPU at rest ({REST_WINDOW_S:g} s)", ours.rest_cpu, "%",
             reference, ref_of(lambda o: o.rest_cpu), max_ratio=1.0 if big else None,
             note=f"% of one core, all {count} processes together ({ours.rest_cpu / count:.2f} % "

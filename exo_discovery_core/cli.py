@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,20 +91,38 @@ class Prescan:
 _SHORT_FLAGS = {"v": "--verbose", "q": "--quiet"}
 
 
-def long_flags(argv: Sequence[str]) -> list[str]:
+def long_flags(argv: Sequence[str], values: Collection[str] = ()) -> list[str]:
     """``-v``, ``-vv``, ``-q`` (or ``-vq``) as ``--verbose``, twice, ``--quiet``: click tries each
     short option as a long one first and, for the miss, builds "did you mean" suggestions that it
     then drops (difflib: ≈ 0.15 MiB of the memory of every node started with ``-v``). What comes
-    after ``--`` is left as it is."""
+    after ``--`` is left as it is, and so is the value of an option named in ``values`` (the
+    options that take one: ``--namespace -v`` names the namespace "-v")."""
     found: list[str] = []
+    value_next = False
     for i, arg in enumerate(argv):
-        if arg == "--":
+        if value_next:
+            found.append(arg)
+            value_next = False
+        elif arg == "--":
             return found + list(argv[i:])
-        if len(arg) > 1 and arg[0] == "-" and set(arg[1:]) <= _SHORT_FLAGS.keys():
+        elif len(arg) > 1 and arg[0] == "-" and set(arg[1:]) <= _SHORT_FLAGS.keys():
             found += [_SHORT_FLAGS[letter] for letter in arg[1:]]
         else:
             found.append(arg)
+            value_next = arg in values
     return found
+
+
+def value_options(group: click.Group) -> set[str]:
+    """Every name of an option of ``group`` or of its commands that takes a value."""
+    commands = [group, *group.commands.values()]
+    return {
+        name
+        for command in commands
+        for param in command.params
+        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        for name in param.opts
+    }
 
 
 class Setup:
@@ -604,8 +622,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup: Setup | None = None
     try:
         setup = Setup(pre)
-        code = build(setup).main(
-            args=long_flags(args), prog_name="exo-discovery", standalone_mode=False
+        cli = build(setup)
+        code = cli.main(
+            args=long_flags(args, value_options(cli)),
+            prog_name="exo-discovery",
+            standalone_mode=False,
         )
     except BaseException as exc:  # noqa: BLE001 - sorted below; nothing escapes as a traceback
         sys.exit(_exit_code(exc, pre, setup))

@@ -126,3 +126,17 @@ def test_short_verbosity_flags_reach_click_in_their_long_form() -> None:
         "--verbose", "--verbose", "run", "--quiet", "--port", "0", "--verbose", "--quiet"
     ]  # fmt: skip
     assert long_flags(["run", "-h", "-x", "-", "--", "-v"]) == ["run", "-h", "-x", "-", "--", "-v"]
+
+
+def test_a_value_that_looks_like_a_short_verbosity_flag_is_left_as_the_value() -> None:
+    """``--namespace -v`` names the namespace "-v": the options of the real command that take a
+    value keep what follows them; a flag (``--json``) does not."""
+    from exo_discovery_core.cli import Prescan, Setup, build, long_flags, value_options
+
+    args = ["run", "--namespace", "-v", "--json", "-v", "--port=-q", "-q"]
+    values = value_options(build(Setup(Prescan(args))))
+    assert {"--namespace", "--port", "--config"} <= values
+    assert "--json" not in values and "--verbose" not in values
+    assert long_flags(args, values) == [
+        "run", "--namespace", "-v", "--json", "--verbose", "--port=-q", "--quiet"
+    ]  # fmt: skip

@@ -26,6 +26,11 @@ TAILSCALE_NETWORKS = (
 
 
 @functools.lru_cache(maxsize=4096)
+def unbracketed(text: str) -> str:
+    """``text`` without the brackets of a URL's IPv6 host (``[::1]``) or surrounding spaces."""
+    return text.strip().removeprefix("[").removesuffix("]")
+
+
 def parse_ip(text: str) -> IP | None:
     """The IP in ``text``, or None when it is not one (a DNS name, garbage).
 
@@ -35,7 +40,7 @@ def parse_ip(text: str) -> IP | None:
     every address each time, and the dialer looks at every connected peer's addresses every
     second (an idle 50-node mesh spent most of its CPU parsing the same 49 addresses again).
     """
-    bare = text.strip().removeprefix("[").removesuffix("]").split("%", 1)[0]
+    bare = unbracketed(text).split("%", 1)[0]
     try:
         ip = ipaddress.ip_address(bare)
     except ValueError:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .identity import PeerId
 from .interfacefilter import InterfaceFilter
-from .ip import IP, LocalNetworks, parse_ip
+from .ip import IP, LocalNetworks, parse_ip, unbracketed
 from .optionhelp import how_to_set
 from .text import encodable
 
@@ -39,7 +39,7 @@ class Address(BaseModel):
     def _normalise_host(cls, value: str) -> str:
         ip = parse_ip(value)
         if ip is None:
-            name = value.strip().removeprefix("[").removesuffix("]").lower().rstrip(".")
+            name = unbracketed(value).lower().rstrip(".")
             if not _DNS_NAME.fullmatch(name):  # an address is shown and logged: no stray text
                 raise ValueError(
                     f"{value[:60]!r} is neither an IP address nor a DNS name "

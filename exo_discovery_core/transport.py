@@ -31,7 +31,7 @@ import anyio
 import anyio.abc
 from anyio.streams.stapled import MultiListener
 
-from .ip import parse_ip
+from .ip import parse_ip, unbracketed
 
 # unread bytes held before reading pauses: twice the largest count read at once (a sealed frame,
 # 16 KiB + tag + length), so one connection's buffer, at most READ_LIMIT + READ_CHUNK, stays
@@ -288,7 +288,7 @@ async def listen(host: str | None, port: int) -> MultiListener[anyio.abc.SocketS
     started a thread (kept for the life of the loop: an embedding host's executor) and the
     resolver for an address it was given. A name, or every address, is looked up as anyio does.
     """
-    bare = (host or "").strip().removeprefix("[").removesuffix("]")
+    bare = unbracketed(host or "")
     if parse_ip(bare) is None or "%" in bare:  # a name, every address, or a zone to look up
         bound = await anyio.create_tcp_listener(local_host=host, local_port=port)
         found = [cast(anyio.abc.SocketListener, part) for part in bound.listeners]

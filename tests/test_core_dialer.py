@@ -184,7 +184,7 @@ async def test_the_loop_dials_when_woken() -> None:
         tg.start_soon(dialer.run, tg)
         table.replace("static", [PeerCandidate.at("127.0.0.1", 1, str(peer))])
         dialer.wake()
-        with anyio.fail_after(2):
+        with anyio.fail_after(10):
             while not links.current:  # noqa: ASYNC110 - the fake dial is all there is to see
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()

@@ -231,7 +231,7 @@ def test_peer_exchange_meshes_nodes_that_know_only_one_address(
         for peer in expected:
             node.wait_for("connected", timeout=10, peer_id=peer)
         assert node.connected_peers() == expected
-    learned = others[0].wait_for("peer_discovered", timeout=1, peer_id=others[1].peer_id)
+    learned = others[0].wait_for("peer_discovered", timeout=10, peer_id=others[1].peer_id)
     assert "exchange" in learned["sources"]
     # exchange off: b and c stay connected to a only
     off = [*args, "--no-exchange"]

@@ -120,7 +120,7 @@ async def test_start_soon_runs_a_watcher_beside_the_iterator_and_cancels_it_afte
     plugin = Watching()
     sets = await peer_sets(plugin, count=3, timeout=5)
     assert [sorted(c.addresses[0].port for c in s) for s in sets] == [[], [1001], [1002]]
-    with anyio.fail_after(1):
+    with anyio.fail_after(10):
         await plugin.cancelled.wait()
 
 
@@ -163,8 +163,8 @@ async def test_events_replay_what_happened_before_subscribing() -> None:
         async with node.events(replay=True) as first:
             await next_event(first, "peer_discovered", timeout=5)  # it has happened now
         async with node.events(replay=True) as events:
-            assert (await next_event(events, "started", timeout=1)).peer_id == node.peer_id
-            found = await next_event(events, "peer_discovered", timeout=1)
+            assert (await next_event(events, "started", timeout=10)).peer_id == node.peer_id
+            found = await next_event(events, "peer_discovered", timeout=10)
             assert found.addresses == ["127.0.0.1:5"]
 
 

@@ -387,7 +387,7 @@ def test_more_entries_than_fit_or_are_read(dials: list[str]) -> None:
             try:  # as much of it as a frame can hold: more than a message may be
                 with contextlib.suppress(*CLOSED_ERRORS):
                     await session.send_bytes(json_body(huge)[: MAX_FRAME + 1], WRITE_WITHIN)
-                await read_until_closed(session._stream, 2.0)
+                await read_until_closed(session._stream, WRITE_WITHIN)
             finally:
                 await session.aclose()
 

@@ -125,7 +125,7 @@ async def test_token_never_shows(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.DEBUG)
     with SdServer(token="another-token") as sd:
         sd.serve(GROUPS)
-        config = HttpConfig(url=sd.url + "/sd?secret=q", bearer_token=TOKEN, timeout=1.0)
+        config = HttpConfig(url=sd.url + "/sd?secret=q", bearer_token=TOKEN, timeout=10.0)
         context = make_context(HttpPlugin(), config, name="http", node=NODE)
         [check] = await HttpPlugin().doctor(context)
         async with HttpSource(config) as source:

@@ -23,7 +23,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -148,19 +148,22 @@ class Opened:
 
 
 class Outbox:
-    """The frames queued for one connection's writer: queueing never waits, at most ``limit``
-    are held, and the writer takes all that are there at once (one write for a burst).
+    """The frames queued for one connection: queueing never waits, at most ``limit`` are held,
+    and what was queued in one pass of the event loop is written at once (one write a burst).
 
-    Held by every connection for as long as it lives, so it keeps little at rest: a list (an
-    empty deque holds a 64-slot block), no reference to the batch last sent, and the event a
-    closer waits on for the writer's end made only when someone waits."""
+    No task writes for the connection's life: the first frame queued asks for a flush
+    (``busy``: a callback of the loop, :meth:`ConnectionManager._flush`), which seals and hands
+    the batch to the socket there and then; only when the peer lags (``WRITE_HIGH`` unsent) does
+    a writer task take over, and it ends when the queue is empty. Held by every connection for as
+    long as it lives, so it keeps little at rest: a list (an empty deque holds a 64-slot block),
+    and the event a closer waits on made only when someone waits."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.closed = False  # closing, or its writer ended: nothing more is queued
-        self.finished = False  # the writer ended: all sent, or its socket failed
+        self.closed = False  # closing, or its writes ended: nothing more is queued
+        self.finished = False  # its writes ended: all sent, or its socket failed
+        self.busy = False  # a flush is due or a writer runs: it takes what is queued
         self._frames: list[dict[str, Any]] = []
-        self._ready = anyio.Event()
         self._done: anyio.Event | None = None
 
     def put(self, message: dict[str, Any]) -> bool:
@@ -170,40 +173,38 @@ class Outbox:
         if len(self._frames) >= self.limit:
             raise OverflowError(f"{self.limit} frames queued")
         self._frames.append(message)
-        self._ready.set()
         return True
 
+    def take(self) -> list[dict[str, Any]]:
+        """All that is queued, in order (the list is the caller's)."""
+        batch, self._frames = self._frames, []
+        return batch
+
     def close(self) -> None:
-        """Queue nothing more; the writer sends what is queued, then ends."""
+        """Queue nothing more; what is queued is still sent, then the writes end."""
         self.closed = True
-        self._ready.set()
+        if not self.busy:
+            self.finish()
+
+    def idle(self) -> None:
+        """Said by the flush or the writer once the queue is empty."""
+        self.busy = False
+        if self.closed:
+            self.finish()
 
     def finish(self) -> None:
-        """Said by the writer as it ends: nothing queued is sent any more."""
-        self.close()
-        self.finished = True
+        """The writes ended: nothing queued is sent any more."""
+        self.closed = self.finished = True
+        self._frames = []
         if self._done is not None:
             self._done.set()
 
     async def wait_finished(self) -> None:
-        """Until the writer has ended (at once if it has)."""
+        """Until the writes have ended (at once if they have)."""
         if not self.finished:
             if self._done is None:
                 self._done = anyio.Event()
             await self._done.wait()
-
-    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """What is queued, in order, as it comes; ends once closed and sent."""
-        while True:
-            if self._frames:
-                batch, self._frames = self._frames, []
-                yield batch
-                del batch  # not kept while the next frames are awaited
-            elif self.closed:
-                return
-            else:
-                await self._ready.wait()
-                self._ready = anyio.Event()
 
 
 @dataclass(eq=False)
@@ -218,11 +219,11 @@ class Connection:
     close_reason: str | None = None
     rtt: float | None = None  # seconds: the TCP connect of a connection we dialed (one round trip)
     clock: PingClock = field(default_factory=PingClock)  # then the heartbeats' round trips
-    writing: bool = False  # its writer runs (a connection only verified never gets one)
+    writing: bool = False  # kept: its frames go through the outbox (one only verified: never)
     frames_read: int = 0  # since it opened: what frame_rate let through
-    # one writer per connection (ConnectionManager._write) seals and sends what is queued here:
-    # nothing ever cancels a frame half way, which would put the two ends' nonces out of step,
-    # and no sender waits on a peer that does not read
+    # what is queued here is sealed and sent by ConnectionManager._flush (or its writer, while
+    # the peer lags) in order: nothing ever cancels a frame half way, which would put the two
+    # ends' nonces out of step, and no sender waits on a peer that does not read
     outbox: Outbox = field(default_factory=lambda: Outbox(OUTBOX))
 
 
@@ -472,9 +473,10 @@ class ConnectionManager:
             self._send(conn, message)
 
     def _send(self, conn: Connection, message: dict[str, Any]) -> bool:
-        """Queue ``message`` for the connection's writer (never waits); False if it is going."""
+        """Queue ``message`` for the connection's next flush (never waits); False if it is
+        going."""
         try:
-            if not conn.outbox.put(message):
+            if not self._queue(conn, message):
                 return False  # closing
         except OverflowError:
             conn.close_reason = conn.close_reason or f"not reading ({OUTBOX} frames queued)"
@@ -483,18 +485,54 @@ class ConnectionManager:
         self.liveness.sent(conn.peer_id)
         return True
 
-    async def _write(self, conn: Connection) -> None:
-        """The connection's one writer: frames go out whole and in order, what was queued
-        meanwhile in one write."""
+    def _queue(self, conn: Connection, message: dict[str, Any]) -> bool:
+        """``message`` in the outbox, and a flush asked for if none is due (False if closed;
+        ``OverflowError`` past ``OUTBOX``)."""
+        outbox = conn.outbox
+        if not outbox.put(message):
+            return False
+        if not outbox.busy:
+            outbox.busy = True
+            asyncio.get_running_loop().call_soon(self._flush, conn)
+        return True
+
+    def _flush(self, conn: Connection) -> None:
+        """What was queued for ``conn`` in this pass of the loop, sealed and written in one
+        step; if the peer lags, a writer task takes over until the queue is empty."""
         try:
-            async for batch in conn.outbox.batches():
-                await conn.channel.send_all(batch)
-                del batch  # a quiet connection does not hold on to what it sent last
+            batch = conn.outbox.take()
+            if batch and not conn.channel.write_now(batch):
+                assert self._tg is not None
+                self._tg.start_soon(self._write, conn, batch)
+                return
         except _STREAM_ERRORS:
-            conn.close_reason = conn.close_reason or "connection lost"
-            conn.scope.cancel()
-        finally:
+            self._end_writes(conn, "connection lost")
+        except Exception:  # a bug on one connection ends that connection only
+            log.exception("internal error writing to %s; closed the connection", conn.peer_id)
+            self._end_writes(conn, "internal error")
+        else:
+            conn.outbox.idle()
+
+    async def _write(self, conn: Connection, batch: list[dict[str, Any]]) -> None:
+        """The connection's writer while its peer lags: frames go out whole and in order, what
+        was queued meanwhile in one write; it ends when nothing is queued."""
+        try:
+            while batch:
+                await conn.channel.send_all(batch)
+                batch = conn.outbox.take()
+        except _STREAM_ERRORS:
+            self._end_writes(conn, "connection lost")
+        except BaseException:
             conn.outbox.finish()
+            raise
+        else:
+            conn.outbox.idle()
+
+    @staticmethod
+    def _end_writes(conn: Connection, reason: str) -> None:
+        conn.close_reason = conn.close_reason or reason
+        conn.scope.cancel()
+        conn.outbox.finish()
 
     async def close(self, peer_id: PeerId, reason: str) -> None:
         """End the connection to ``peer_id`` (saying ``reason`` in the bye), if there is one.
@@ -586,23 +624,21 @@ class ConnectionManager:
     async def _keep(self, conn: Connection) -> None:
         existing = self._current.get(conn.peer_id)
         first = self._listener.authenticated(conn.record, existing.record if existing else None)
+        conn.writing = True
         if first is not None:  # said before anything else, even before a "duplicate" bye
-            self._send(conn, first)  # first in the writer's queue
+            self._send(conn, first)  # first in the queue
         reason = "closed"
         try:
             with conn.scope:
-                async with anyio.create_task_group() as tg:
-                    conn.writing = True
-                    tg.start_soon(self._write, conn)
-                    if not self._admit(conn):
-                        await self._close(conn, DUPLICATE)
-                        return
-                    reason = await self._receive_until_gone(conn)
-                    tg.cancel_scope.cancel()
+                if not self._admit(conn):
+                    await self._close(conn, DUPLICATE)
+                    return
+                reason = await self._receive_until_gone(conn)
         except Exception:  # a bug on one connection ends that connection only
             log.exception("internal error on the connection to %s; closed it", conn.peer_id)
             reason = "internal error"
         finally:
+            conn.outbox.close()
             await conn.channel.aclose()
             self._release(conn, conn.close_reason or reason)
 
@@ -706,7 +742,7 @@ class ConnectionManager:
         with anyio.move_on_after(0.5, shield=True):
             if conn.writing:
                 with contextlib.suppress(OverflowError):
-                    conn.outbox.put(bye)
+                    self._queue(conn, bye)
                 conn.outbox.close()
                 await conn.outbox.wait_finished()
             else:  # nothing else is sending on it, and it closes right after

@@ -125,19 +125,40 @@ class Session:
         finally:
             self._send_lock.release()
 
+    def write_now(self, messages: Sequence[dict[str, Any]]) -> bool:
+        """Messages sealed in order and handed to the socket at once, if that waits on nothing
+        (the node's own :class:`~.transport.TCPStream`, its peer reading, no send under way):
+        sealing and writing are one step, so no cancellation falls between them. False, and
+        nothing sealed, if it would wait: :meth:`send_all` them."""
+        stream = self._stream
+        if not isinstance(stream, TCPStream) or not stream.writable or self._send_lock.locked():
+            return False
+        self._check_open()
+        data = self._seal_all(messages)
+        try:
+            stream.write(data)
+        except BaseException:
+            self._broken = True  # sealed and not written: the stream is gone in any case
+            raise
+        return True
+
     async def send_all(self, messages: Sequence[dict[str, Any]]) -> None:
         """Messages sealed in order and written at once: one system call for a burst, and no
-        timeout of its own (the connection's one writer). Cancelled once sealed (the connection
-        is ending), the session is closed rather than left with nonces the peer never saw."""
+        timeout of its own (the connection's writer, while its peer lags). Cancelled once sealed
+        (the connection is ending), the session is closed rather than left with nonces the peer
+        never saw."""
         async with self._send_lock:
             self._check_open()
-            seal = self._send_cipher.encrypt
-            data = b"".join(frame(seal(b"", wire.dumps(m))) for m in messages)
+            data = self._seal_all(messages)
             try:
                 await self._stream.send(data)
             except BaseException:
                 await self._break()
                 raise
+
+    def _seal_all(self, messages: Sequence[dict[str, Any]]) -> bytes:
+        seal = self._send_cipher.encrypt
+        return b"".join(frame(seal(b"", wire.dumps(m))) for m in messages)
 
     def _check_open(self) -> None:
         if self._broken:

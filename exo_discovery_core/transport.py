@@ -189,12 +189,23 @@ class TCPStream(anyio.abc.SocketStream, asyncio.BufferedProtocol):
         if self._transport is not None and not self._lost:
             self._transport.resume_reading()
 
-    async def send(self, item: bytes) -> None:
-        """Hand ``item`` to the transport whole; wait only while the peer lags ``WRITE_HIGH``
-        behind (cancelled then, ``item`` still goes out whole unless the stream is closed)."""
+    @property
+    def writable(self) -> bool:
+        """A :meth:`write` now waits on nothing: the peer reads (less than ``WRITE_HIGH``
+        unsent) and no :meth:`send` is waiting for it."""
+        return not self._writing_paused and self._writer is None
+
+    def write(self, item: bytes) -> None:
+        """Hand ``item`` to the transport whole, now, without waiting (:meth:`send` waits
+        after it while the peer lags)."""
         self._check_writable()
         assert self._transport is not None
         self._transport.write(item)
+
+    async def send(self, item: bytes) -> None:
+        """Hand ``item`` to the transport whole; wait only while the peer lags ``WRITE_HIGH``
+        behind (cancelled then, ``item`` still goes out whole unless the stream is closed)."""
+        self.write(item)
         while self._writing_paused:
             if self._writer is not None:
                 raise anyio.BusyResourceError("writing to")

@@ -38,7 +38,15 @@ async def race(
     delay: float = ATTEMPT_DELAY,
     discard: Callable[[T], Awaitable[None]],
 ) -> tuple[int, T]:
-    """The index and result of the first attempt that succeeds; :class:`AllFailed` if none."""
+    """The index and result of the first attempt that succeeds; :class:`AllFailed` if none.
+
+    One attempt (a peer with one address, the usual case) is awaited here: no race, so no
+    task, task group or event for it."""
+    if len(attempts) == 1:
+        try:
+            return 0, await attempts[0]()
+        except Exception as exc:  # noqa: BLE001 - reported as the race reports it
+            raise AllFailed([exc]) from None
     winner: list[tuple[int, T]] = []
     errors: list[BaseException | None] = [None] * len(attempts)
     done = [anyio.Event() for _ in attempts]

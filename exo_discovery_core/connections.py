@@ -175,6 +175,9 @@ class Outbox:
         self._frames.append(message)
         return True
 
+    def __len__(self) -> int:
+        return len(self._frames)
+
     def take(self) -> list[dict[str, Any]]:
         """All that is queued, in order (the list is the caller's)."""
         batch, self._frames = self._frames, []

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio.abc import SocketStream
 
+from exo_discovery_core import handshake, transport
 from exo_discovery_core.config import NodeConfig
-from exo_discovery_core.connections import ConnectionManager, DialError
+from exo_discovery_core.connections import OUTBOX, Connection, ConnectionManager, DialError
 from exo_discovery_core.handshake import PROTOCOL
 from exo_discovery_core.identity import Identity, PeerId
 from exo_discovery_core.models import Address
 from exo_discovery_core.records import LocalRecord
+from exo_discovery_core.session import Session
 
 pytestmark = pytest.mark.anyio
 
@@ -103,3 +106,85 @@ def test_log_once_forgets_the_oldest_topic_past_its_bound() -> None:
     assert once.topics() == ["b", "c"]
     assert once.changed("a", 1)  # forgotten, so news again
     assert not once.changed("c", 1)
+
+
+class Downs(Quiet):
+    """A ConnectionListener that keeps why each connection ended."""
+
+    def __init__(self) -> None:
+        self.down: dict[PeerId, str] = {}
+        self.went = anyio.Event()
+
+    def connection_down(self, peer_id: PeerId, reason: str) -> None:
+        self.down[peer_id] = reason
+        self.went.set()
+
+    def authenticated(self, record: Any, live: Any) -> None: ...
+
+
+async def _kept_peer_that_does_not_read(
+    tmp_path: Any, tg: anyio.abc.TaskGroup, listener: Downs
+) -> tuple[ConnectionManager, Session, Connection]:
+    """A node, and a peer that made its handshake and then reads nothing: the node's kept
+    connection to it (the peer's session, to read later)."""
+    config = NodeConfig(namespace="exo", state_dir=tmp_path)
+    node = manager_for(config)
+    node._listener = listener
+    listening = await transport.listen("127.0.0.1", 0)
+    port = int(listening.extra(anyio.abc.SocketAttribute.local_port))
+    node.start(tg)
+    tg.start_soon(listening.serve, node.handle_inbound)
+    peer = manager_for(config)
+    stream = await transport.connect("127.0.0.1", port)
+    session = await handshake.initiate(stream, peer.credentials, local_record=peer._local.encode())
+    with anyio.fail_after(5):
+        while peer.credentials.peer_id not in node._current:  # noqa: ASYNC110 - kept soon
+            await anyio.sleep(0.01)
+    return node, session, node._current[peer.credentials.peer_id]
+
+
+async def _until_queued(node: ConnectionManager, conn: Connection, queued: int) -> int:
+    """Send numbered frames of ~12 KiB until ``queued`` wait in the outbox; how many were sent."""
+    sent = 0
+    with anyio.fail_after(10):
+        while len(conn.outbox) < queued:
+            assert await node.send(conn.peer_id, {"type": "x", "n": sent, "pad": "p" * 12000})
+            sent += 1
+            await anyio.lowlevel.checkpoint()  # the flush runs
+    return sent
+
+
+async def test_frames_queued_while_the_peer_lags_go_out_whole_and_in_order(tmp_path: Any) -> None:
+    """No task writes for a connection's life: a flush hands each burst to the socket at once,
+    and while the peer lags a writer task takes over. What it queued meanwhile reaches the peer
+    whole and in order once the peer reads (each frame opens only under the next nonce)."""
+    async with anyio.create_task_group() as tg:
+        node, session, conn = await _kept_peer_that_does_not_read(tmp_path, tg, Downs())
+        assert not conn.outbox.busy  # nothing queued: no writer
+        sent = await _until_queued(node, conn, 5)
+        assert conn.outbox.busy  # the writer, waiting on the peer
+        with anyio.fail_after(10):
+            numbers = []
+            while len(numbers) < sent:
+                message = await session.receive()
+                if message["type"] == "x":
+                    numbers.append(message["n"])
+            assert numbers == list(range(sent))
+            while conn.outbox.busy:  # noqa: ASYNC110 - all sent: the writer ends
+                await anyio.sleep(0.01)
+        assert node.connected()
+        tg.cancel_scope.cancel()
+
+
+async def test_a_peer_that_does_not_read_is_closed_past_the_outbox(tmp_path: Any) -> None:
+    """Frames queued past OUTBOX (the peer has not read WRITE_HIGH and the kernel's buffers): the
+    connection is closed, saying why; no sender ever waited on it."""
+    listener = Downs()
+    async with anyio.create_task_group() as tg:
+        node, _, conn = await _kept_peer_that_does_not_read(tmp_path, tg, listener)
+        await _until_queued(node, conn, OUTBOX)
+        assert not await node.send(conn.peer_id, {"type": "x"})
+        with anyio.fail_after(5):
+            await listener.went.wait()
+        assert listener.down[conn.peer_id] == f"not reading ({OUTBOX} frames queued)"
+        tg.cancel_scope.cancel()

@@ -68,6 +68,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -102,6 +103,7 @@ COALESCE = 0.05  # seconds: the table is refreshed once per burst of exchange me
 RESYNC = {"type": "peers_resync"}
 ANNOUNCE_DELAY = (0.1, 0.3)  # seconds; random, so a mesh's announcements do not all coincide
 ANNOUNCE_GAP = 1.0  # seconds: the least between two deltas to one peer (its first list: at once)
+NEWS_GAP = 0.25  # seconds: the same, for a delta with a member new to that peer (relay only)
 _ROOM = wire.MAX_FRAME - 64  # a records message's body, with room for its JSON around it
 log = logger("exo_discovery.exchange")
 
@@ -111,18 +113,35 @@ class Outbox:
     record once while listed (again when a newer one replaces it, or when it is listed again: a
     receiver forgets the record of a member no sender lists), every message numbered."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._sent: dict[PeerId, dict[PeerId, int]] = {}
         self._lists: dict[PeerId, dict[str, float]] = {}  # what the recipient holds: id -> age
         self._numbers: dict[PeerId, int] = {}
         self._told_at: dict[PeerId, float] = {}  # when the recipient was last sent anything
 
-    def due_in(self, recipient: PeerId, now: float) -> float:
+    def due_in(self, recipient: PeerId, now: float, *, news: bool = False) -> float:
         """Seconds until ``recipient`` may be sent a delta again (0: now; a new recipient, whose
-        first list is how it learns the mesh, at once)."""
+        first list is how it learns the mesh, at once); ``news`` (see :meth:`news_for`): after
+        ``NEWS_GAP``, not ``ANNOUNCE_GAP``. Either way at most one delta per gap."""
         if recipient not in self._lists:
             return 0.0
-        return max(0.0, self._told_at.get(recipient, -ANNOUNCE_GAP) + ANNOUNCE_GAP - now)
+        gap = NEWS_GAP if news else ANNOUNCE_GAP
+        return max(0.0, self._told_at.get(recipient, -gap) + gap - now)
+
+    def news_for(
+        self, recipient: PeerId, records: Mapping[PeerId, PeerRecord], knows: Collection[PeerId]
+    ) -> bool:
+        """Whether ``records`` (what we list) hold one we did not send ``recipient`` of a member
+        it does not list to us itself (``knows``): a member new to it, which with relay is
+        what its member list is made of, hop after hop. A delta that only moves ages or
+        connections it knows of carries none."""
+        sent = self._sent.get(recipient, {})
+        others = (r for pid, r in records.items() if pid != recipient)
+        for record in itertools.islice(others, MAX_PEERS):  # what messages() would list
+            if sent.get(record.peer_id) != record.seq and record.peer_id not in knows:
+                return True
+        return False
 
     def messages(
         self,
@@ -181,7 +200,7 @@ class Outbox:
             out.append({**change, "records": riding} if riding else change)
         out += [{"type": "records", "records": batch} for batch in batches]
         if out:
-            self._told_at[recipient] = time.monotonic()
+            self._told_at[recipient] = self._clock()
         return [self.numbered(recipient, message) for message in out]
 
     def own(self, recipient: PeerId, record: PeerRecord) -> dict[str, Any]:
@@ -427,6 +446,10 @@ class Heard:
         """Every peer some sender lists."""
         return self._count.keys()
 
+    def listed_by(self, sender: PeerId) -> Collection[PeerId]:
+        """The peers ``sender`` lists (connections and, with relay, every member it relays)."""
+        return self._vouched.get(sender, {}).keys()
+
     def ages(self) -> dict[PeerId, float]:
         """By listed peer not reported gone, seconds since the freshest vouch for it (0: a
         sender is connected to it now)."""
@@ -639,16 +662,25 @@ class PeerExchange:
     """
 
     def __init__(
-        self, me: PeerId, table: PeerTable, links: Links, *, per_sender: int, total: int
+        self,
+        me: PeerId,
+        table: PeerTable,
+        links: Links,
+        *,
+        per_sender: int,
+        total: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = True
         self.relay = False  # list every member known, not only our connections (max_connections)
         self._table = table
         self._links = links
-        self._heard = Heard(me, per_sender=per_sender, total=total)
-        self._outbox = Outbox()
+        self._clock = clock
+        self._heard = Heard(me, per_sender=per_sender, total=total, clock=clock)
+        self._outbox = Outbox(clock)
         self._announcing = False
-        self._deferred = False  # a round for the peers told too lately to be told now is set
+        # when the round set for the peers told too lately to be told now runs (inf: none is)
+        self._deferred_at = math.inf
         self._waiting: set[PeerId] = set()  # those peers (the round looks at them alone)
         self._tg: TaskGroup | None = None  # run()'s: refreshes and replies are its tasks
         self._stale: anyio.Event | None = None  # set when what was heard changed (run() makes it)
@@ -723,7 +755,7 @@ class PeerExchange:
     def _resend(self, peer_id: PeerId) -> None:
         """A peer lost our stream (a gap): our full list and records again, at most once per
         ``RESYNC_EVERY`` (what it asks for is only ever sent to itself)."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._resent.get(peer_id, -RESYNC_EVERY) < RESYNC_EVERY or self._tg is None:
             return
         self._resent[peer_id] = now
@@ -864,7 +896,8 @@ class PeerExchange:
         """Tell every connected peer whom we list, soon (one send per burst); ``again``: even
         if the list is unchanged (a refresh of the relayed members' ages). A peer is sent a
         delta at most every ``ANNOUNCE_GAP`` seconds (a forming mesh changes each list many
-        times a second: the changes are sent together), its first list at once."""
+        times a second: the changes are sent together), its first list at once; with relay a
+        delta with a member new to that peer at most every ``NEWS_GAP``."""
         if not self.enabled or self._announcing:
             return
         self._announcing = True
@@ -881,21 +914,32 @@ class PeerExchange:
     ) -> None:
         """Send each connected peer what changed (``again``, a refresh: every peer now); the
         peers told too lately wait for a round of their own, which looks at them ``only``
-        (the others were told what changed; a change since made a round of its own)."""
+        (the others were told what changed; a change since made a round of its own). With
+        relay, news of a member a peer does not list goes after ``NEWS_GAP``: each hop of the
+        relay waited up to ``ANNOUNCE_GAP`` for it (100 members, M = 8: 4-5 hops); a delta
+        that carries nothing it lacks waits the whole gap, as without relay, where news
+        makes a peer dial (a handshake) and a mesh forming is CPU-bound (docs/scaling.md)."""
         listed, ages = self.listed()
-        now, later = time.monotonic(), math.inf
+        now, later = self._clock(), math.inf
         for peer_id in self._links.records():
             if only is not None and peer_id not in only:
                 continue
-            wait = 0.0 if again else self._outbox.due_in(peer_id, now)
+            # its connections' records came with their handshakes: as it says, or as they say
+            # (whichever list came first; a forming mesh sent most records twice or more)
+            has = self._heard.connections_of(peer_id) | self._heard.connected_to(peer_id)
+            news = (  # the members it knows: its connections and what it lists to us
+                self.relay
+                and not again
+                and self._outbox.news_for(
+                    peer_id, listed, has.union(self._heard.listed_by(peer_id))
+                )
+            )
+            wait = 0.0 if again else self._outbox.due_in(peer_id, now, news=news)
             if wait > 0:
                 later = min(later, wait)
                 self._waiting.add(peer_id)
                 continue
             self._waiting.discard(peer_id)
-            # its connections' records came with their handshakes: as it says, or as they say
-            # (whichever list came first; a forming mesh sent most records twice or more)
-            has = self._heard.connections_of(peer_id) | self._heard.connected_to(peer_id)
             messages = self._outbox.messages(
                 peer_id, listed, ages, again=again, has=has, hold_known=not self.relay
             )
@@ -903,15 +947,19 @@ class PeerExchange:
                 if not await self._links.send(peer_id, message):
                     self._outbox.forget(peer_id)  # it is going; start afresh if it returns
                     break
-        if later < math.inf and not self._deferred:
-            self._deferred = True
+        at = now + later
+        # sooner than the one set (news), or none is set that is still to run: this one runs
+        if later < math.inf and (at < self._deferred_at or self._deferred_at <= now):
 
             async def deferred() -> None:
                 await anyio.sleep(later)
-                self._deferred = False
+                if self._deferred_at != at:
+                    return  # a sooner round ran, and set its own for who still waited
+                self._deferred_at = math.inf
                 waiting, self._waiting = self._waiting, set()
                 await self._round(tg, again=False, only=waiting)
 
+            self._deferred_at = at
             tg.start_soon(deferred)
 
     async def run(self, tg: TaskGroup) -> None:

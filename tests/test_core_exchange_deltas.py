@@ -274,3 +274,87 @@ def test_past_the_bound_a_relay_lists_its_connections_then_the_members_it_heard_
     receiver = Heard(recipient, per_sender=64, total=256)
     receiver.peers(ME, full, sender_on_this_host=True)
     assert list(receiver.ages()) == [first, second] + [i.peer_id for i in members[:62]]
+
+
+def test_a_member_new_to_the_recipient_is_news_and_a_member_it_lists_or_was_sent_is_not() -> None:
+    from exo_discovery_core.exchange import ANNOUNCE_GAP, NEWS_GAP
+
+    clock = Clock()
+    outbox = Outbox(clock)
+    ages = {OTHERS[1].peer_id: 1.0}  # relayed
+    outbox.messages(ME, _listing(0, 1), ages)  # its first list
+    knows = {OTHERS[0].peer_id, OTHERS[1].peer_id}  # it lists both to us
+    assert not outbox.news_for(ME, _listing(0, 1), knows)  # only ages move: nothing new
+    assert outbox.news_for(ME, _listing(0, 1, 2), knows)  # member 2: new to it
+    assert not outbox.news_for(ME, _listing(0, 1, 2), knows | {OTHERS[2].peer_id})  # it has it
+    assert not outbox.news_for(OTHERS[2].peer_id, _listing(2), set())  # its own record: not news
+    clock.now += NEWS_GAP
+    assert outbox.due_in(ME, clock.now, news=True) == 0.0
+    assert outbox.due_in(ME, clock.now, news=False) == ANNOUNCE_GAP - NEWS_GAP
+    outbox.messages(ME, _listing(0, 1, 2), ages)  # sent: its record is not news again
+    assert not outbox.news_for(ME, _listing(0, 1, 2), knows)
+    assert outbox.due_in(ME, clock.now, news=True) == NEWS_GAP  # and one delta per gap
+
+
+def _relay(clock: Clock, *peers: PeerId) -> tuple[Any, _Links]:
+    from exo_discovery_core.exchange import PeerExchange
+    from exo_discovery_core.peertable import PeerTable
+
+    links = _Links(*peers)
+    exchange = PeerExchange(ME, PeerTable(ME), links, per_sender=64, total=256, clock=clock)
+    exchange.relay = True
+    return exchange, links
+
+
+def _deltas_to(links: _Links, peer_id: PeerId) -> list[dict[str, Any]]:
+    return [m for m in links.sent[peer_id] if m["type"] == "peers" and "add" in m]
+
+
+def test_with_relay_news_of_a_member_crosses_a_hop_after_the_news_gap_other_deltas_wait() -> None:
+    """A relay told its peer of a member it did not list (a new signed record) one
+    ``NEWS_GAP`` after its last message, not ``ANNOUNCE_GAP``: each hop of a 100-member,
+    M = 8 cluster waited up to that second. What carries nothing the peer lacks (a member it
+    lists itself, ages) waits the whole gap, as before."""
+    from exo_discovery_core.exchange import ANNOUNCE_GAP, NEWS_GAP
+
+    clock = Clock()
+    source, recipient, new, known = (OTHERS[i].peer_id for i in range(4))
+    exchange, links = _relay(clock, source, recipient)
+    at = Address(host="127.0.0.1", port=5000)
+    _round(exchange)  # first lists, at once
+    assert [m["type"] for m in links.sent[recipient]] == ["peers"]
+    # the recipient lists `known` (it relays it): it knows that member
+    exchange.received(recipient, at, {"type": "peers", "peers": [str(known)], "ages": [1.0],
+                                      "n": 0})  # fmt: skip
+    exchange.received(source, at, {"type": "peers", "peers": [str(new)], "ages": [1.0], "n": 0,
+                                   "records": [RECORDS[new].relayed]})  # fmt: skip
+    clock.now += NEWS_GAP
+    _round(exchange)
+    [delta] = _deltas_to(links, recipient)
+    assert delta["add"] == [str(new)] and _records_to(links, recipient) >= {new}
+    # the source now relays `known` too, whose record the recipient was never sent by us
+    exchange.received(source, at, {"type": "peers", "n": 1, "add": [str(known)], "ages": [1.0],
+                                   "remove": [], "records": [RECORDS[known].relayed]})  # fmt: skip
+    clock.now += NEWS_GAP
+    _round(exchange)
+    assert len(_deltas_to(links, recipient)) == 1, "nothing it lacks: it waits for the gap"
+    clock.now += ANNOUNCE_GAP - NEWS_GAP
+    _round(exchange)
+    assert _deltas_to(links, recipient)[-1]["add"] == [str(known)]
+
+
+def test_without_relay_news_waits_for_the_announce_gap() -> None:
+    from exo_discovery_core.exchange import ANNOUNCE_GAP, NEWS_GAP
+
+    clock = Clock()
+    source, recipient, new = (OTHERS[i].peer_id for i in range(3))
+    exchange, links = _relay(clock, source, recipient)
+    exchange.relay = False
+    _round(exchange)
+    links.up[new] = RECORDS[new]  # a new connection: in a full mesh the recipient dials it
+    clock.now += NEWS_GAP
+    _round(exchange)
+    assert _deltas_to(links, recipient) == []
+    clock.now += ANNOUNCE_GAP - NEWS_GAP
+    _round(exchange)
+    assert _deltas_to(links, recipient)[-1]["add"] == [str(new)]

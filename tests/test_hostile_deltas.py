@@ -172,3 +172,34 @@ def test_a_peer_claiming_a_connection_it_lacks_delays_only_the_news_of_itself() 
     assert set(delta["add"]) == {liar, other} and delta["remove"] == []
     assert delta["records"] == [RECORDS[other].relayed], "the liar's own record: withheld"
     assert third not in delta["add"]
+
+
+def test_a_sender_trickling_new_members_gets_each_other_peer_one_delta_per_news_gap() -> None:
+    """With relay, news of a member goes on after ``NEWS_GAP`` instead of ``ANNOUNCE_GAP``:
+    a connected stranger that sends one new signed member every 50 ms (ids are cheap) makes
+    the node send each other connection at most one frame per ``NEWS_GAP``, never one per
+    member it sends."""
+    from exo_discovery_core.exchange import NEWS_GAP
+    from exo_discovery_core.models import Address
+    from exo_discovery_core.records import LocalRecord
+    from tests.support.clock import Clock
+    from tests.test_core_exchange_deltas import OTHERS, _Links, _relay, _round
+
+    clock = Clock()
+    stranger, recipient = OTHERS[0].peer_id, OTHERS[1].peer_id
+    exchange, links = _relay(clock, stranger, recipient)
+    assert isinstance(links, _Links)
+    at = Address(host="127.0.0.1", port=5000)
+    exchange.received(stranger, at, {"type": "peers", "peers": [], "n": 0})
+    _round(exchange)
+    start, sent_before = clock.now, len(links.sent[recipient])
+    for n in range(1, 41):
+        member = Identity.generate()
+        record = LocalRecord(member, None, protocol="exo-discovery/2", addresses=[at], meta={})
+        exchange.received(stranger, at, {"type": "peers", "n": n, "add": [str(member.peer_id)],
+                                         "remove": [], "ages": [1.0],
+                                         "records": [record.record.relayed]})  # fmt: skip
+        clock.now += 0.05
+        _round(exchange)
+    frames = len(links.sent[recipient]) - sent_before
+    assert 2 <= frames <= 1 + (clock.now - start) / NEWS_GAP

@@ -922,26 +922,25 @@ class PeerExchange:
         that carries nothing it lacks waits the whole gap, as without relay, where news
         makes a peer dial (a handshake) and a mesh forming is CPU-bound (docs/scaling.md)."""
         listed, ages = self.listed()
-        now, later = self._clock(), math.inf
+        now, later, sooner = self._clock(), math.inf, math.inf  # sooner: a peer with news
         for peer_id in self._links.records():
             if only is not None and peer_id not in only:
                 continue
-            # its connections' records came with their handshakes: as it says, or as they say
-            # (whichever list came first; a forming mesh sent most records twice or more)
-            has = self._heard.connections_of(peer_id) | self._heard.connected_to(peer_id)
-            news = (  # the members it knows: its connections and what it lists to us
+            news = (
                 self.relay
                 and not again
                 and self._outbox.news_for(
-                    peer_id, listed, has.union(self._heard.listed_by(peer_id))
+                    peer_id, listed, self._has(peer_id).union(self._heard.listed_by(peer_id))
                 )
             )
             wait = 0.0 if again else self._outbox.due_in(peer_id, now, news=news)
             if wait > 0:
                 later = min(later, wait)
+                sooner = min(sooner, wait) if news else sooner
                 self._waiting.add(peer_id)
                 continue
             self._waiting.discard(peer_id)
+            has = self._has(peer_id)
             messages = self._outbox.messages(
                 peer_id, listed, ages, again=again, has=has, hold_known=not self.relay
             )
@@ -950,8 +949,9 @@ class PeerExchange:
                     self._outbox.forget(peer_id)  # it is going; start afresh if it returns
                     break
         at = now + later
-        # sooner than the one set (news), or none is set that is still to run: this one runs
-        if later < math.inf and (at < self._deferred_at or self._deferred_at <= now):
+        # none set yet, or news due before the one set: this one runs first (without relay,
+        # as before, one round at a time for all who wait)
+        if later < math.inf and (self._deferred_at == math.inf or now + sooner < self._deferred_at):
 
             async def deferred() -> None:
                 await anyio.sleep(later)
@@ -963,6 +963,12 @@ class PeerExchange:
 
             self._deferred_at = at
             tg.start_soon(deferred)
+
+    def _has(self, peer_id: PeerId) -> set[PeerId]:
+        """The connections of connected ``peer_id``, as it says or as they say (whichever list
+        came first): their handshakes showed it their records (a forming mesh sent most
+        records twice or more)."""
+        return self._heard.connections_of(peer_id) | self._heard.connected_to(peer_id)
 
     async def run(self, tg: TaskGroup) -> None:
         """Refresh the table after each burst of news; and every ``REFRESH`` seconds age out

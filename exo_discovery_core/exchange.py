@@ -36,11 +36,12 @@ with ``peers``; absent or 0 means "connected to it now"), and sends their record
 once per (peer id, seq) and recipient. So every member reaches every node over a few hops while
 each keeps a few connections; a delta that carries a member its recipient does not list to us
 (a record we did not send it) goes ``NEWS_GAP`` after the last one, not ``ANNOUNCE_GAP``, so
-news crosses each hop within ~0.5 s while deltas with nothing new stay coalesced. The rule that ages a gone member out: a listing at age 0 is a
-standing claim of the sender (it holds while the sender lists the peer and stays connected to
-us); a listing at age ``a > 0`` is hearsay, and counts as a vouch made ``a`` seconds before it
-arrived. A node's age for a member is 0 while it is connected to it, else the least age any of
-its connections gives it plus ``HOP_AGE``, growing with the clock. Only a connection to the
+news crosses each hop within ~0.5 s while deltas with nothing new stay coalesced. The rule
+that ages a gone member out: a listing at age 0 is a standing claim of the sender (it holds
+while the sender lists the peer and stays connected to us); a listing at age ``a > 0`` is
+hearsay, and counts as a vouch made ``a`` seconds before it arrived. A node's age for a member
+is 0 while it is connected to it, else the least age any of its connections gives it plus
+``HOP_AGE``, growing with the clock. Only a connection to the
 member itself resets the age, and every relay adds to it, so when no node connected to the
 member vouches for it any more, its age grows everywhere (loops included: no count to
 infinity) and past ``MEMBER_TTL`` it is dropped, from the table and from what is relayed.

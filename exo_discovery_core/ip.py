@@ -25,12 +25,12 @@ TAILSCALE_NETWORKS = (
 )
 
 
-@functools.lru_cache(maxsize=4096)
 def unbracketed(text: str) -> str:
     """``text`` without the brackets of a URL's IPv6 host (``[::1]``) or surrounding spaces."""
     return text.strip().removeprefix("[").removesuffix("]")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> IP | None:
     """The IP in ``text``, or None when it is not one (a DNS name, garbage).
 
